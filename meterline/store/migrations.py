@@ -154,8 +154,14 @@ SELECT
     {_HTTP_STATUS} AS HttpStatus,
     toUInt8(StatusCode != 'STATUS_CODE_ERROR' AND ErrorType = ''
             AND (HttpStatus = 0 OR HttpStatus < 400)) AS Billable,
-    toUInt8({_span("meterline.request.stream", "gen_ai.request.stream",
-                   "gen_ai.request.is_stream", "llm.is_streaming")} IN {_TRUE}) AS Streamed,
+    toUInt8({
+    _span(
+        "meterline.request.stream",
+        "gen_ai.request.stream",
+        "gen_ai.request.is_stream",
+        "llm.is_streaming",
+    )
+} IN {_TRUE}) AS Streamed,
     toUInt8({_span("meterline.usage.estimated")} IN {_TRUE}) AS Estimated,
     {_tokens(*_INPUT_KEYS)} AS InputTokens,
     {_tokens(*_OUTPUT_KEYS)} AS OutputTokens,

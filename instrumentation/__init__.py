@@ -1,0 +1,3 @@
+"""meterline's zero-code instrumentation (placeholder until the instrumentation lands)."""
+
+__all__: list[str] = []

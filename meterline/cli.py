@@ -1,0 +1,61 @@
+"""The ``meterline`` command line.
+
+Each part of the product registers its own commands (``register(app)`` in
+``meterline.instrumentation.cli``, ``meterline.aggregator.cli``, …) so this module
+stays a table of contents. Registration imports only light modules: a command
+imports the server's dependencies when it runs, never at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from meterline import __version__
+
+app = typer.Typer(
+    name="meterline",
+    help="Exact LLM usage metering on OpenTelemetry and ClickHouse.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"meterline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register_all() -> None:
+    from meterline import server_cli
+    from meterline.instrumentation import cli as instrumentation_cli
+
+    server_cli.register(app)
+    instrumentation_cli.register(app)
+    try:
+        from meterline.aggregator import cli as aggregator_cli
+    except ImportError:  # only with the server extra installed
+        return
+    aggregator_cli.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    app()
