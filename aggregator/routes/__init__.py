@@ -1,0 +1,14 @@
+"""The API's routers, collected in one place."""
+
+from fastapi import APIRouter, Depends
+from meterline.aggregator.deps import require_api_key
+from meterline.aggregator.routes import health, usage
+
+api_router = APIRouter(dependencies=[Depends(require_api_key)])
+"""Every ``/v1`` route: guarded by the admin key when one is set."""
+api_router.include_router(usage.router)
+
+public_router = APIRouter()
+public_router.include_router(health.router)
+
+__all__ = ["api_router", "public_router"]

@@ -1,0 +1,1 @@
+"""SQL, one module per query, built in one place and tested as strings."""

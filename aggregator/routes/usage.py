@@ -1,0 +1,70 @@
+"""``GET /v1/usage``: token totals per consumer, feature, provider, model, day or hour."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from meterline.aggregator.deps import StoreDep
+from meterline.aggregator.queries.usage import GROUP_KEYS, UsageFilter, usage_sql
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+router = APIRouter(prefix="/v1/usage", tags=["usage"])
+
+
+class UsageQuery(BaseModel):
+    """Query parameters of ``/v1/usage``; unknown parameters are rejected (422)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: datetime | None = Field(None, alias="from", description="ISO-8601, inclusive")
+    to: datetime | None = Field(None, description="ISO-8601, exclusive")
+    consumer: str | None = None
+    feature: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    group_by: str = Field("", description=f"comma-separated: {', '.join(GROUP_KEYS)}")
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_keys(cls, value: str) -> str:
+        for key in filter(None, (k.strip() for k in value.split(","))):
+            if key not in GROUP_KEYS:
+                raise ValueError(f"unknown group_by {key!r}, allowed: {', '.join(GROUP_KEYS)}")
+        return value
+
+    def to_filter(self) -> UsageFilter:
+        keys = tuple(dict.fromkeys(k.strip() for k in self.group_by.split(",") if k.strip()))
+        return UsageFilter(
+            start=self.from_,
+            end=self.to,
+            consumer=self.consumer,
+            feature=self.feature,
+            provider=self.provider,
+            model=self.model,
+            group_by=keys,
+        )
+
+
+def _jsonable(key: str, value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+    return value
+
+
+@router.get("")
+def get_usage(query: Annotated[UsageQuery, Query()], store: StoreDep) -> dict[str, Any]:
+    """Usage totals, one row per group (no group: one row for everything)."""
+    if query.from_ and query.to and query.to <= query.from_:
+        raise HTTPException(status_code=422, detail="'to' must be after 'from'")
+    sql, params = usage_sql(query.to_filter())
+    names, rows = store.query(sql, params, settings={"session_timezone": "UTC"})
+    return {"rows": [{n: _jsonable(n, v) for n, v in zip(names, row, strict=True)} for row in rows]}

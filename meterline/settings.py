@@ -1,0 +1,52 @@
+"""The server's settings: one pydantic-settings class, built by the app factory.
+
+Values come from keyword arguments (the CLI's flags), then ``METERLINE_*``
+environment variables, then defaults. Secrets (keys, tokens, passwords) have no
+defaults and come only from the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    """Everything ``meterline serve`` needs; fields map to ``METERLINE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="METERLINE_", extra="ignore")
+
+    data_dir: Path = Path("meterline-data")
+    """Embedded (chdb) data directory, used when ``clickhouse_url`` is unset."""
+    clickhouse_url: str | None = None
+    """A ClickHouse server, ``http(s)://user:pass@host:port/database``."""
+    database: str | None = None
+    """Database of meterline's tables (default ``meterline``)."""
+    config: Path | None = None
+    """The YAML configuration file (prices, plans, …)."""
+
+    host: str = "127.0.0.1"
+    otlp_http_port: int = Field(4318, ge=0, le=65535)
+    otlp_grpc_port: int = Field(4317, ge=0, le=65535)
+    api_port: int = Field(8080, ge=0, le=65535)
+    clickhouse_http_port: int = Field(8123, ge=0, le=65535)
+
+    admin_key: str | None = None
+    """When set, every ``/v1`` API route requires ``Authorization: Bearer <key>``."""
+    ingest_token: str | None = None
+    """When set, OTLP requests require ``Authorization: Bearer <token>``."""
+    clickhouse_http_password: str | None = None
+    """Password of user ``meterline`` on :8123 (default: the admin key)."""
+    clickhouse_http_writable: bool = False
+    """Let the :8123 endpoint write (tests only; never the default)."""
+
+    keep_all_spans: bool = False
+    """Store every span, not only GenAI ones."""
+    max_pending_spans: int = Field(200_000, gt=0)
+    """Spans accepted but not yet written; beyond this the collector answers 503."""
+    batch_max_spans: int = Field(50_000, gt=0)
+    """Largest insert the writer makes from queued requests."""
+    fsync: bool = False
+    """fsync each insert's parts (survives power loss; slower)."""
