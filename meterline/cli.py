@@ -19,6 +19,7 @@ app = typer.Typer(
     help="Exact LLM usage metering on OpenTelemetry and ClickHouse.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 
 

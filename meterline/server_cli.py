@@ -2,8 +2,89 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="Embedded store directory [env METERLINE_DATA_DIR; ./meterline-data]."),
+]
+ClickHouseURL = Annotated[
+    str | None,
+    typer.Option(help="ClickHouse server, http(s)://user:pass@host:port/db "
+                 "[env METERLINE_CLICKHOUSE_URL]."),
+]  # fmt: skip
+Database = Annotated[str | None, typer.Option(help="Database of the tables [meterline].")]
+
+
+def _settings(**given: Any) -> Any:
+    """ServerSettings from the flags that were given, then METERLINE_* env, then defaults."""
+    from meterline.settings import ServerSettings
+
+    return ServerSettings(**{k: v for k, v in given.items() if v is not None})
+
+
+def serve(
+    data_dir: DataDir = None,
+    clickhouse_url: ClickHouseURL = None,
+    database: Database = None,
+    config: Annotated[Path | None, typer.Option(help="YAML configuration file.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
+    otlp_http_port: Annotated[int | None, typer.Option(help="OTLP/HTTP port [4318].")] = None,
+    otlp_grpc_port: Annotated[int | None, typer.Option(help="OTLP/gRPC port [4317].")] = None,
+    api_port: Annotated[int | None, typer.Option(help="API port [8080].")] = None,
+    clickhouse_http_port: Annotated[
+        int | None, typer.Option(help="ClickHouse-HTTP port for Grafana [8123].")
+    ] = None,
+    keep_all_spans: Annotated[
+        bool | None, typer.Option("--keep-all-spans", help="Store non-GenAI spans too.")
+    ] = None,
+    fsync: Annotated[
+        bool | None, typer.Option("--fsync", help="fsync every insert (power-loss safe).")
+    ] = None,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Write the endpoints as JSON here once listening.")
+    ] = None,
+) -> None:
+    """Run the collector, the API and the ClickHouse-HTTP endpoint (0 = any free port)."""
+    from meterline.server import serve as run
+
+    settings = _settings(
+        data_dir=data_dir,
+        clickhouse_url=clickhouse_url,
+        database=database,
+        config=config,
+        host=host,
+        otlp_http_port=otlp_http_port,
+        otlp_grpc_port=otlp_grpc_port,
+        api_port=api_port,
+        clickhouse_http_port=clickhouse_http_port,
+        keep_all_spans=keep_all_spans,
+        fsync=fsync,
+    )
+    asyncio.run(run(settings, ready_file=ready_file))
+
+
+def migrate(
+    data_dir: DataDir = None,
+    clickhouse_url: ClickHouseURL = None,
+    database: Database = None,
+) -> None:
+    """Create or upgrade the schema (idempotent)."""
+    from meterline.server import open_configured_store
+
+    store = open_configured_store(
+        _settings(data_dir=data_dir, clickhouse_url=clickhouse_url, database=database)
+    )
+    applied = store.migrate()
+    typer.echo(f"applied migrations: {applied}" if applied else "schema is up to date")
+    store.close()
 
 
 def register(app: typer.Typer) -> None:
     """Add the server's commands to the ``meterline`` CLI."""
+    app.command()(serve)
+    app.command()(migrate)

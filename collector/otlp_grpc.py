@@ -1,0 +1,80 @@
+"""OTLP/gRPC receiver: ``opentelemetry.proto.collector.trace.v1.TraceService/Export``.
+
+Same contract as the HTTP receiver: the response is sent after the durable write;
+invalid spans → ``partial_success``; malformed message → INVALID_ARGUMENT;
+bad token → UNAUTHENTICATED; store behind or shutting down → UNAVAILABLE (which
+OTLP exporters retry). Messages are capped at 4 MiB like the Collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+import grpc
+from meterline.collector.decode import to_rows
+from meterline.collector.writer import Closed, Overloaded, Writer
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, writer: Writer, *, token: str | None = None, keep_all: bool = False):
+        self._writer = writer
+        self._token = token.encode() if token else None
+        self._keep_all = keep_all
+
+    async def Export(
+        self,
+        request: trace_service_pb2.ExportTraceServiceRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        if self._token is not None:
+            metadata = dict(context.invocation_metadata() or ())
+            scheme, _, given = str(metadata.get("authorization", "")).partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), self._token
+            ):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid token")
+        rows = to_rows(request, keep_all=self._keep_all)
+        try:
+            future = self._writer.submit(rows)
+        except Overloaded as exc:
+            await context.send_initial_metadata((("retry-after", str(exc.retry_after)),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except Closed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        try:
+            await asyncio.wrap_future(future)
+        except Exception as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"the store did not take the batch: {exc}"
+            )
+        response = trace_service_pb2.ExportTraceServiceResponse()
+        if rows.rejected:
+            response.partial_success.rejected_spans = rows.rejected
+            response.partial_success.error_message = "; ".join(rows.errors)
+        return response
+
+
+def create_server(
+    writer: Writer, *, host: str, port: int, token: str | None = None, keep_all: bool = False
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with the trace service; returns it and the bound port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
+        TraceService(writer, token=token, keep_all=keep_all), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for OTLP/gRPC on {host}:{port}")
+    return server, bound

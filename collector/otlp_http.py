@@ -1,0 +1,180 @@
+"""OTLP/HTTP receiver: ``POST /v1/traces`` (protobuf or JSON, optionally gzip).
+
+Behaves like the OpenTelemetry Collector's receiver so stock exporters retry
+correctly:
+- 200 with an ``ExportTraceServiceResponse`` once the spans are durably written;
+  ``partial_success.rejected_spans`` counts invalid spans (the rest are stored).
+- 400 (malformed body), 401 (bad token), 413 (body over 20 MiB, compressed or
+  not), 415 (other content types), 404/405 for other paths/methods: a
+  ``google.rpc.Status`` body in the request's encoding; not retried by exporters.
+- 503 with ``Retry-After`` when the store is behind or shutting down; exporters retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf import json_format
+from google.rpc import status_pb2
+from meterline.collector.decode import MalformedRequest, parse_json, parse_protobuf, to_rows
+from meterline.collector.writer import Closed, Overloaded, Writer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceResponse,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 20 * 1024 * 1024
+"""The Collector's default ``max_request_body_size``; also the limit after gunzip."""
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def _gunzip(body: bytes) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, MAX_BODY_BYTES + 1)
+    except zlib.error as exc:
+        raise _HTTPError(400, f"cannot gunzip the body: {exc}") from exc
+    if len(out) > MAX_BODY_BYTES or inflater.unconsumed_tail:
+        raise _HTTPError(413, f"decompressed body exceeds {MAX_BODY_BYTES} bytes")
+    return out
+
+
+class OTLPHTTPApp:
+    """The receiver as a bare ASGI app (no framework on the hot path)."""
+
+    def __init__(self, writer: Writer, *, token: str | None = None, keep_all: bool = False):
+        self._writer = writer
+        self._token = token.encode() if token else None
+        self._keep_all = keep_all
+        self.accepted = 0
+        self.rejected = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        as_json = content_type == JSON
+        try:
+            body = await self._handle(scope, headers, content_type, receive)
+            await self._respond(send, 200, body, JSON if as_json else PROTOBUF)
+        except _HTTPError as err:
+            await self._respond(
+                send, err.status, self._status_body(err.status, err.message, as_json),
+                JSON if as_json else PROTOBUF, err.headers,
+            )  # fmt: skip
+
+    async def _handle(
+        self, scope: Scope, headers: dict[str, str], content_type: str, receive: Receive
+    ) -> bytes:
+        if scope["path"].rstrip("/") != "/v1/traces":
+            raise _HTTPError(404, f"no such path {scope['path']!r}; OTLP traces go to /v1/traces")
+        if scope["method"] != "POST":
+            raise _HTTPError(405, f"method {scope['method']} not allowed; use POST",
+                             {"Allow": "POST"})  # fmt: skip
+        if self._token is not None:
+            auth = headers.get("authorization", "")
+            scheme, _, given = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), self._token
+            ):
+                raise _HTTPError(401, "missing or invalid bearer token",
+                                 {"WWW-Authenticate": "Bearer"})  # fmt: skip
+        if content_type not in (PROTOBUF, JSON):
+            raise _HTTPError(415, f"unsupported content type {content_type!r}; "
+                             f"use {PROTOBUF} or {JSON}")  # fmt: skip
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise _HTTPError(413, f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
+        body = await self._read_body(receive)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            body = _gunzip(body)
+        elif encoding not in ("", "identity"):
+            raise _HTTPError(415, f"unsupported content encoding {encoding!r}; use gzip")
+        try:
+            request = parse_json(body) if content_type == JSON else parse_protobuf(body)
+            rows = to_rows(request, keep_all=self._keep_all)
+        except MalformedRequest as exc:
+            raise _HTTPError(400, str(exc)) from exc
+        try:
+            future = self._writer.submit(rows)
+        except Overloaded as exc:
+            raise _HTTPError(503, str(exc), {"Retry-After": str(exc.retry_after)}) from exc
+        except Closed as exc:
+            raise _HTTPError(503, str(exc), {"Retry-After": "5"}) from exc
+        try:
+            await asyncio.wrap_future(future)
+        except Exception as exc:
+            raise _HTTPError(503, f"the store did not take the batch: {exc}",
+                             {"Retry-After": "2"}) from exc  # fmt: skip
+        self.accepted += len(rows)
+        self.rejected += rows.rejected
+        response = ExportTraceServiceResponse()
+        if rows.rejected:
+            response.partial_success.rejected_spans = rows.rejected
+            response.partial_success.error_message = "; ".join(rows.errors)
+        if content_type == JSON:
+            return json.dumps(json_format.MessageToDict(response)).encode()
+        return response.SerializeToString()
+
+    @staticmethod
+    async def _read_body(receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _HTTPError(400, "client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _HTTPError(413, f"body exceeds {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    def _status_body(status: int, message: str, as_json: bool) -> bytes:
+        code = {400: 3, 401: 16, 404: 5, 405: 12, 413: 8, 415: 3, 503: 14}.get(status, 2)
+        proto = status_pb2.Status(code=code, message=message)
+        if as_json:
+            return json.dumps(json_format.MessageToDict(proto)).encode()
+        return proto.SerializeToString()
+
+    @staticmethod
+    async def _respond(
+        send: Send, status: int, body: bytes, content_type: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        headers = [(b"content-type", content_type.encode()),
+                   (b"content-length", str(len(body)).encode())]  # fmt: skip
+        headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
