@@ -1,0 +1,5 @@
+"""``python -m meterline`` runs the CLI."""
+
+from meterline.cli import main
+
+main()
