@@ -1,0 +1,139 @@
+"""The schema: the exporter's table exactly, and the view's extraction rules."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from meterline.collector.decode import COLUMNS
+
+from meterline.store import Store, open_store
+
+# The otelcol-contrib clickhouse exporter's default traces table (its traces_table.sql).
+EXPORTER_COLUMNS = [
+    ("Timestamp", "DateTime64(9)"),
+    ("TraceId", "String"),
+    ("SpanId", "String"),
+    ("ParentSpanId", "String"),
+    ("TraceState", "String"),
+    ("SpanName", "LowCardinality(String)"),
+    ("SpanKind", "LowCardinality(String)"),
+    ("ServiceName", "LowCardinality(String)"),
+    ("ResourceAttributes", "Map(LowCardinality(String), String)"),
+    ("ScopeName", "String"),
+    ("ScopeVersion", "String"),
+    ("SpanAttributes", "Map(LowCardinality(String), String)"),
+    ("Duration", "UInt64"),
+    ("StatusCode", "LowCardinality(String)"),
+    ("StatusMessage", "String"),
+    ("Events.Timestamp", "Array(DateTime64(9))"),
+    ("Events.Name", "Array(LowCardinality(String))"),
+    ("Events.Attributes", "Array(Map(LowCardinality(String), String))"),
+    ("Links.TraceId", "Array(String)"),
+    ("Links.SpanId", "Array(String)"),
+    ("Links.TraceState", "Array(String)"),
+    ("Links.Attributes", "Array(Map(LowCardinality(String), String))"),
+]
+
+
+def test_otel_traces_matches_the_exporter_schema(store: Store) -> None:
+    _, rows = store.query(
+        "SELECT name, type FROM system.columns WHERE database = {d:String} "
+        "AND table = 'otel_traces' ORDER BY position",
+        {"d": store.database},
+    )
+    assert rows == EXPORTER_COLUMNS
+    assert [name for name, _ in EXPORTER_COLUMNS] == list(COLUMNS)
+    _, [(sorting, partition, engine)] = store.query(
+        "SELECT sorting_key, partition_key, engine FROM system.tables "
+        "WHERE database = {d:String} AND name = 'otel_traces'",
+        {"d": store.database},
+    )
+    assert engine == "MergeTree"
+    assert partition == "toDate(Timestamp)"
+    assert sorting == "ServiceName, SpanName, toDateTime(Timestamp), Timestamp"
+
+
+def test_migrations_are_idempotent(store: Store) -> None:
+    assert store.migrate() == []
+    _, [(n,)] = store.query("SELECT count() FROM {db}.schema_migrations FINAL")
+    assert n == 1
+
+
+def _insert(store: Store, spans: list[dict]) -> None:
+    now = time.time_ns()
+    defaults = {
+        "Timestamp": now, "TraceId": "t" * 32, "SpanId": "s" * 16, "ParentSpanId": "",
+        "TraceState": "", "SpanName": "chat", "SpanKind": "SPAN_KIND_CLIENT",
+        "ServiceName": "svc", "ResourceAttributes": {}, "ScopeName": "", "ScopeVersion": "",
+        "SpanAttributes": {}, "Duration": 1, "StatusCode": "STATUS_CODE_UNSET",
+        "StatusMessage": "",
+    }  # fmt: skip
+    rows = [{**defaults, **span} for span in spans]
+    names = list(defaults)
+    store.insert_columns("otel_traces", [[r[n] for r in rows] for n in names], names)
+
+
+def _usage(store: Store) -> list[dict]:
+    return store.query_dicts("SELECT * FROM {db}.llm_usage FINAL ORDER BY SpanId")
+
+
+def test_view_extracts_normalised_usage(store: Store) -> None:
+    _insert(store, [
+        {"SpanId": "a", "ResourceAttributes": {"meterline.consumer.id": "from-resource",
+                                                "meterline.feature": "f-res"},
+         "SpanAttributes": {"gen_ai.system": "anthropic", "gen_ai.request.model": "claude",
+                            "gen_ai.usage.prompt_tokens": "30",
+                            "gen_ai.usage.completion_tokens": "3",
+                            "meterline.feature": "f-span",
+                            "gen_ai.usage.cache_creation.input_tokens": "20",
+                            "meterline.usage.cache_creation_1h.input_tokens": "5",
+                            "meterline.request.stream": "true",
+                            "meterline.usage.estimated": "true"}},
+        {"SpanId": "b", "StatusCode": "STATUS_CODE_ERROR",
+         "SpanAttributes": {"gen_ai.provider.name": "openai", "error.type": "500",
+                            "http.response.status_code": "500"}},
+        {"SpanId": "c", "SpanAttributes": {"gen_ai.provider.name": "openai",
+                                           "gen_ai.usage.input_tokens": "9",
+                                           "http.response.status_code": "429"}},
+        {"SpanId": "d", "SpanAttributes": {"gen_ai.provider.name": "openai",
+                                           "gen_ai.operation.name": "invoke_agent",
+                                           "gen_ai.usage.input_tokens": "999"}},
+        {"SpanId": "e", "SpanAttributes": {"http.request.method": "GET"}},
+    ])  # fmt: skip
+    rows = _usage(store)
+    assert [r["SpanId"] for r in rows] == ["a", "b", "c"]  # agent and plain spans not counted
+    a, b, c = rows
+    assert (a["ConsumerId"], a["Feature"], a["Provider"]) == (
+        "from-resource",
+        "f-span",
+        "anthropic",
+    )
+    assert (a["InputTokens"], a["OutputTokens"], a["CacheCreationInputTokens"]) == (30, 3, 20)
+    assert (a["CacheCreation1hInputTokens"], a["Streamed"], a["Estimated"]) == (5, 1, 1)
+    assert a["ResponseModel"] == "claude" and a["Billable"] == 1
+    assert (b["Billable"], b["ErrorType"], b["HttpStatus"]) == (0, "500", 500)
+    assert c["Billable"] == 0  # an HTTP error status alone makes a call non-billable
+
+
+def test_dedup_prefers_exact_over_estimated(store: Store) -> None:
+    attrs = {"gen_ai.provider.name": "openai", "gen_ai.response.id": "r1",
+             "meterline.consumer.id": "x"}  # fmt: skip
+    _insert(store, [
+        {"SpanId": "a", "SpanAttributes": {**attrs, "gen_ai.usage.input_tokens": "100"}},
+        {"SpanId": "b", "SpanAttributes": {**attrs, "gen_ai.usage.input_tokens": "90",
+                                           "meterline.usage.estimated": "true"}},
+    ])  # fmt: skip
+    late = {**attrs, "gen_ai.usage.input_tokens": "80", "meterline.usage.estimated": "true"}
+    _insert(store, [{"SpanId": "c", "SpanAttributes": late}])
+    [row] = _usage(store)
+    assert (row["InputTokens"], row["DedupKey"]) == (100, "openai/r1")
+
+
+def test_open_store_rejects_ambiguous_locations(tmp_path) -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        open_store()
+    with pytest.raises(ValueError, match="exactly one"):
+        open_store(data_dir=tmp_path, clickhouse_url="http://h:8123")
+    with pytest.raises(ValueError, match="scheme"):
+        open_store(clickhouse_url="ftp://host/db")
