@@ -156,6 +156,8 @@ def _as_string(value: Any) -> str:
         return str(int(d)) if d.is_integer() and abs(d) < 1e21 else repr(d)
     if kind is None:
         return ""
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
     return json.dumps(_any_value(value), separators=(",", ":"))
 
 
