@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+
 from meterline.collector.decode import (
     COLUMNS,
     MalformedRequest,
@@ -12,8 +15,6 @@ from meterline.collector.decode import (
     parse_protobuf,
     to_rows,
 )
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 
 TRACE = bytes(range(1, 17))
 SPAN = bytes(range(1, 9))

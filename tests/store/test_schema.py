@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from meterline.collector.decode import COLUMNS
 
+from meterline.collector.decode import COLUMNS
 from meterline.store import Store, open_store
 
 # The otelcol-contrib clickhouse exporter's default traces table (its traces_table.sql).
