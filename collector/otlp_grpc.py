@@ -13,9 +13,10 @@ import hmac
 import logging
 
 import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
 from meterline.collector.decode import to_rows
 from meterline.collector.writer import Closed, Overloaded, Writer
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
 

@@ -22,11 +22,12 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.rpc import status_pb2
-from meterline.collector.decode import MalformedRequest, parse_json, parse_protobuf, to_rows
-from meterline.collector.writer import Closed, Overloaded, Writer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
+
+from meterline.collector.decode import MalformedRequest, parse_json, parse_protobuf, to_rows
+from meterline.collector.writer import Closed, Overloaded, Writer
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from collections import deque
 from concurrent.futures import Future
 
 from meterline.collector.decode import COLUMNS, Rows
-
 from meterline.store import TRACES_TABLE, Store
 
 logger = logging.getLogger(__name__)
