@@ -1,6 +1,7 @@
 """The API's routers, collected in one place."""
 
 from fastapi import APIRouter, Depends
+
 from meterline.aggregator.deps import require_api_key
 from meterline.aggregator.routes import health, usage
 

@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from meterline.aggregator.deps import StoreDep
 from meterline.aggregator.queries.usage import GROUP_KEYS, UsageFilter, usage_sql
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 
