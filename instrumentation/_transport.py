@@ -1,0 +1,292 @@
+"""The httpx / httpx2 hook: one GenAI span per LLM request the app sends.
+
+``Client.send`` and ``AsyncClient.send`` are wrapped at class level, so clients created
+before or after instrumenting are covered, whatever their transport (including
+``MockTransport``); an SDK's retry is a new ``send``, hence its own span. Non-LLM requests
+cost one method check and a few ``str.endswith``.
+
+For an LLM request the wrapper sends with ``stream=True`` and swaps the response's raw
+byte stream for one that inspects the body as the app reads it, then — if the caller
+asked for ``stream=False`` — reads the body exactly as httpx would. The span ends when the
+body is exhausted, closed or fails; the app sees the same bytes (minus the usage-only chunk
+meterline itself asked for), the same response object and the same exceptions.
+
+Our span is not made current: the app's own trace (and its sampling) is left as it was.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.trace import SpanKind, Tracer
+
+from meterline.instrumentation import attribution
+from meterline.instrumentation._call import Call
+from meterline.instrumentation.providers import ProviderResolver
+from meterline.instrumentation.shapes import RequestFacts, route
+
+logger = logging.getLogger(__name__)
+
+_MAX_REQUEST_PARSE = 1 << 20
+_MARK = "_meterline_facts"
+
+
+class Meter:
+    """What a running instrumentation needs per call."""
+
+    def __init__(self, tracer: Tracer, providers: ProviderResolver) -> None:
+        self.tracer = tracer
+        self.providers = providers
+
+
+class Library:
+    """httpx or httpx2: its stream base classes and decoders, and our wrappers for them."""
+
+    def __init__(self, module: Any) -> None:
+        self.name: str = module.__name__
+        self.module = module
+        self.byte_stream = module.ByteStream
+        decoders = importlib.import_module(f"{self.name}._decoders")
+        self._decoders: dict[str, Any] = dict(getattr(decoders, "SUPPORTED_DECODERS", {}))
+        self.sync_stream = _sync_stream_class(module.SyncByteStream)
+        self.async_stream = _async_stream_class(module.AsyncByteStream)
+
+    def decoder(self, encoding: str) -> Any:
+        cls = self._decoders.get(encoding.strip().lower())
+        return cls() if cls is not None else None
+
+
+def start_call(meter: Meter, lib: Library, request: Any) -> Call | None:
+    """A :class:`Call` (span started) when ``request`` is an LLM call, else None."""
+    if request.method != "POST":
+        return None
+    url = request.url
+    found = route(url.path)
+    if found is None:
+        return None
+    shape, path_model = found
+    raw = getattr(request, "_content", None)
+    if not isinstance(raw, bytes):
+        raw = b""
+    facts: RequestFacts | None = getattr(request, _MARK, None)
+    if facts is None:
+        body = None
+        if raw and len(raw) <= _MAX_REQUEST_PARSE:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                return None  # not a JSON API call
+            if isinstance(parsed, dict):
+                body = parsed
+        facts = shape.request(body, raw, path_model)
+        if facts.body is not None:
+            _replace_body(lib, request, facts.body)
+            raw = facts.body
+        try:
+            setattr(request, _MARK, facts._replace(body=None))
+        except Exception:
+            logger.debug("meterline: cannot mark the request", exc_info=True)
+    host = url.host
+    port = url.port
+    provider = meter.providers.resolve(host, port, shape.provider)
+    consumer_id, feature = attribution.current()
+    operation = shape.operation
+    model = facts.model
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": provider,
+        "server.address": host,
+        "server.port": port or (443 if url.scheme == "https" else 80),
+        "meterline.request.stream": facts.stream,
+    }
+    if model:
+        attrs["gen_ai.request.model"] = model
+    if facts.max_tokens is not None:
+        attrs["gen_ai.request.max_tokens"] = facts.max_tokens
+    if consumer_id is not None:
+        attrs["meterline.consumer.id"] = consumer_id
+    if feature is not None:
+        attrs["meterline.feature"] = feature
+    span = meter.tracer.start_span(
+        f"{operation} {model}" if model else operation, kind=SpanKind.CLIENT, attributes=attrs
+    )
+    return Call(shape, span, len(raw), facts.strip)
+
+
+def _replace_body(lib: Library, request: Any, body: bytes) -> None:
+    request.stream = lib.byte_stream(body)
+    request._content = body
+    request.headers["Content-Length"] = str(len(body))
+    request.headers["Accept-Encoding"] = "identity"
+
+
+def on_response(lib: Library, call: Call, response: Any, *, sync: bool) -> None:
+    """Watch ``response``'s body, or finish now when it needs no watching."""
+    headers = response.headers
+    # A response built with its content (MockTransport, caches) is already read and decoded.
+    content = getattr(response, "_content", None)
+    preloaded = isinstance(content, bytes)
+    watch = call.on_headers(
+        response.status_code,
+        headers.get("content-type", ""),
+        "" if preloaded else headers.get("content-encoding", ""),
+        lib.decoder,
+    )
+    if not watch:
+        call.finish(complete=True)
+        return
+    if preloaded:
+        out = call.feed(content)
+        tail = call.end_of_body()
+        if call.strip and (out is not content or tail):
+            response._content = out + tail
+        call.finish(complete=True)
+        return
+    wrapper = lib.sync_stream if sync else lib.async_stream
+    response.stream = wrapper(response.stream, call)
+
+
+def sync_send(meter_ref: Callable[[], Meter | None], lib: Library) -> Callable[..., Any]:
+    """The wrapt wrapper for ``Client.send``."""
+
+    def send(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        meter = meter_ref()
+        call = None
+        if meter is not None:
+            try:
+                request = args[0] if args else kwargs["request"]
+                call = start_call(meter, lib, request)
+            except Exception:
+                logger.debug("meterline: could not start a call", exc_info=True)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        stream = kwargs.pop("stream", False)
+        try:
+            response = wrapped(*args, stream=True, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        try:
+            on_response(lib, call, response, sync=True)
+        except Exception:
+            logger.debug("meterline: could not watch the response", exc_info=True)
+            call.finish(complete=False)
+        if not stream:
+            try:
+                response.read()
+            except BaseException:
+                response.close()
+                raise
+        return response
+
+    return send
+
+
+def async_send(meter_ref: Callable[[], Meter | None], lib: Library) -> Callable[..., Any]:
+    """The wrapt wrapper for ``AsyncClient.send``."""
+
+    async def send(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        meter = meter_ref()
+        call = None
+        if meter is not None:
+            try:
+                request = args[0] if args else kwargs["request"]
+                call = start_call(meter, lib, request)
+            except Exception:
+                logger.debug("meterline: could not start a call", exc_info=True)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        stream = kwargs.pop("stream", False)
+        try:
+            response = await wrapped(*args, stream=True, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        try:
+            on_response(lib, call, response, sync=False)
+        except Exception:
+            logger.debug("meterline: could not watch the response", exc_info=True)
+            call.finish(complete=False)
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
+
+    return send
+
+
+def _sync_stream_class(base: type) -> type:
+    class MeteredStream(base):  # type: ignore[misc, valid-type]
+        """The response's raw byte stream, inspected on its way to the app."""
+
+        def __init__(self, inner: Any, call: Call) -> None:
+            self._inner = inner
+            self._call = call
+
+        def __iter__(self) -> Any:
+            call = self._call
+            try:
+                for chunk in self._inner:
+                    out = call.feed(chunk)
+                    if out:
+                        yield out
+            except GeneratorExit:
+                call.finish(complete=False)
+                raise
+            except BaseException as exc:
+                call.fail(exc)
+                raise
+            tail = call.end_of_body()
+            call.finish(complete=True)
+            if tail:
+                yield tail
+
+        def close(self) -> None:
+            try:
+                self._inner.close()
+            finally:
+                self._call.finish(complete=False)
+
+    return MeteredStream
+
+
+def _async_stream_class(base: type) -> type:
+    class AsyncMeteredStream(base):  # type: ignore[misc, valid-type]
+        """The response's raw async byte stream, inspected on its way to the app."""
+
+        def __init__(self, inner: Any, call: Call) -> None:
+            self._inner = inner
+            self._call = call
+
+        async def __aiter__(self) -> Any:
+            call = self._call
+            try:
+                async for chunk in self._inner:
+                    out = call.feed(chunk)
+                    if out:
+                        yield out
+            except GeneratorExit:
+                call.finish(complete=False)
+                raise
+            except BaseException as exc:
+                call.fail(exc)
+                raise
+            tail = call.end_of_body()
+            call.finish(complete=True)
+            if tail:
+                yield tail
+
+        async def aclose(self) -> None:
+            try:
+                await self._inner.aclose()
+            finally:
+                self._call.finish(complete=False)
+
+    return AsyncMeteredStream
