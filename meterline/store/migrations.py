@@ -204,3 +204,64 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "otel_traces, llm_usage and its view", (TRACES_DDL, USAGE_DDL, USAGE_MV_DDL)),
 )
+
+# Pricing and invoices (issue 4): finalised invoices are stored as issued, revisions
+# and adjustments are appended, never rewritten; money columns are Decimal.
+INVOICES_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.billing_periods (
+    Period String,
+    Revision UInt32,
+    FinalizedAt DateTime64(3, 'UTC'),
+    Currency LowCardinality(String),
+    CatalogueSource String
+) ENGINE = ReplacingMergeTree(Revision)
+ORDER BY Period
+"""
+
+INVOICE_DOCUMENTS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.invoices (
+    Period String,
+    ConsumerId String,
+    Revision UInt32,
+    IssuedAt DateTime64(3, 'UTC'),
+    Currency LowCardinality(String),
+    Subtotal Decimal(38, 9),
+    Markup Decimal(38, 9),
+    Total Decimal(38, 9),
+    FailedRequests UInt64,
+    UnpricedRequests UInt64,
+    Document String CODEC(ZSTD(3))
+) ENGINE = ReplacingMergeTree
+ORDER BY (Period, ConsumerId, Revision)
+"""
+
+INVOICE_ADJUSTMENTS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.invoice_adjustments (
+    Period String,
+    ConsumerId String,
+    Revision UInt32,
+    CreatedAt DateTime64(3, 'UTC'),
+    Currency LowCardinality(String),
+    Amount Decimal(38, 9),
+    Reason String,
+    Document String CODEC(ZSTD(3))
+) ENGINE = MergeTree
+ORDER BY (Period, ConsumerId, CreatedAt)
+"""
+
+PRICE_CATALOGUE_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.price_catalogue (
+    FetchedAt DateTime64(3, 'UTC'),
+    Source String,
+    Data String CODEC(ZSTD(3))
+) ENGINE = MergeTree
+ORDER BY FetchedAt
+"""
+
+MIGRATIONS += (
+    Migration(
+        2,
+        "billing periods, finalised invoices, adjustments, price catalogue snapshots",
+        (INVOICES_DDL, INVOICE_DOCUMENTS_DDL, INVOICE_ADJUSTMENTS_DDL, PRICE_CATALOGUE_DDL),
+    ),
+)

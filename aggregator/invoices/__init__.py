@@ -1,0 +1,55 @@
+"""Invoices: stored usage × prices → per-consumer invoices, finalisation, re-pricing,
+and the billing export.
+
+Rounding: line amounts half-up to the currency's minor unit; ``subtotal`` the sum of
+lines; ``markup`` rounded half-up on the subtotal; ``total = subtotal + markup``.
+"""
+
+from meterline.aggregator.invoices._build import build_invoices
+from meterline.aggregator.invoices._model import (
+    EXPORT_COLUMNS,
+    Invoice,
+    InvoiceLine,
+    UnpricedUsage,
+    export_rows,
+)
+from meterline.aggregator.invoices._period import Period, between, month, resolve_period
+from meterline.aggregator.invoices._service import (
+    Finalization,
+    InvoiceError,
+    InvoiceView,
+    RepriceLine,
+    RepriceResult,
+    compute_invoices,
+    finalization,
+    finalize,
+    get_invoices,
+    iter_export_rows,
+    rate_usage,
+    reprice,
+)
+
+__all__ = [
+    "EXPORT_COLUMNS",
+    "Finalization",
+    "Invoice",
+    "InvoiceError",
+    "InvoiceLine",
+    "InvoiceView",
+    "Period",
+    "RepriceLine",
+    "RepriceResult",
+    "UnpricedUsage",
+    "between",
+    "build_invoices",
+    "compute_invoices",
+    "export_rows",
+    "finalization",
+    "finalize",
+    "get_invoices",
+    "iter_export_rows",
+    "month",
+    "rate_usage",
+    "reprice",
+    "resolve_period",
+]

@@ -1,0 +1,134 @@
+"""Invoice records and their JSON form (money as decimal strings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from meterline.aggregator.pricing import money_str
+
+
+@dataclass(frozen=True)
+class InvoiceLine:
+    """Tokens of one type of one model at one unit price."""
+
+    provider: str
+    model: str
+    """The model the provider reported (response model)."""
+    token_type: str
+    """``input``, ``cache_read``, ``cache_write``, ``cache_write_1h``, ``output``, ``reasoning``."""
+    quantity: int
+    """Tokens."""
+    unit_price_per_million: Decimal
+    amount: Decimal
+    """``quantity × unit price / 1e6`` rounded half-up to the currency's minor unit."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "token_type": self.token_type,
+            "quantity": self.quantity,
+            "unit_price_per_million": money_str(self.unit_price_per_million),
+            "amount": money_str(self.amount),
+        }
+
+
+@dataclass(frozen=True)
+class UnpricedUsage:
+    """Usage of a model without a price: counted and shown, never billed as zero."""
+
+    provider: str
+    model: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Invoice:
+    """One consumer's invoice for a period."""
+
+    consumer: str
+    period: str
+    currency: str
+    lines: tuple[InvoiceLine, ...]
+    subtotal: Decimal
+    """Sum of the (rounded) line amounts."""
+    markup: Decimal
+    """``subtotal × markup_percent / 100`` rounded half-up."""
+    total: Decimal
+    """``subtotal + markup``."""
+    unpriced: tuple[UnpricedUsage, ...] = field(default=())
+    failed_requests: int = 0
+    """Failed calls in the period (billed only when the plan says so)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "consumer": self.consumer,
+            "period": self.period,
+            "currency": self.currency,
+            "lines": [line.to_dict() for line in self.lines],
+            "subtotal": money_str(self.subtotal),
+            "markup": money_str(self.markup),
+            "total": money_str(self.total),
+            "unpriced": [u.to_dict() for u in self.unpriced],
+            "failed_requests": self.failed_requests,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Invoice:
+        return cls(
+            consumer=data["consumer"],
+            period=data["period"],
+            currency=data["currency"],
+            lines=tuple(
+                InvoiceLine(
+                    provider=line["provider"],
+                    model=line["model"],
+                    token_type=line["token_type"],
+                    quantity=int(line["quantity"]),
+                    unit_price_per_million=Decimal(line["unit_price_per_million"]),
+                    amount=Decimal(line["amount"]),
+                )
+                for line in data["lines"]
+            ),
+            subtotal=Decimal(data["subtotal"]),
+            markup=Decimal(data["markup"]),
+            total=Decimal(data["total"]),
+            unpriced=tuple(UnpricedUsage(**u) for u in data.get("unpriced", ())),
+            failed_requests=int(data.get("failed_requests", 0)),
+        )
+
+
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "consumer",
+    "period",
+    "currency",
+    "provider",
+    "model",
+    "token_type",
+    "quantity",
+    "unit_price_per_million",
+    "amount",
+)
+"""Columns of the billing export, one row per invoice line."""
+
+
+def export_rows(invoice: Invoice) -> list[dict[str, Any]]:
+    """The invoice's lines as export rows."""
+    return [
+        {"consumer": invoice.consumer, "period": invoice.period, "currency": invoice.currency}
+        | line.to_dict()
+        for line in invoice.lines
+    ]

@@ -1,0 +1,336 @@
+"""Invoices over the store: compute, finalise, re-price, export.
+
+Contract:
+- An *open* period's invoices are computed from ``llm_usage FINAL`` with the prices in
+  force at each call's timestamp.
+- A *finalised* period's invoices are the stored documents (latest revision); a later
+  price change never alters them silently. :func:`reprice` computes them afresh, shows
+  the difference and records it as an adjustment (``force``: issues a new revision).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, localcontext
+from typing import Any
+
+from meterline.aggregator.invoices._build import build_invoices
+from meterline.aggregator.invoices._model import Invoice
+from meterline.aggregator.invoices._period import Period, month
+from meterline.aggregator.pricing import (
+    MONEY_CONTEXT,
+    Pricing,
+    RatedGroup,
+    Rater,
+    RatingGrid,
+    UsageGroup,
+)
+from meterline.aggregator.queries import invoices as sql
+from meterline.aggregator.queries.rating import models_sql, rating_sql
+from meterline.aggregator.queries.usage import UsageFilter
+from meterline.errors import MeterlineError
+from meterline.store import Store
+
+logger = logging.getLogger(__name__)
+
+QUERY_SETTINGS: dict[str, Any] = {"session_timezone": "UTC"}
+
+
+class InvoiceError(MeterlineError):
+    """An invoice operation is not possible in the current state (e.g. not finalised)."""
+
+
+def rate_usage(
+    store: Store, pricing: Pricing, f: UsageFilter, *, extra_keys: tuple[str, ...] = ()
+) -> tuple[RatingGrid, list[RatedGroup]]:
+    """Rate the usage selected by ``f``, grouped by the rating keys (+ ``extra_keys``)."""
+    models_query, params = models_sql(f)
+    _, keys = store.query(models_query, params, settings=QUERY_SETTINGS)
+    grid = pricing.book.grid((str(p), str(r), str(q)) for p, r, q in keys)
+    if not keys:
+        return grid, []
+    query, params = rating_sql(f, grid, extra_keys=extra_keys)
+    names, rows = store.query(query, params, settings=QUERY_SETTINGS)
+    rater = Rater(pricing.book, grid)
+    rated: list[RatedGroup] = []
+    for row in rows:
+        record = dict(zip(names, row, strict=True))
+        extra = tuple(record[f"k_{k}"] for k in extra_keys)
+        rated.append(rater.rate(UsageGroup.from_row(record, extra)))
+    return grid, rated
+
+
+def compute_invoices(
+    store: Store, pricing: Pricing, period: Period, *, consumer: str | None = None
+) -> dict[str, Invoice]:
+    """Invoices computed from usage (ignores finalisation); a requested consumer without
+    usage gets an empty invoice."""
+    f = UsageFilter(start=period.start, end=period.end, consumer=consumer)
+    _, rated = rate_usage(store, pricing, f)
+    return build_invoices(
+        rated,
+        pricing.config,
+        period=period.label,
+        consumers=(consumer,) if consumer is not None else (),
+    )
+
+
+@dataclass(frozen=True)
+class Finalization:
+    """A finalised period."""
+
+    period: str
+    revision: int
+    """Increases with every forced re-issue."""
+    finalized_at: datetime
+    currency: str
+    catalogue_source: str
+
+
+@dataclass(frozen=True)
+class InvoiceView:
+    """An invoice and whether it is final."""
+
+    invoice: Invoice
+    finalization: Finalization | None = None
+    """``None``: the period is open and the invoice computed now."""
+    revision: int | None = None
+    """The stored invoice's revision (final periods)."""
+    adjustments: Decimal = Decimal(0)
+    """Sum of adjustments recorded against that revision."""
+
+
+def finalization(store: Store, period: str) -> Finalization | None:
+    """The period's finalisation, or ``None`` when it is open."""
+    _, rows = store.query(sql.PERIOD_SQL, {"period": period}, settings=QUERY_SETTINGS)
+    if not rows:
+        return None
+    revision, at, currency, source = rows[0]
+    return Finalization(period, int(revision), _utc(at), str(currency), str(source))
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _stored(store: Store, period: str, consumer: str | None) -> dict[str, tuple[int, Invoice]]:
+    _, rows = store.query(
+        sql.LATEST_INVOICES_SQL, sql.scope(period, consumer), settings=QUERY_SETTINGS
+    )
+    return {str(c): (int(rev), Invoice.from_dict(json.loads(doc))) for c, rev, doc in rows}
+
+
+def _adjusted(
+    store: Store, period: str, consumer: str | None, revisions: dict[str, int]
+) -> dict[str, Decimal]:
+    _, rows = store.query(sql.ADJUSTMENTS_SQL, sql.scope(period, consumer), settings=QUERY_SETTINGS)
+    sums: dict[str, Decimal] = {}
+    with localcontext(MONEY_CONTEXT):
+        for c, revision, _at, _cur, amount, _reason in rows:
+            if revisions.get(str(c), 0) == int(revision):
+                sums[str(c)] = sums.get(str(c), Decimal(0)) + Decimal(amount)
+    return sums
+
+
+def _empty(consumer: str, period: str, currency: str) -> Invoice:
+    zero = Decimal("0")
+    return Invoice(consumer, period, currency, (), zero, zero, zero)
+
+
+def get_invoices(
+    store: Store, pricing: Pricing, period: Period, *, consumer: str | None = None
+) -> dict[str, InvoiceView]:
+    """The period's invoices: stored ones when it is finalised, else computed."""
+    final = finalization(store, period.label) if period.is_month else None
+    if final is None:
+        computed = compute_invoices(store, pricing, period, consumer=consumer)
+        return {c: InvoiceView(inv) for c, inv in computed.items()}
+    stored = _stored(store, period.label, consumer)
+    adjustments = _adjusted(store, period.label, consumer, {c: r for c, (r, _) in stored.items()})
+    views = {
+        c: InvoiceView(inv, final, rev, adjustments.get(c, Decimal(0)))
+        for c, (rev, inv) in stored.items()
+    }
+    if consumer is not None and consumer not in views:
+        views[consumer] = InvoiceView(_empty(consumer, period.label, final.currency), final)
+    return views
+
+
+def _invoice_row(invoice: Invoice, revision: int, at: datetime) -> list[Any]:
+    return [
+        invoice.period,
+        invoice.consumer,
+        revision,
+        at,
+        invoice.currency,
+        invoice.subtotal,
+        invoice.markup,
+        invoice.total,
+        invoice.failed_requests,
+        sum(u.requests for u in invoice.unpriced),
+        json.dumps(invoice.to_dict(), separators=(",", ":")),
+    ]
+
+
+def _insert_rows(store: Store, table: str, columns: tuple[str, ...], rows: list[list[Any]]) -> None:
+    if rows:
+        store.insert_columns(table, [list(c) for c in zip(*rows, strict=True)], columns)
+
+
+def finalize(store: Store, pricing: Pricing, label: str) -> tuple[Finalization, dict[str, Invoice]]:
+    """Store every consumer's invoice of the month ``label`` as final (revision 1).
+
+    Raises:
+        ValueError: ``label`` is not a month.
+        InvoiceError: the period is already finalised (use :func:`reprice`).
+    """
+    period = month(label)
+    existing = finalization(store, period.label)
+    if existing is not None:
+        raise InvoiceError(
+            f"period {period.label} was finalised at {existing.finalized_at.isoformat()} "
+            f"(revision {existing.revision}); use 'meterline reprice --period {period.label}'"
+        )
+    invoices = compute_invoices(store, pricing, period)
+    now = datetime.now(UTC)
+    _insert_rows(
+        store, "invoices", sql.INVOICE_COLUMNS, [_invoice_row(i, 1, now) for i in invoices.values()]
+    )
+    source = pricing.catalogue.source if pricing.catalogue is not None else "configuration only"
+    row = [period.label, 1, now, pricing.config.currency, source]
+    _insert_rows(store, "billing_periods", sql.PERIOD_COLUMNS, [row])
+    logger.info("finalised %s: %d invoices", period.label, len(invoices))
+    return Finalization(period.label, 1, now, pricing.config.currency, source), invoices
+
+
+@dataclass(frozen=True)
+class RepriceLine:
+    """One consumer's invoice, as billed and as the current prices rate it."""
+
+    consumer: str
+    billed: Decimal
+    """Stored total plus adjustments already recorded against that revision."""
+    repriced: Decimal
+    """Total at the current prices."""
+
+    @property
+    def difference(self) -> Decimal:
+        return self.repriced - self.billed
+
+    def to_dict(self) -> dict[str, Any]:
+        from meterline.aggregator.pricing import money_str
+
+        return {
+            "consumer": self.consumer,
+            "billed": money_str(self.billed),
+            "repriced": money_str(self.repriced),
+            "difference": money_str(self.difference),
+        }
+
+
+@dataclass(frozen=True)
+class RepriceResult:
+    """What ``reprice`` found and did."""
+
+    period: str
+    currency: str
+    lines: tuple[RepriceLine, ...]
+    action: str
+    """``adjusted`` (differences recorded), ``reissued`` (new revision) or ``none``."""
+    revision: int
+    """The revision in force afterwards."""
+    invoices: dict[str, Invoice] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "period": self.period,
+            "currency": self.currency,
+            "action": self.action,
+            "revision": self.revision,
+            "consumers": [line.to_dict() for line in self.lines],
+        }
+
+
+def reprice(
+    store: Store, pricing: Pricing, label: str, *, force: bool = False, dry_run: bool = False
+) -> RepriceResult:
+    """Re-rate a finalised month with the current prices.
+
+    Without ``force`` each consumer's difference to what was billed is recorded as an
+    adjustment (recorded once: a second run with unchanged prices records nothing);
+    with ``force`` every invoice is re-issued as a new revision, which replaces the old
+    one and its adjustments. ``dry_run`` only shows the difference.
+
+    Raises:
+        ValueError: ``label`` is not a month.
+        InvoiceError: the period is not finalised.
+    """
+    period = month(label)
+    final = finalization(store, period.label)
+    if final is None:
+        raise InvoiceError(
+            f"period {period.label} is not finalised; run 'meterline finalize --period "
+            f"{period.label}' first (open periods are always priced afresh)"
+        )
+    stored = _stored(store, period.label, None)
+    revisions = {c: r for c, (r, _) in stored.items()}
+    adjustments = _adjusted(store, period.label, None, revisions)
+    fresh = compute_invoices(store, pricing, period)
+    lines: list[RepriceLine] = []
+    with localcontext(MONEY_CONTEXT):
+        for consumer in sorted(set(stored) | set(fresh)):
+            billed = stored[consumer][1].total if consumer in stored else Decimal(0)
+            billed += adjustments.get(consumer, Decimal(0))
+            repriced = fresh[consumer].total if consumer in fresh else Decimal(0)
+            lines.append(RepriceLine(consumer, billed, repriced))
+    changed = [line for line in lines if line.difference != 0]
+    now = datetime.now(UTC)
+    if dry_run or (not force and not changed):
+        return RepriceResult(
+            period.label, final.currency, tuple(lines), "none", final.revision, fresh
+        )
+    if force:
+        revision = final.revision + 1
+        invoices = [
+            fresh.get(c) or _empty(c, period.label, pricing.config.currency)
+            for c in sorted(set(stored) | set(fresh))
+        ]
+        rows = [_invoice_row(i, revision, now) for i in invoices]
+        _insert_rows(store, "invoices", sql.INVOICE_COLUMNS, rows)
+        source = pricing.catalogue.source if pricing.catalogue is not None else "configuration only"
+        row = [period.label, revision, now, pricing.config.currency, source]
+        _insert_rows(store, "billing_periods", sql.PERIOD_COLUMNS, [row])
+        return RepriceResult(
+            period.label, final.currency, tuple(lines), "reissued", revision, fresh
+        )
+    adjustment_rows: list[list[Any]] = []
+    for line in changed:
+        invoice = fresh.get(line.consumer) or _empty(line.consumer, period.label, final.currency)
+        adjustment_rows.append(
+            [
+                period.label,
+                line.consumer,
+                revisions.get(line.consumer, 0),
+                now,
+                final.currency,
+                line.difference,
+                "repriced at current prices",
+                json.dumps(invoice.to_dict(), separators=(",", ":")),
+            ]
+        )
+    _insert_rows(store, "invoice_adjustments", sql.ADJUSTMENT_COLUMNS, adjustment_rows)
+    return RepriceResult(
+        period.label, final.currency, tuple(lines), "adjusted", final.revision, fresh
+    )
+
+
+def iter_export_rows(views: Iterable[InvoiceView]) -> Iterable[dict[str, Any]]:
+    """Every invoice line of ``views`` as an export row."""
+    from meterline.aggregator.invoices._model import export_rows
+
+    for view in views:
+        yield from export_rows(view.invoice)

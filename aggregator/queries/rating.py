@@ -1,0 +1,160 @@
+"""The rating query: usage grouped so that every group has exactly one price.
+
+Reads ``llm_usage FINAL`` (each response counts once). Groups by consumer, provider,
+response and request model, billability, *price segment* (between two change points of
+the involved prices), *time-of-day bucket* (only for models with time-of-day prices)
+and *tier bucket* (how many tier thresholds the call's own input tokens exceed) — tiers
+are per call, so calls on either side of a threshold never share a group. Token
+quantities come out disjoint and clamped per call (a subset larger than its total is
+cut to the total, so unsigned arithmetic never wraps): ``input`` net of cache reads and
+writes, ``cache_write`` the 5-minute writes, ``output`` net of reasoning.
+
+Every value, threshold and instant is a bound parameter.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from meterline.aggregator.pricing import RatingGrid
+from meterline.aggregator.queries.usage import GROUP_KEYS, UsageFilter, where_clause
+
+QUANTITY_COLUMNS: tuple[str, ...] = (
+    "input",
+    "cache_read",
+    "cache_write",
+    "cache_write_1h",
+    "output",
+    "reasoning",
+)
+"""The disjoint token quantities, in the query's output order (after the keys)."""
+
+RATING_KEYS: tuple[str, ...] = (
+    "consumer",
+    "provider",
+    "response_model",
+    "request_model",
+    "billable",
+    "segment",
+    "tod",
+    "tier",
+)
+"""Group columns every rating row starts with; extra usage keys follow them."""
+
+METRIC_COLUMNS: tuple[str, ...] = ("requests", "first_at", "input_tokens", "output_tokens")
+"""Per-group metrics between the keys and the quantities."""
+
+_INNER = """
+    SELECT *,
+        least(CacheReadInputTokens, InputTokens) AS _cr,
+        least(CacheCreationInputTokens, InputTokens - _cr) AS _cw,
+        least(CacheCreation1hInputTokens, _cw) AS _cw1h,
+        least(ReasoningOutputTokens, OutputTokens) AS _rs
+    FROM {db}.llm_usage FINAL
+    WHERE {where}"""
+
+_AGGREGATES = """count() AS requests,
+    min(Timestamp) AS first_at,
+    sum(InputTokens) AS input_tokens,
+    sum(OutputTokens) AS output_tokens,
+    sum(InputTokens - _cr - _cw) AS input,
+    sum(_cr) AS cache_read,
+    sum(_cw - _cw1h) AS cache_write,
+    sum(_cw1h) AS cache_write_1h,
+    sum(OutputTokens - _rs) AS output,
+    sum(_rs) AS reasoning"""
+
+
+def models_sql(f: UsageFilter) -> tuple[str, dict[str, Any]]:
+    """The distinct (provider, response model, request model) of the filtered usage.
+
+    No ``FINAL``: a duplicate does not change a distinct set, and skipping the merge
+    keeps this pre-query cheap.
+    """
+    where, params = where_clause(f)
+    sql = (
+        "SELECT DISTINCT Provider, ResponseModel, RequestModel\n"
+        f"FROM {{db}}.llm_usage\nWHERE {where}"
+    )
+    return sql, params
+
+
+def _segment_expr(points: list[datetime], params: dict[str, Any]) -> str:
+    if not points:
+        return "0"
+    branches = []
+    for i, point in enumerate(points):
+        params[f"cp{i}"] = point
+        branches.append(f"Timestamp < {{cp{i}:DateTime64(9, 'UTC')}}, {i}")
+    return f"multiIf({', '.join(branches)}, {len(points)})"
+
+
+def _tier_expr(thresholds: tuple[int, ...], params: dict[str, Any]) -> str:
+    if not thresholds:
+        return "0"
+    branches = []
+    for i in reversed(range(len(thresholds))):
+        params[f"tt{i}"] = thresholds[i]
+        branches.append(f"InputTokens > {{tt{i}:UInt64}}, {i + 1}")
+    return f"multiIf({', '.join(branches)}, 0)"
+
+
+def _tod_expr(grid: RatingGrid, params: dict[str, Any]) -> str:
+    keys, bounds = grid.time_of_day
+    if not keys or not bounds:
+        return "0"
+    params["tod_keys"] = [list(k) for k in keys]
+    params["tod_bounds"] = list(bounds)
+    seconds = (
+        "(toHour(Timestamp, 'UTC') * 3600 + toMinute(Timestamp, 'UTC') * 60"
+        " + toSecond(Timestamp, 'UTC'))"
+    )
+    return (
+        "if(has({tod_keys:Array(Tuple(String, String, String))}, "
+        "(toString(Provider), toString(ResponseModel), toString(RequestModel))), "
+        f"arrayCount(b -> {seconds} >= b, {{tod_bounds:Array(UInt32)}}), 0)"
+    )
+
+
+def rating_sql(
+    f: UsageFilter, grid: RatingGrid, *, extra_keys: tuple[str, ...] = ()
+) -> tuple[str, dict[str, Any]]:
+    """SQL and parameters of the rating query.
+
+    Args:
+        f: which usage (time range, consumer, …); its ``group_by`` is ignored.
+        grid: the price change points, tier thresholds and time-of-day splits.
+        extra_keys: further group keys of :data:`GROUP_KEYS` (``feature``, ``day``…),
+            returned after :data:`RATING_KEYS` as ``k_<key>``.
+
+    Raises:
+        ValueError: an unknown extra key.
+    """
+    unknown = [k for k in extra_keys if k not in GROUP_KEYS]
+    if unknown:
+        raise ValueError(f"unknown group key {unknown[0]!r}, allowed: {', '.join(GROUP_KEYS)}")
+    where, params = where_clause(f)
+    points = [
+        p
+        for p in grid.change_points
+        if (f.start is None or p > f.start) and (f.end is None or p < f.end)
+    ]
+    keys = [
+        "ConsumerId AS consumer",
+        "Provider AS provider",
+        "ResponseModel AS response_model",
+        "RequestModel AS request_model",
+        "Billable AS billable",
+        f"{_segment_expr(points, params)} AS segment",
+        f"{_tod_expr(grid, params)} AS tod",
+        f"{_tier_expr(grid.thresholds, params)} AS tier",
+        *(f"{GROUP_KEYS[k]} AS k_{k}" for k in extra_keys),
+    ]
+    names = [*RATING_KEYS, *(f"k_{k}" for k in extra_keys)]
+    sql = (
+        f"SELECT {', '.join(keys)},\n    {_AGGREGATES}\n"
+        f"FROM ({_INNER.format(db='{db}', where=where)}\n)\n"
+        f"GROUP BY {', '.join(names)}"
+    )
+    return sql, params
