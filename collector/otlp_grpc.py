@@ -13,9 +13,9 @@ import hmac
 import logging
 
 import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from meterline.collector.decode import to_rows
+from meterline.collector.decode import MalformedRequest, parse_protobuf, to_rows
 from meterline.collector.writer import Closed, Overloaded, Writer
 
 logger = logging.getLogger(__name__)
@@ -23,16 +23,19 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+
+
+class TraceService:
+    """The Export method; it takes raw bytes so a malformed message is INVALID_ARGUMENT."""
+
     def __init__(self, writer: Writer, *, token: str | None = None, keep_all: bool = False):
         self._writer = writer
         self._token = token.encode() if token else None
         self._keep_all = keep_all
 
-    async def Export(
-        self,
-        request: trace_service_pb2.ExportTraceServiceRequest,
-        context: grpc.aio.ServicerContext,
+    async def export(
+        self, body: bytes, context: grpc.aio.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         if self._token is not None:
             metadata = dict(context.invocation_metadata() or ())
@@ -41,7 +44,10 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
                 given.strip().encode(), self._token
             ):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid token")
-        rows = to_rows(request, keep_all=self._keep_all)
+        try:
+            rows = to_rows(parse_protobuf(body), keep_all=self._keep_all)
+        except MalformedRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             future = self._writer.submit(rows)
         except Overloaded as exc:
@@ -72,8 +78,14 @@ def create_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
-        TraceService(writer, token=token, keep_all=keep_all), server
+    service = TraceService(writer, token=token, keep_all=keep_all)
+    handler = grpc.unary_unary_rpc_method_handler(
+        service.export,
+        request_deserializer=None,  # raw bytes: we parse and report errors ourselves
+        response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),)
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

@@ -237,3 +237,29 @@ def test_data_survives_restart_and_shutdown_flushes(tmp_path: Path) -> None:
     with start_server(tmp_path) as second:
         [row] = usage(second, consumer=consumer)
         assert (row["requests"], row["input_tokens"]) == (50, sum(range(1, 51)))
+
+
+def test_grpc_bad_input_and_message_limit(server: RunningServer) -> None:
+    import grpc
+
+    channel = grpc.insecure_channel(server.otlp_grpc_address)
+    export = channel.unary_unary(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        request_serializer=None,
+        response_deserializer=ExportTraceServiceResponse.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as bad:
+        export(b"\xff\xff\xff not protobuf", timeout=10)
+    assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "protobuf" in bad.value.details()
+    with pytest.raises(grpc.RpcError) as big:
+        export(b"\n" + b"\x80\x80\x80\x02" + b"\0" * (4 * 1024 * 1024 + 10), timeout=10)
+    assert big.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    consumer = unique()
+    spans = make_spans([chat(consumer, input_tokens=1, output_tokens=1) for _ in range(2)])
+    request = encode_spans(spans)
+    request.resource_spans[0].scope_spans[0].spans[0].span_id = b""
+    response = export(request.SerializeToString(), timeout=10)
+    assert response.partial_success.rejected_spans == 1
+    assert usage(server, consumer=consumer)[0]["requests"] == 1
+    channel.close()
