@@ -6,6 +6,16 @@ lines; ``markup`` rounded half-up on the subtotal; ``total = subtotal + markup``
 """
 
 from meterline.aggregator.invoices._build import build_invoices
+from meterline.aggregator.invoices._catalogue_store import (
+    DEFAULT_PRICES_URL,
+    PriceChange,
+    PriceUpdate,
+    PriceUpdateError,
+    diff_catalogues,
+    load_store_pricing,
+    stored_catalogue,
+    update_catalogue,
+)
 from meterline.aggregator.invoices._model import (
     EXPORT_COLUMNS,
     Invoice,
@@ -28,8 +38,10 @@ from meterline.aggregator.invoices._service import (
     rate_usage,
     reprice,
 )
+from meterline.aggregator.invoices._usage_costs import UsageCosts, usage_costs
 
 __all__ = [
+    "DEFAULT_PRICES_URL",
     "EXPORT_COLUMNS",
     "Finalization",
     "Invoice",
@@ -37,19 +49,28 @@ __all__ = [
     "InvoiceLine",
     "InvoiceView",
     "Period",
+    "PriceChange",
+    "PriceUpdate",
+    "PriceUpdateError",
     "RepriceLine",
     "RepriceResult",
     "UnpricedUsage",
+    "UsageCosts",
     "between",
     "build_invoices",
     "compute_invoices",
+    "diff_catalogues",
     "export_rows",
     "finalization",
     "finalize",
     "get_invoices",
     "iter_export_rows",
+    "load_store_pricing",
     "month",
     "rate_usage",
     "reprice",
     "resolve_period",
+    "stored_catalogue",
+    "update_catalogue",
+    "usage_costs",
 ]

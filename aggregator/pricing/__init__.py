@@ -39,6 +39,7 @@ from meterline.aggregator.pricing._rating import (
     exact_amount,
     round_money,
 )
+from meterline.aggregator.pricing._table import price_table
 
 __all__ = [
     "MINOR_UNITS",
@@ -67,6 +68,7 @@ __all__ = [
     "load_pricing_config",
     "money_str",
     "parse_pricing_config",
+    "price_table",
     "round_money",
 ]
 

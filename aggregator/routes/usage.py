@@ -9,7 +9,9 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from meterline.aggregator.deps import StoreDep
+from meterline.aggregator.invoices import usage_costs
 from meterline.aggregator.queries.usage import GROUP_KEYS, UsageFilter, usage_sql
+from meterline.aggregator.routes._pricing import PricingDep
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 
@@ -62,10 +64,21 @@ def _jsonable(key: str, value: Any) -> Any:
 
 
 @router.get("")
-def get_usage(query: Annotated[UsageQuery, Query()], store: StoreDep) -> dict[str, Any]:
-    """Usage totals, one row per group (no group: one row for everything)."""
+def get_usage(
+    query: Annotated[UsageQuery, Query()], store: StoreDep, pricing: PricingDep
+) -> dict[str, Any]:
+    """Usage totals, one row per group (no group: one row for everything), with the
+    exact ``cost`` (decimal string), its ``currency`` and ``unpriced_requests``."""
     if query.from_ and query.to and query.to <= query.from_:
         raise HTTPException(status_code=422, detail="'to' must be after 'from'")
-    sql, params = usage_sql(query.to_filter())
+    f = query.to_filter()
+    sql, params = usage_sql(f)
     names, rows = store.query(sql, params, settings={"session_timezone": "UTC"})
-    return {"rows": [{n: _jsonable(n, v) for n, v in zip(names, row, strict=True)} for row in rows]}
+    costs = usage_costs(store, pricing, f)
+    return {
+        "rows": [
+            {n: _jsonable(n, v) for n, v in zip(names, row, strict=True)}
+            | costs.columns(row[: len(f.group_by)])
+            for row in rows
+        ]
+    }

@@ -1,0 +1,51 @@
+"""``GET /v1/invoices/{consumer}``: one consumer's invoice for a month or a range.
+
+Money fields are decimal strings. A finalised month returns the stored invoice
+(``X-Meterline-Invoice-Status: final; revision=N``), an open one is computed now
+(``open``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response
+
+from meterline.aggregator.deps import StoreDep
+from meterline.aggregator.invoices import InvoiceView, get_invoices, resolve_period
+from meterline.aggregator.pricing import money_str
+from meterline.aggregator.routes._pricing import PricingDep
+
+router = APIRouter(prefix="/v1/invoices", tags=["invoices"])
+
+STATUS_HEADER = "X-Meterline-Invoice-Status"
+
+
+def status_value(view: InvoiceView) -> str:
+    if view.finalization is None:
+        return "open"
+    value = f"final; revision={view.finalization.revision}"
+    if view.adjustments:
+        value += f"; adjustments={money_str(view.adjustments)}"
+    return value
+
+
+@router.get("/{consumer}")
+def get_invoice(
+    consumer: str,
+    store: StoreDep,
+    pricing: PricingDep,
+    response: Response,
+    period: Annotated[str | None, Query(description="UTC month, YYYY-MM")] = None,
+    from_: Annotated[datetime | None, Query(alias="from", description="ISO-8601")] = None,
+    to: Annotated[datetime | None, Query(description="ISO-8601, exclusive")] = None,
+) -> dict[str, Any]:
+    """The consumer's invoice: lines, subtotal, markup, total, unpriced usage."""
+    try:
+        resolved = resolve_period(period, from_, to)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    view = get_invoices(store, pricing, resolved, consumer=consumer)[consumer]
+    response.headers[STATUS_HEADER] = status_value(view)
+    return view.invoice.to_dict()

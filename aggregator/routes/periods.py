@@ -1,0 +1,63 @@
+"""Billing periods: finalise a month, re-price a finalised one.
+
+``GET /v1/periods/{YYYY-MM}`` (open or final), ``POST …/finalize`` (store every
+invoice), ``POST …/reprice?force=&dry_run=`` (difference as adjustments, or re-issue).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+
+from meterline.aggregator.deps import StoreDep
+from meterline.aggregator.invoices import InvoiceError, finalization, finalize, month, reprice
+from meterline.aggregator.routes._pricing import PricingDep
+
+router = APIRouter(prefix="/v1/periods", tags=["invoices"])
+
+
+def _month(period: str) -> str:
+    try:
+        return month(period).label
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+
+
+@router.get("/{period}")
+def get_period(period: str, store: StoreDep) -> dict[str, Any]:
+    final = finalization(store, _month(period))
+    if final is None:
+        return {"period": period, "status": "open"}
+    return {
+        "period": final.period,
+        "status": "final",
+        "revision": final.revision,
+        "finalized_at": final.finalized_at.isoformat().replace("+00:00", "Z"),
+        "currency": final.currency,
+        "catalogue": final.catalogue_source,
+    }
+
+
+@router.post("/{period}/finalize")
+def post_finalize(period: str, store: StoreDep, pricing: PricingDep) -> dict[str, Any]:
+    try:
+        final, invoices = finalize(store, pricing, _month(period))
+    except InvoiceError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    return {
+        "period": final.period,
+        "revision": final.revision,
+        "invoices": [i.to_dict() for i in invoices.values()],
+    }
+
+
+@router.post("/{period}/reprice")
+def post_reprice(
+    period: str, store: StoreDep, pricing: PricingDep, force: bool = False, dry_run: bool = False
+) -> dict[str, Any]:
+    try:
+        result = reprice(store, pricing, _month(period), force=force, dry_run=dry_run)
+    except InvoiceError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    return result.to_dict()

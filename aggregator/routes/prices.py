@@ -1,0 +1,45 @@
+"""``GET /v1/prices``: the prices in use; ``POST /v1/prices/update``: fetch published ones.
+
+Without ``model`` it lists the configuration entries and the catalogue's models (their
+prices in force at ``at``, default now); with ``provider`` and ``model`` it shows which
+price a call would get and why (the matching of :mod:`meterline.aggregator.pricing`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from meterline.aggregator.deps import StoreDep
+from meterline.aggregator.invoices import PriceUpdateError, update_catalogue
+from meterline.aggregator.pricing import price_table
+from meterline.aggregator.routes._pricing import PricingDep, reset_pricing
+
+router = APIRouter(prefix="/v1/prices", tags=["prices"])
+
+
+@router.get("")
+def get_prices(
+    pricing: PricingDep,
+    provider: str | None = None,
+    model: str | None = None,
+    source: Annotated[str | None, Query(pattern="^(config|catalogue)$")] = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    when = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at else UTC) or UTC)
+    return price_table(pricing, at=when, provider=provider, model=model, source=source)
+
+
+@router.post("/update")
+def post_update(
+    request: Request, store: StoreDep, pricing: PricingDep, url: str | None = None
+) -> dict[str, Any]:
+    try:
+        kwargs = {"url": url} if url else {}
+        result = update_catalogue(store, pricing.catalogue, **kwargs)
+    except PriceUpdateError as exc:
+        raise HTTPException(status_code=502, detail=str(exc)) from None
+    reset_pricing(request)
+    return result.to_dict()
