@@ -276,8 +276,9 @@ class Call:
         if self.finish_reasons:
             attrs["gen_ai.response.finish_reasons"] = self.finish_reasons
         if not self.usage_final:
-            if self.error is None or self.input_from_provider or self.text_events:
-                # Cut short (or the server sent no usage): record what is known.
+            if self.error is None or 200 <= self.status < 300:
+                # Cut short after a 2xx (or the server sent no usage): the provider has
+                # worked on the request; record what is known, as an estimate.
                 self._estimate()
                 attrs["meterline.usage.estimated"] = True
             else:

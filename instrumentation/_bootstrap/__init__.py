@@ -1,0 +1,1 @@
+"""Start-up hook for ``meterline instrument``: this folder goes first on ``PYTHONPATH``."""
