@@ -1,0 +1,380 @@
+"""Just enough of ClickHouse's lexer to classify one statement before it runs.
+
+The endpoint must know, before the engine sees a request, what kind of statement it
+carries (read-only or not), whether it is one statement (chdb would happily run
+``SELECT 1; DROP TABLE t``), which output format it asks for, and, for an
+``INSERT``, where its inline data begins. A regular expression cannot answer these
+safely; this module tokenizes the way ClickHouse's ``Lexer`` does: whitespace,
+``--``/``#`` line comments, nested ``/* */`` comments, ``'strings'`` with backslash
+escapes and doubled quotes, ``"quoted"``/```quoted``` identifiers, ``$tag$`` heredocs,
+numbers, words and punctuation.
+
+Text is lexed as latin-1 so that offsets are byte offsets and an INSERT's binary data
+(``FORMAT Native``) is never decoded: the lexer stops where the data begins.
+
+Known limits: this is a classifier, not a parser. A statement it accepts can still
+fail in the engine (syntax errors are reported by the engine, not here); a statement
+it rejects is never sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from meterline.clickhouse_http._errors import ClickHouseError
+
+READ_ONLY_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS"})
+"""First keywords of the statements the read-only endpoint runs."""
+
+RESULT_KINDS = READ_ONLY_KINDS | {"EXPLAIN", "CHECK"}
+"""Statements that produce a result set (and so an ``X-ClickHouse-Format`` header)."""
+
+SAFE_TABLE_FUNCTIONS = frozenset(
+    name.lower()
+    for name in (
+        "numbers",
+        "numbers_mt",
+        "zeros",
+        "zeros_mt",
+        "generate_series",
+        "generateSeries",
+        "primes",
+        "values",
+        "null",
+        "view",
+        "viewIfPermitted",
+        "merge",
+        "dictionary",
+        "format",
+        "generateRandom",
+        "loop",
+        "mergeTreeIndex",
+        "mergeTreeProjection",
+    )
+)
+"""Table functions that only read the engine's own tables or generate data."""
+
+UNSAFE_FUNCTIONS = frozenset(
+    name.lower()
+    for name in (
+        "file",
+        "fileCluster",
+        "filesystem",
+        "url",
+        "urlCluster",
+        "s3",
+        "s3Cluster",
+        "gcs",
+        "oss",
+        "cosn",
+        "hdfs",
+        "hdfsCluster",
+        "azureBlobStorage",
+        "azureBlobStorageCluster",
+        "remote",
+        "remoteSecure",
+        "cluster",
+        "clusterAllReplicas",
+        "mysql",
+        "postgresql",
+        "sqlite",
+        "mongodb",
+        "redis",
+        "odbc",
+        "jdbc",
+        "executable",
+        "input",
+        "python",
+        "eval",
+        "arrowstream",
+        "bigquery",
+        "ytsaurus",
+    )
+)
+"""Functions that reach files, the network or the host process, refused when read-only.
+
+The endpoint adds every other table function the engine knows (``system.table_functions``)
+that is not in :data:`SAFE_TABLE_FUNCTIONS`; this list is the floor if that lookup fails.
+"""
+
+_WS = " \t\n\r\f\v"
+_WORD_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+_WORD_CHARS = _WORD_START | frozenset("0123456789$")
+_HEREDOC_TAG = _WORD_CHARS - {"$"}
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str
+    """``word``, ``qident`` (quoted identifier), ``string``, ``number`` or ``punct``."""
+    start: int
+    end: int
+    text: str
+
+    @property
+    def upper(self) -> str:
+        return self.text.upper() if self.kind == "word" else ""
+
+    @property
+    def ident(self) -> str:
+        """The identifier this token names (unquoted), or ``""``."""
+        if self.kind == "word":
+            return self.text
+        if self.kind == "qident":
+            return self.text[1:-1]
+        return ""
+
+
+def _syntax(message: str) -> ClickHouseError:
+    return ClickHouseError("SYNTAX_ERROR", f"Syntax error: {message}")
+
+
+def tokens(text: str, start: int = 0) -> Iterator[Token]:
+    """Yield the significant tokens of ``text`` from offset ``start``."""
+    i, n = start, len(text)
+    while i < n:
+        c = text[i]
+        if c in _WS:
+            i += 1
+        elif text.startswith("--", i) or c == "#":
+            nl = text.find("\n", i)
+            i = n if nl < 0 else nl + 1
+        elif text.startswith("/*", i):
+            depth, j = 1, i + 2
+            while depth and j < n:
+                if text.startswith("/*", j):
+                    depth, j = depth + 1, j + 2
+                elif text.startswith("*/", j):
+                    depth, j = depth - 1, j + 2
+                else:
+                    j += 1
+            if depth:
+                raise _syntax(f"unterminated multiline comment at position {i + 1}")
+            i = j
+        elif c in "'\"`":
+            j = i + 1
+            while True:
+                if j >= n:
+                    raise _syntax(f"unterminated quoted text at position {i + 1}")
+                if text[j] == "\\":
+                    j += 2
+                elif text[j] == c:
+                    if j + 1 < n and text[j + 1] == c:
+                        j += 2
+                    else:
+                        break
+                else:
+                    j += 1
+            yield Token("string" if c == "'" else "qident", i, j + 1, text[i : j + 1])
+            i = j + 1
+        elif c == "$" and (heredoc := _heredoc_end(text, i)) is not None:
+            yield Token("string", i, heredoc, text[i:heredoc])
+            i = heredoc
+        elif c in _WORD_START:
+            j = i + 1
+            while j < n and text[j] in _WORD_CHARS:
+                j += 1
+            yield Token("word", i, j, text[i:j])
+            i = j
+        elif c.isdigit():
+            j = i + 1
+            while j < n and (text[j] in _WORD_CHARS or text[j] == "."):
+                j += 1
+            yield Token("number", i, j, text[i:j])
+            i = j
+        else:
+            yield Token("punct", i, i + 1, c)
+            i += 1
+
+
+def _heredoc_end(text: str, i: int) -> int | None:
+    j = i + 1
+    while j < len(text) and text[j] in _HEREDOC_TAG:
+        j += 1
+    if j >= len(text) or text[j] != "$":
+        return None
+    tag = text[i : j + 1]
+    close = text.find(tag, j + 1)
+    if close < 0:
+        raise _syntax(f"unterminated heredoc at position {i + 1}")
+    return close + len(tag)
+
+
+@dataclass(frozen=True)
+class InsertData:
+    """An INSERT whose rows follow the statement (``FORMAT x`` or ``VALUES``)."""
+
+    head: str
+    """The statement up to (not including) its top-level SETTINGS clause, if any."""
+    settings: str
+    """The statement's ``SETTINGS ...`` clause before the data, or ``""``."""
+    format: str
+    """The data's format name (``Values`` for a ``VALUES`` insert)."""
+    data_offset: int
+    """Offset in the request text where the data begins."""
+
+
+@dataclass(frozen=True)
+class Statement:
+    """What the endpoint needs to know about one statement."""
+
+    kind: str
+    """Its first keyword, upper case (``SELECT``, ``INSERT``, ...)."""
+    text: str
+    """The statement without trailing semicolons (for an INSERT with data: up to the data)."""
+    format: str | None
+    """The name in its ``FORMAT`` clause, if any."""
+    insert: InsertData | None
+    """Set for an INSERT that carries its data inline."""
+    tokens: tuple[Token, ...]
+    """Its significant tokens (for an INSERT with data: those before the data)."""
+
+    @property
+    def produces_result(self) -> bool:
+        return self.kind in RESULT_KINDS
+
+
+def parse(text: str) -> Statement:
+    """Classify the single statement in ``text``.
+
+    Raises:
+        ClickHouseError: SYNTAX_ERROR for an empty query, unterminated quotes or
+            comments, unbalanced parentheses, or more than one statement.
+    """
+    toks: list[Token] = []
+    depth = 0
+    kind = ""
+    end_of_statement: int | None = None
+    insert_select = False
+    for tok in tokens(text):
+        if end_of_statement is not None:
+            if tok.text == ";":
+                continue
+            raise _syntax(f"Multi-statements are not allowed: failed at position {tok.start + 1}")
+        if tok.text == ";" and depth == 0:
+            end_of_statement = tok.start
+            continue
+        toks.append(tok)
+        if tok.text == "(":
+            depth += 1
+        elif tok.text == ")":
+            depth -= 1
+            if depth < 0:
+                raise _syntax(f"unbalanced parentheses at position {tok.start + 1}")
+        if not kind and tok.kind == "word":
+            kind = tok.upper
+        if kind == "INSERT" and depth == 0 and tok.upper in ("SELECT", "WITH"):
+            insert_select = True
+        if kind == "INSERT" and not insert_select and depth == 0 and len(toks) >= 2:
+            insert = _insert_data(text, toks)
+            if insert is not None:
+                head = text[: insert.data_offset]
+                return Statement(kind, head, insert.format, insert, tuple(toks))
+    if not toks:
+        raise _syntax("Empty query")
+    if depth:
+        raise _syntax("unbalanced parentheses")
+    if not kind:
+        raise _syntax(f"failed at position {toks[0].start + 1}")
+    body = text[:end_of_statement] if end_of_statement is not None else text
+    return Statement(kind, body.rstrip(), _format_clause(toks), None, tuple(toks))
+
+
+def _insert_data(text: str, toks: list[Token]) -> InsertData | None:
+    """If the last token completes ``FORMAT name`` or ``VALUES``, where the data begins."""
+    last = toks[-1]
+    if last.upper == "VALUES":
+        head_end = last.start
+        fmt = "Values"
+        data = last.end
+        while data < len(text) and text[data] in _WS:
+            data += 1
+    elif len(toks) >= 2 and toks[-2].upper == "FORMAT" and last.ident:
+        head_end = toks[-2].start
+        fmt = last.ident
+        data = last.end
+        while data < len(text) and text[data] in " \t\f":
+            data += 1
+        if text.startswith("\r", data):
+            data += 1
+        if text.startswith("\n", data):
+            data += 1
+    else:
+        return None
+    head_toks = [t for t in toks if t.end <= head_end]
+    settings_at = next(
+        (t.start for t in head_toks if t.upper == "SETTINGS" and _depth_at(head_toks, t) == 0),
+        None,
+    )
+    if settings_at is None:
+        return InsertData(text[:head_end].rstrip(), "", fmt, data)
+    return InsertData(text[:settings_at].rstrip(), text[settings_at:head_end].rstrip(), fmt, data)
+
+
+def _depth_at(toks: list[Token], target: Token) -> int:
+    depth = 0
+    for tok in toks:
+        if tok is target:
+            return depth
+        depth += tok.text == "("
+        depth -= tok.text == ")"
+    return depth
+
+
+def _format_clause(toks: list[Token]) -> str | None:
+    """The last top-level ``FORMAT name`` that ends the statement or precedes SETTINGS."""
+    depth = 0
+    found = None
+    for i, tok in enumerate(toks):
+        if tok.text == "(":
+            depth += 1
+        elif tok.text == ")":
+            depth -= 1
+        elif depth == 0 and tok.upper == "FORMAT" and i + 1 < len(toks) and toks[i + 1].ident:
+            after = toks[i + 2] if i + 2 < len(toks) else None
+            if after is None or after.upper == "SETTINGS":
+                found = toks[i + 1].ident
+    return found
+
+
+def check_read_only(statement: Statement, *, denied_functions: frozenset[str]) -> None:
+    """Refuse anything but a plain read (DESIGN: the endpoint is read-only by default).
+
+    Besides the statement kind, refuse what reads or writes outside the engine's own
+    tables even inside a SELECT: ``INTO OUTFILE``, ``FROM INFILE``, and calls of the
+    ``denied_functions`` (lower-case names; e.g. ``file()``, ``url()``, ``remote()``),
+    including a query parameter used as a function name.
+
+    Raises:
+        ClickHouseError: READONLY (164).
+    """
+    if statement.kind not in READ_ONLY_KINDS or statement.insert is not None:
+        raise ClickHouseError(
+            "READONLY",
+            f"meterline: Cannot execute query in readonly mode: {statement.kind or 'this'} "
+            "statements are not allowed on this endpoint "
+            f"(allowed: {', '.join(sorted(READ_ONLY_KINDS))})",
+        )
+    toks = statement.tokens
+    for i, tok in enumerate(toks):
+        if tok.upper in ("OUTFILE", "INFILE"):
+            raise ClickHouseError(
+                "READONLY",
+                f"meterline: Cannot execute query in readonly mode: {tok.upper} is not allowed",
+            )
+        followed_by_call = i + 1 < len(toks) and toks[i + 1].text == "("
+        if not followed_by_call:
+            continue
+        if tok.ident and tok.ident.lower() in denied_functions:
+            raise ClickHouseError(
+                "READONLY",
+                f"meterline: Cannot execute query in readonly mode: function {tok.ident} "
+                "reads outside the database and is not allowed",
+            )
+        if tok.text == "}":
+            raise ClickHouseError(
+                "READONLY",
+                "meterline: Cannot execute query in readonly mode: "
+                "a query parameter cannot name a function",
+            )
