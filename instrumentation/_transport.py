@@ -57,7 +57,24 @@ class Library:
 
     def decoder(self, encoding: str) -> Any:
         cls = self._decoders.get(encoding.strip().lower())
-        return cls() if cls is not None else None
+        return _BytesDecoder(cls()) if cls is not None else None
+
+
+class _BytesDecoder:
+    """httpx decoders return bytes, httpx2's return iterators of bytes: always bytes."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, decoder: Any) -> None:
+        self._decoder = decoder
+
+    def decode(self, data: bytes) -> bytes:
+        out = self._decoder.decode(data)
+        return out if isinstance(out, bytes) else b"".join(out)
+
+    def flush(self) -> bytes:
+        out = self._decoder.flush()
+        return out if isinstance(out, bytes) else b"".join(out)
 
 
 def start_call(meter: Meter, lib: Library, request: Any) -> Call | None:
