@@ -22,12 +22,14 @@ from meterline.aggregator.invoices._build import build_invoices
 from meterline.aggregator.invoices._model import Invoice
 from meterline.aggregator.invoices._period import Period, month
 from meterline.aggregator.pricing import (
+    MINOR_UNITS,
     MONEY_CONTEXT,
     Pricing,
     RatedGroup,
     Rater,
     RatingGrid,
     UsageGroup,
+    round_money,
 )
 from meterline.aggregator.queries import invoices as sql
 from meterline.aggregator.queries.rating import models_sql, rating_sql
@@ -130,9 +132,10 @@ def _adjusted(
     _, rows = store.query(sql.ADJUSTMENTS_SQL, sql.scope(period, consumer), settings=QUERY_SETTINGS)
     sums: dict[str, Decimal] = {}
     with localcontext(MONEY_CONTEXT):
-        for c, revision, _at, _cur, amount, _reason in rows:
+        for c, revision, _at, currency, amount, _reason in rows:
             if revisions.get(str(c), 0) == int(revision):
-                sums[str(c)] = sums.get(str(c), Decimal(0)) + Decimal(amount)
+                exact = round_money(Decimal(amount), MINOR_UNITS.get(str(currency), 2))
+                sums[str(c)] = sums.get(str(c), Decimal(0)) + exact
     return sums
 
 
