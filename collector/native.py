@@ -1,0 +1,411 @@
+"""The native ingest path: the embedded engine decodes OTLP protobuf itself.
+
+Instead of flattening spans in Python (:func:`meterline.collector.decode.to_rows`)
+and serializing ``Map`` columns through clickhouse-connect, the request bodies of
+many requests are written, length-delimited, to one temporary file and inserted with
+a single ``INSERT INTO otel_traces … SELECT … FROM file(…, Protobuf, …)``: ClickHouse
+parses them with the reduced schema ``proto/otlp_traces.proto`` (passed inline with
+``format_schema_source = 'string'``, so no ``format_schema_path`` is involved),
+flattens resource → scope → span with ``ARRAY JOIN`` and builds the attribute maps
+in SQL.
+
+Contract (the same rows as the Python path, proved row for row by
+``tests/collector/test_native.py``):
+- Values are stringified exactly as :mod:`meterline.collector.decode` does. Strings,
+  ints, bools and bytes (base64) are rendered in SQL; doubles, arrays and kvlists are
+  rendered by decode's own Python function, called from the engine as a chdb UDF on
+  just those values (arrays and kvlists are read as raw bytes by the reduced schema).
+- An attribute key given twice keeps its first position and its last value, like a
+  Python ``dict``; ids are lowercase hex; ``SpanKind``/``StatusCode`` are decode's
+  strings ("" when out of range); ``Duration`` is end − start; ``ServiceName`` is the
+  resource's ``service.name``.
+- The GenAI filter (unless ``keep_all``) and the span validation are decode's. Per
+  request counts come from :func:`scan`, a cheap pass over the parsed message that
+  reads only ids, times and attribute keys; the SQL applies the same predicates.
+- One :func:`insert` is one engine insert (the materialized view into ``llm_usage``
+  runs in it); it returns once the parts are written, or raises and writes nothing of
+  a failed block, exactly as :meth:`Store.insert_columns` does.
+
+Known limits:
+- Embedded store (chdb) only: the engine must read the temporary file. A ClickHouse
+  server keeps the Python path (or the production Collector).
+- The body must already have been parsed by upb (:func:`scan` needs the message);
+  that parse is also what rejects malformed input with a 400 before anything is
+  queued. OTLP/JSON requests go native by re-serializing the parsed message.
+- Timestamps above 2^63 ns (year 2262) wrap, as ``DateTime64(9)`` cannot hold them.
+- Protobuf edge cases that upb merges (a non-repeated field or message sent twice in
+  one span) are read by ClickHouse as the last occurrence; senders never do this.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+# decode's own stringification is reused so both paths agree by construction.
+from meterline.collector.decode import (
+    COLUMNS,
+    SPAN_KINDS,
+    STATUS_CODES,
+    _as_string,
+    parse_protobuf,
+)
+
+if TYPE_CHECKING:
+    from meterline.store import Store
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SCHEMA_PATH",
+    "STRUCTURE",
+    "Scan",
+    "insert",
+    "insert_requests",
+    "insert_sql",
+    "scan",
+    "scan_body",
+]
+
+SCHEMA_PATH = Path(__file__).with_name("proto") / "otlp_traces.proto"
+"""The reduced, wire-compatible OTLP schema ClickHouse parses the bodies with."""
+
+_MESSAGE = "ExportTraceServiceRequest"
+_ERRORS_KEPT = 5
+_ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
+
+
+@dataclass(slots=True)
+class Scan:
+    """One request ready for :func:`insert`: its body and what it will write.
+
+    Quacks like :class:`meterline.collector.decode.Rows` for the writer and the
+    receivers: ``len()`` is the spans written, plus ``rejected`` and ``errors``.
+    """
+
+    body: bytes
+    """The serialized ``ExportTraceServiceRequest``."""
+    spans: int = 0
+    """Spans the insert will write (kept and valid)."""
+    rejected: int = 0
+    """Spans that were invalid (reported in ``partial_success``)."""
+    keep_all: bool = False
+    """Whether non-GenAI spans are kept."""
+    errors: list[str] = field(default_factory=list)
+    """Why spans were rejected (the first few)."""
+
+    def __len__(self) -> int:
+        return self.spans
+
+
+def scan(request: ExportTraceServiceRequest, body: bytes, *, keep_all: bool = False) -> Scan:
+    """Count what ``request`` (whose serialized form is ``body``) will write and reject.
+
+    Applies decode's GenAI filter and validation without building any row.
+    """
+    result = Scan(body=body, keep_all=keep_all)
+    written = rejected = 0
+    errors = result.errors
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                if not keep_all:
+                    for kv in span.attributes:
+                        if kv.key.startswith("gen_ai."):
+                            break
+                    else:
+                        continue
+                trace_id = span.trace_id
+                span_id = span.span_id
+                start = span.start_time_unix_nano
+                if (
+                    len(trace_id) == 16
+                    and trace_id != _ZERO_TRACE_ID
+                    and len(span_id) == 8
+                    and span_id != _ZERO_SPAN_ID
+                    and start != 0
+                    and span.end_time_unix_nano >= start
+                ):
+                    written += 1
+                    continue
+                rejected += 1
+                if len(errors) < _ERRORS_KEPT:
+                    errors.append(_problem(span))
+    result.spans = written
+    result.rejected = rejected
+    return result
+
+
+def _problem(span: Any) -> str:
+    """decode's message for an invalid span (same order of checks)."""
+    trace_id, span_id = span.trace_id, span.span_id
+    if len(trace_id) != 16 or trace_id == _ZERO_TRACE_ID:
+        return f"span {span.name!r}: trace id must be 16 non-zero bytes"
+    if len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
+        return f"span {span.name!r}: span id must be 8 non-zero bytes"
+    return f"span {span.name!r}: start time missing or after end time"
+
+
+def scan_body(body: bytes, *, keep_all: bool = False) -> Scan:
+    """Parse a protobuf body and :func:`scan` it.
+
+    Raises:
+        MalformedRequest: the body is not an ``ExportTraceServiceRequest``.
+    """
+    return scan(parse_protobuf(body), body, keep_all=keep_all)
+
+
+# ---- SQL -------------------------------------------------------------------------
+
+_UDF_DOUBLE = "meterline_otlp_double_v1"
+_UDF_ARRAY = "meterline_otlp_array_v1"
+_UDF_KVLIST = "meterline_otlp_kvlist_v1"
+
+_VALUE_TYPE = (
+    "Tuple(string_value String, bool_value Bool, int_value Int64, double_value Float64, "
+    "array_value String, kvlist_value String, bytes_value String, "
+    "string_value_strindex Int32, kind Enum8('none' = 0, 'string' = 1, 'bool' = 2, "
+    "'int' = 3, 'double' = 4, 'array' = 5, 'kvlist' = 6, 'bytes' = 7, 'strindex' = 8))"
+)
+_KV_TYPE = f"Array(Tuple(key String, value {_VALUE_TYPE}))"
+STRUCTURE = (
+    "resource_spans Array(Tuple("
+    f"resource Tuple(attributes {_KV_TYPE}), "
+    "scope_spans Array(Tuple("
+    "scope Tuple(name String, version String), "
+    "spans Array(Tuple("
+    "trace_id String, span_id String, trace_state String, parent_span_id String, "
+    "name String, kind Int32, start_time_unix_nano UInt64, end_time_unix_nano UInt64, "
+    f"attributes {_KV_TYPE}, "
+    f"events Array(Tuple(time_unix_nano UInt64, name String, attributes {_KV_TYPE})), "
+    "links Array(Tuple(trace_id String, span_id String, trace_state String, "
+    f"attributes {_KV_TYPE})), "
+    "status Tuple(message String, code Int32)))))))"
+)
+"""The columns ClickHouse reads from each ``ExportTraceServiceRequest``."""
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _strings(values: Sequence[str]) -> str:
+    return "[" + ", ".join(_literal(v) for v in values) + "]"
+
+
+def _value_sql(v: str) -> str:
+    """An AnyValue tuple as decode's string."""
+    return (
+        f"multiIf({v}.kind = 'string', {v}.string_value, "
+        f"{v}.kind = 'int', toString({v}.int_value), "
+        f"{v}.kind = 'bool', if({v}.bool_value, 'true', 'false'), "
+        f"{v}.kind = 'double', {_UDF_DOUBLE}({v}.double_value), "
+        f"{v}.kind = 'bytes', base64Encode({v}.bytes_value), "
+        f"{v}.kind = 'array', {_UDF_ARRAY}({v}.array_value), "
+        f"{v}.kind = 'kvlist', {_UDF_KVLIST}({v}.kvlist_value), "
+        f"{v}.kind = 'strindex', toString({v}.string_value_strindex), '')"
+    )
+
+
+def _map_sql(kvs: str) -> str:
+    """A KeyValue array as a Map like decode's dict: first position, last value."""
+    keys = f"arrayMap(kv -> kv.key, {kvs})"
+    values = f"arrayMap(kv -> {_value_sql('kv.value')}, {kvs})"
+    first = f"arrayFilter((k, i) -> indexOf({keys}, k) = i, {keys}, arrayEnumerate({keys}))"
+    last_values = (
+        f"arrayMap(k -> {values}[length({kvs}) + 1 - indexOf(arrayReverse({keys}), k)], {first})"
+    )
+    return (
+        f"if(arrayUniq({keys}) = length({kvs}), mapFromArrays({keys}, {values}), "
+        f"mapFromArrays({first}, {last_values}))"
+    )
+
+
+def _nanos_sql(x: str) -> str:
+    return f"fromUnixTimestamp64Nano(toInt64({x}))"
+
+
+def _hex_sql(x: str) -> str:
+    return f"lower(hex({x}))"
+
+
+def _select_sql(source: str, *, keep_all: bool) -> str:
+    resource = _map_sql("rs.resource.attributes")
+    valid = (
+        "length(s.trace_id) = 16 AND s.trace_id != repeat('\\0', 16) "
+        "AND length(s.span_id) = 8 AND s.span_id != repeat('\\0', 8) "
+        "AND s.start_time_unix_nano != 0 AND s.end_time_unix_nano >= s.start_time_unix_nano"
+    )
+    genai = "arrayExists(kv -> startsWith(kv.key, 'gen_ai.'), s.attributes)"
+    kinds = f"transform(s.kind, {list(range(len(SPAN_KINDS)))}, {_strings(SPAN_KINDS)}, '')"
+    codes = (
+        f"transform(s.status.code, {list(range(len(STATUS_CODES)))}, {_strings(STATUS_CODES)}, '')"
+    )
+    expressions = [
+        _nanos_sql("s.start_time_unix_nano"),
+        _hex_sql("s.trace_id"),
+        _hex_sql("s.span_id"),
+        _hex_sql("s.parent_span_id"),
+        "s.trace_state",
+        "s.name",
+        kinds,
+        f"{resource}['service.name']",
+        resource,
+        "ss.scope.name",
+        "ss.scope.version",
+        _map_sql("s.attributes"),
+        "s.end_time_unix_nano - s.start_time_unix_nano",
+        codes,
+        "s.status.message",
+        f"arrayMap(e -> {_nanos_sql('e.time_unix_nano')}, s.events)",
+        "arrayMap(e -> e.name, s.events)",
+        f"arrayMap(e -> {_map_sql('e.attributes')}, s.events)",
+        f"arrayMap(l -> {_hex_sql('l.trace_id')}, s.links)",
+        f"arrayMap(l -> {_hex_sql('l.span_id')}, s.links)",
+        "arrayMap(l -> l.trace_state, s.links)",
+        f"arrayMap(l -> {_map_sql('l.attributes')}, s.links)",
+    ]
+    assert len(expressions) == len(COLUMNS)
+    where = valid if keep_all else f"{genai} AND {valid}"
+    return (
+        "SELECT " + ",\n  ".join(expressions) + f"\nFROM {source}\n"
+        "ARRAY JOIN resource_spans AS rs\n"
+        "ARRAY JOIN rs.scope_spans AS ss\n"
+        "ARRAY JOIN ss.spans AS s\n"
+        f"WHERE {where}"
+    )
+
+
+def _settings_sql() -> str:
+    settings = {
+        "format_schema_source": "string",
+        "format_schema": SCHEMA_PATH.read_text(encoding="utf-8"),
+        "format_schema_message_name": _MESSAGE,
+        "input_format_protobuf_oneof_presence": "1",
+    }
+    return "SETTINGS " + ", ".join(f"{k} = {_literal(v)}" for k, v in settings.items())
+
+
+_SETTINGS_SQL: str | None = None
+_COLUMNS_SQL = ", ".join(f"`{name}`" for name in COLUMNS)
+
+
+def insert_sql(path: str, *, keep_all: bool) -> str:
+    """The statement inserting the length-delimited requests in ``path`` (``{db}`` unbound)."""
+    global _SETTINGS_SQL
+    if _SETTINGS_SQL is None:
+        _SETTINGS_SQL = _settings_sql()
+    source = f"file({_literal(path)}, 'Protobuf', {_literal(STRUCTURE)})"
+    return (
+        f"INSERT INTO {{db}}.otel_traces ({_COLUMNS_SQL})\n"
+        f"{_select_sql(source, keep_all=keep_all)}\n{_SETTINGS_SQL}"
+    )
+
+
+# ---- UDFs --------------------------------------------------------------------------
+
+_udf_lock = threading.Lock()
+_udfs_registered = False
+
+
+def _double(value: float) -> str:
+    return _as_string(AnyValue(double_value=value))
+
+
+def _array(raw: bytes) -> str:
+    value = AnyValue()
+    value.array_value.ParseFromString(raw)
+    return _as_string(value)
+
+
+def _kvlist(raw: bytes) -> str:
+    value = AnyValue()
+    value.kvlist_value.ParseFromString(raw)
+    return _as_string(value)
+
+
+def _register_udfs() -> None:
+    """Register the value renderers with the process's chdb engine (once)."""
+    global _udfs_registered
+    with _udf_lock:
+        if _udfs_registered:
+            return
+        import chdb
+
+        chdb.create_function(_UDF_DOUBLE, _double, ["Float64"], "String")
+        chdb.create_function(_UDF_ARRAY, _array, [bytes], "String")
+        chdb.create_function(_UDF_KVLIST, _kvlist, [bytes], "String")
+        _udfs_registered = True
+
+
+# ---- insert ------------------------------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def insert(store: Store, scans: Sequence[Scan]) -> None:
+    """Write the kept spans of ``scans`` in one engine insert per ``keep_all`` value.
+
+    Returns once the parts are written (the durable ack point, as for
+    :meth:`Store.insert_columns`).
+
+    Raises:
+        ValueError: ``store`` is not the embedded (chdb) store.
+        Exception: whatever the engine raised; nothing of the failed insert is acked.
+    """
+    if store.kind != "chdb":
+        raise ValueError(f"the native path needs the embedded store, not {store!r}")
+    groups: dict[bool, list[Scan]] = {}
+    for item in scans:
+        if item.spans:
+            groups.setdefault(item.keep_all, []).append(item)
+    if not groups:
+        return
+    _register_udfs()
+    for keep_all, items in groups.items():
+        fd, path = tempfile.mkstemp(prefix="meterline-otlp-", suffix=".pb")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for item in items:
+                    out.write(_varint(len(item.body)))
+                    out.write(item.body)
+            store.command(insert_sql(path, keep_all=keep_all))
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                logger.debug("could not remove %s", path, exc_info=True)
+
+
+def insert_requests(
+    store: Store, bodies: Sequence[bytes], *, keep_all: bool = False
+) -> list[tuple[int, int]]:
+    """Parse, scan and insert protobuf request bodies in one engine insert.
+
+    Returns:
+        ``(written, rejected)`` per body, in order.
+
+    Raises:
+        MalformedRequest: a body is not an ``ExportTraceServiceRequest`` (nothing
+            is written).
+    """
+    scans = [scan_body(body, keep_all=keep_all) for body in bodies]
+    insert(store, scans)
+    return [(item.spans, item.rejected) for item in scans]
