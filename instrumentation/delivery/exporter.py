@@ -17,6 +17,7 @@ Headers from ``OTEL_EXPORTER_OTLP_(TRACES_)HEADERS``.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -107,6 +108,9 @@ class MeterlineSpanExporter(SpanExporter):
         self.spool = spool if spool is not None else Spool()
         self._stopping = threading.Event()
         self._flush_lock = threading.Lock()
+        # Registered after the tracer provider's own exit hook, so it runs first: the final
+        # flush at exit makes one attempt and spools instead of waiting on a dead collector.
+        atexit.register(self._stopping.set)
         if flush_on_start and self.spool.has_pending():
             threading.Thread(
                 target=self.flush_spool, name="meterline-spool-flush", daemon=True
