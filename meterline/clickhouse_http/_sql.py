@@ -28,6 +28,38 @@ READ_ONLY_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXIS
 """First keywords of the statements the read-only endpoint runs."""
 
 RESULT_KINDS = READ_ONLY_KINDS | {"EXPLAIN", "CHECK"}
+
+STATEMENT_KINDS = RESULT_KINDS | {
+    "INSERT",
+    "CREATE",
+    "ALTER",
+    "DROP",
+    "DETACH",
+    "ATTACH",
+    "RENAME",
+    "TRUNCATE",
+    "OPTIMIZE",
+    "SET",
+    "USE",
+    "SYSTEM",
+    "KILL",
+    "GRANT",
+    "REVOKE",
+    "DELETE",
+    "UPDATE",
+    "EXCHANGE",
+    "UNDROP",
+    "BACKUP",
+    "RESTORE",
+    "WATCH",
+    "MOVE",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "UNDO",
+    "REPLACE",
+}
+"""First keywords of ClickHouse statements; any other first word is a syntax error."""
 """Statements that produce a result set (and so an ``X-ClickHouse-Format`` header)."""
 
 SAFE_TABLE_FUNCTIONS = frozenset(
@@ -349,6 +381,12 @@ def check_read_only(statement: Statement, *, denied_functions: frozenset[str]) -
     Raises:
         ClickHouseError: READONLY (164).
     """
+    if statement.kind not in STATEMENT_KINDS:
+        first = statement.tokens[0]
+        raise _syntax(
+            f"failed at position {first.start + 1} ({first.text}): "
+            f"Expected one of: {', '.join(sorted(READ_ONLY_KINDS))}"
+        )
     if statement.kind not in READ_ONLY_KINDS or statement.insert is not None:
         raise ClickHouseError(
             "READONLY",
