@@ -10,83 +10,92 @@ has ``bill_failed_requests``; unpriced usage is listed, never billed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from decimal import Decimal, localcontext
+from collections.abc import Iterable, Sequence
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+from typing import Any
 
 from meterline.aggregator.invoices._model import Invoice, InvoiceLine, UnpricedUsage
-from meterline.aggregator.pricing import (
-    MONEY_CONTEXT,
-    TOKEN_TYPES,
-    PricingConfig,
-    RatedGroup,
-    exact_amount,
-    round_money,
-)
-
-_ORDER = {t: i for i, t in enumerate(TOKEN_TYPES)}
+from meterline.aggregator.pricing import MONEY_CONTEXT, TOKEN_TYPES, PricingConfig, Rater
+from meterline.aggregator.pricing._prices import MILLION
 
 
 class _Draft:
     __slots__ = ("failed", "lines", "unpriced")
 
     def __init__(self) -> None:
-        self.lines: dict[tuple[str, str, str, Decimal], int] = {}
+        self.lines: dict[tuple[str, str, int, Decimal], int] = {}
         self.unpriced: dict[tuple[str, str], list[int]] = {}
         self.failed = 0
 
 
 def build_invoices(
-    rated: Iterable[RatedGroup],
+    rows: Iterable[Sequence[Any]],
+    rater: Rater,
     config: PricingConfig,
     *,
     period: str,
     consumers: Iterable[str] = (),
 ) -> dict[str, Invoice]:
-    """One invoice per consumer with usage (and per consumer in ``consumers``)."""
+    """One invoice per consumer with usage (and per consumer in ``consumers``).
+
+    Args:
+        rows: rating-query rows (:mod:`meterline.aggregator.queries.rating`): the
+            rating keys, the metrics, then the quantities in :data:`TOKEN_TYPES` order.
+        rater: prices for the query's grid.
+    """
     drafts: dict[str, _Draft] = {c: _Draft() for c in consumers}
-    for item in rated:
-        g = item.group
-        draft = drafts.get(g.consumer)
+    bills_failed = {c: p.bill_failed_requests for c, p in config.consumer_plans.items()}
+    default_bills_failed = config.default_plan.bill_failed_requests
+    n_types = len(TOKEN_TYPES)
+    for row in rows:
+        consumer, provider, response_model, request_model, billable = row[:5]
+        segment, tod, tier, requests, first_at, input_tokens, output_tokens = row[5:12]
+        quantities = row[12 : 12 + n_types]
+        draft = drafts.get(consumer)
         if draft is None:
-            draft = drafts[g.consumer] = _Draft()
-        if not g.billable:
-            draft.failed += g.requests
-            if not config.plan_for(g.consumer).bill_failed_requests:
+            draft = drafts[consumer] = _Draft()
+        if not billable:
+            draft.failed += requests
+            if not bills_failed.get(consumer, default_bills_failed):
                 continue
-        model = g.response_model or g.request_model
-        if item.charges is None:
-            counts = draft.unpriced.setdefault((g.provider, model), [0, 0, 0])
-            counts[0] += g.requests
-            counts[1] += g.input_tokens
-            counts[2] += g.output_tokens
+        model = response_model or request_model
+        match, units = rater.cell(
+            provider, response_model, request_model, segment, tod, tier, first_at
+        )
+        if match is None or any(
+            q and price is None for q, price in zip(quantities, units, strict=True)
+        ):
+            counts = draft.unpriced.setdefault((provider, model), [0, 0, 0])
+            counts[0] += requests
+            counts[1] += input_tokens
+            counts[2] += output_tokens
             continue
-        for charge in item.charges:
-            key = (g.provider, model, charge.token_type, charge.unit_price_per_million)
-            draft.lines[key] = draft.lines.get(key, 0) + charge.quantity
-    return {c: _finish(c, d, config, period) for c, d in sorted(drafts.items())}
+        lines = draft.lines
+        for index in range(n_types):
+            quantity = quantities[index]
+            if quantity:
+                key = (provider, model, index, units[index])
+                lines[key] = lines.get(key, 0) + quantity
+    with localcontext(MONEY_CONTEXT):
+        return {c: _finish(c, d, config, period) for c, d in sorted(drafts.items())}
 
 
 def _finish(consumer: str, draft: _Draft, config: PricingConfig, period: str) -> Invoice:
-    minor = config.minor_units
+    quantum = Decimal(1).scaleb(-config.minor_units)
     lines = tuple(
         InvoiceLine(
             provider=provider,
             model=model,
-            token_type=token_type,
+            token_type=TOKEN_TYPES[index],
             quantity=quantity,
             unit_price_per_million=price,
-            amount=round_money(exact_amount(quantity, price), minor),
+            amount=(quantity * price / MILLION).quantize(quantum, rounding=ROUND_HALF_UP),
         )
-        for (provider, model, token_type, price), quantity in sorted(
-            draft.lines.items(), key=lambda kv: (kv[0][0], kv[0][1], _ORDER[kv[0][2]], kv[0][3])
-        )
-        if quantity
+        for (provider, model, index, price), quantity in sorted(draft.lines.items())
     )
-    with localcontext(MONEY_CONTEXT):
-        subtotal = round_money(sum((line.amount for line in lines), Decimal(0)), minor)
-        percent = config.plan_for(consumer).markup_percent
-        markup = round_money(subtotal * percent / Decimal(100), minor)
-        total = subtotal + markup
+    subtotal = sum((line.amount for line in lines), Decimal(0)).quantize(quantum)
+    percent = config.plan_for(consumer).markup_percent
+    markup = (subtotal * percent / 100).quantize(quantum, rounding=ROUND_HALF_UP)
     unpriced = tuple(
         UnpricedUsage(provider, model, *counts)
         for (provider, model), counts in sorted(draft.unpriced.items())
@@ -98,7 +107,7 @@ def _finish(consumer: str, draft: _Draft, config: PricingConfig, period: str) ->
         lines=lines,
         subtotal=subtotal,
         markup=markup,
-        total=total,
+        total=subtotal + markup,
         unpriced=unpriced,
         failed_requests=draft.failed,
     )

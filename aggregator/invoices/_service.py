@@ -46,17 +46,24 @@ class InvoiceError(MeterlineError):
     """An invoice operation is not possible in the current state (e.g. not finalised)."""
 
 
-def rate_usage(
-    store: Store, pricing: Pricing, f: UsageFilter, *, extra_keys: tuple[str, ...] = ()
-) -> tuple[RatingGrid, list[RatedGroup]]:
-    """Rate the usage selected by ``f``, grouped by the rating keys (+ ``extra_keys``)."""
+def _rating_rows(
+    store: Store, pricing: Pricing, f: UsageFilter, extra_keys: tuple[str, ...] = ()
+) -> tuple[RatingGrid, list[str], list[tuple[Any, ...]]]:
     models_query, params = models_sql(f)
     _, keys = store.query(models_query, params, settings=QUERY_SETTINGS)
     grid = pricing.book.grid((str(p), str(r), str(q)) for p, r, q in keys)
     if not keys:
-        return grid, []
+        return grid, [], []
     query, params = rating_sql(f, grid, extra_keys=extra_keys)
     names, rows = store.query(query, params, settings=QUERY_SETTINGS)
+    return grid, names, rows
+
+
+def rate_usage(
+    store: Store, pricing: Pricing, f: UsageFilter, *, extra_keys: tuple[str, ...] = ()
+) -> tuple[RatingGrid, list[RatedGroup]]:
+    """Rate the usage selected by ``f``, grouped by the rating keys (+ ``extra_keys``)."""
+    grid, names, rows = _rating_rows(store, pricing, f, extra_keys)
     rater = Rater(pricing.book, grid)
     rated: list[RatedGroup] = []
     for row in rows:
@@ -72,9 +79,10 @@ def compute_invoices(
     """Invoices computed from usage (ignores finalisation); a requested consumer without
     usage gets an empty invoice."""
     f = UsageFilter(start=period.start, end=period.end, consumer=consumer)
-    _, rated = rate_usage(store, pricing, f)
+    grid, _, rows = _rating_rows(store, pricing, f)
     return build_invoices(
-        rated,
+        rows,
+        Rater(pricing.book, grid),
         pricing.config,
         period=period.label,
         consumers=(consumer,) if consumer is not None else (),

@@ -117,37 +117,57 @@ class RatedGroup:
             return sum((c.amount for c in self.charges), Decimal(0))
 
 
+Cell = tuple[PriceMatch | None, tuple[Decimal | None, ...]]
+"""A price cell's match and unit prices in :data:`TOKEN_TYPES` order."""
+
+
 class Rater:
-    """Prices usage groups of one rating query (caches one lookup per price cell)."""
+    """Prices usage groups of one rating query (one lookup per price cell: provider,
+    models, segment, time-of-day bucket, tier bucket)."""
 
     def __init__(self, book: PriceBook, grid: RatingGrid) -> None:
         self.book = book
         self.grid = grid
-        self._cache: dict[tuple[Any, ...], tuple[PriceMatch | None, dict[str, Decimal]]] = {}
+        self._cache: dict[tuple[Any, ...], Cell] = {}
 
-    def _prices(self, g: UsageGroup) -> tuple[PriceMatch | None, dict[str, Decimal]]:
-        key = (g.provider, g.response_model, g.request_model, g.segment, g.tod, g.tier)
+    def cell(
+        self,
+        provider: str,
+        response_model: str,
+        request_model: str,
+        segment: int,
+        tod: int,
+        tier: int,
+        first_at: datetime,
+    ) -> Cell:
+        """The match and the unit price of each token type (``None``: no price) for calls
+        of a price cell; ``first_at`` is any call of the cell."""
+        key = (provider, response_model, request_model, segment, tod, tier)
         cached = self._cache.get(key)
         if cached is None:
-            match = self.book.match(g.provider, g.response_model, g.request_model, g.first_at)
-            units = (
-                match.prices.unit_prices(self.grid.representative_input(g.tier))
+            if first_at.tzinfo is None:
+                first_at = first_at.replace(tzinfo=UTC)
+            match = self.book.match(provider, response_model, request_model, first_at)
+            units: dict[str, Decimal] = (
+                match.prices.unit_prices(self.grid.representative_input(tier))
                 if match is not None
                 else {}
             )
-            cached = self._cache[key] = (match, units)
+            cached = self._cache[key] = (match, tuple(units.get(t) for t in TOKEN_TYPES))
         return cached
 
     def rate(self, group: UsageGroup) -> RatedGroup:
-        match, units = self._prices(group)
+        g = group
+        match, units = self.cell(
+            g.provider, g.response_model, g.request_model, g.segment, g.tod, g.tier, g.first_at
+        )
         if match is None:
             return RatedGroup(group, None, None)
         charges: list[Charge] = []
-        for token_type in TOKEN_TYPES:
+        for token_type, price in zip(TOKEN_TYPES, units, strict=True):
             quantity = group.quantities.get(token_type, 0)
             if not quantity:
                 continue
-            price = units.get(token_type)
             if price is None:  # tokens of a type without a price: unpriced, never $0
                 return RatedGroup(group, match, None)
             charges.append(Charge(token_type, quantity, price))

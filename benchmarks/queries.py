@@ -1,0 +1,164 @@
+"""Benchmark: invoices over many usage rows in the embedded engine.
+
+Generates ``--rows`` usage rows directly in ``llm_usage`` (``INSERT … SELECT FROM
+numbers()``, spread evenly over ``--months`` UTC months from 2026-01 and over
+``--consumers`` consumers), then times, through the same code the API runs
+(:func:`meterline.aggregator.invoices.compute_invoices`, reading ``llm_usage FINAL``):
+
+- one consumer's month (target < 100 ms),
+- all consumers' invoices for a month (target < 2 s).
+
+The month measured is 2026-03 (it contains a catalogue price change, 2026-03-13, for
+claude-sonnet-4-6, and calls on both sides of its 200k-token tier). Rows per month =
+rows / months: ``--months 1`` puts every row in the measured month (the worst case).
+
+Run: ``.venv/bin/python benchmarks/queries.py --rows 100000000 --months 12``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+from meterline.aggregator.invoices import compute_invoices, month
+from meterline.aggregator.pricing import load_pricing
+from meterline.store import open_store
+
+MODELS = [
+    # provider, request model, response model
+    ("openai", "gpt-4o", "gpt-4o-2024-08-06"),
+    ("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
+    ("openai", "o3", "o3-2025-04-16"),
+    ("anthropic", "claude-sonnet-4-20250514", "claude-sonnet-4-20250514"),
+    ("anthropic", "claude-sonnet-4-6", "claude-sonnet-4-6"),
+    ("anthropic", "claude-haiku-4-5", "claude-haiku-4-5-20251001"),
+    ("gcp.gemini", "gemini-2.5-pro", "gemini-2.5-pro"),
+    ("openai", "in-house-model", "in-house-model"),  # unpriced
+]
+
+INSERT = """
+INSERT INTO {{db}}.llm_usage (Timestamp, ConsumerId, Feature, ServiceName, Provider, Operation,
+    RequestModel, ResponseModel, ResponseId, StatusCode, ErrorType, HttpStatus, Billable,
+    InputTokens, OutputTokens, CacheReadInputTokens, CacheCreationInputTokens,
+    CacheCreation1hInputTokens, ReasoningOutputTokens, DedupKey, Version)
+SELECT
+    toDateTime64('2026-01-01 00:00:00', 9, 'UTC')
+        + toIntervalSecond(intDiv(number * {span_seconds}, {rows})) AS Timestamp,
+    concat('c', toString(cityHash64(number, 1) % {consumers})) AS ConsumerId,
+    ['chat', 'search', 'summary'][1 + number % 3] AS Feature,
+    'svc' AS ServiceName,
+    {providers}[1 + (cityHash64(number, 2) % {n_models}) AS m] AS Provider,
+    'chat' AS Operation,
+    {requests}[m] AS RequestModel,
+    {responses}[m] AS ResponseModel,
+    toString(number) AS ResponseId,
+    if(number % 50 = 0, 'STATUS_CODE_ERROR', 'STATUS_CODE_UNSET') AS StatusCode,
+    if(number % 50 = 0, '500', '') AS ErrorType,
+    if(number % 50 = 0, 500, 200) AS HttpStatus,
+    toUInt8(number % 50 != 0) AS Billable,
+    if(number % 200 = 7, 200000 + cityHash64(number, 3) % 100000,
+       500 + cityHash64(number, 3) % 20000) AS InputTokens,
+    50 + cityHash64(number, 4) % 2000 AS OutputTokens,
+    if(number % 3 = 0, intDiv(InputTokens, 2), 0) AS CacheReadInputTokens,
+    if(Provider = 'anthropic' AND number % 5 = 1, intDiv(InputTokens, 4), 0)
+        AS CacheCreationInputTokens,
+    if(number % 10 = 1, intDiv(CacheCreationInputTokens, 2), 0) AS CacheCreation1hInputTokens,
+    if(m = 3, intDiv(OutputTokens, 2), 0) AS ReasoningOutputTokens,
+    concat(Provider, '/', ResponseId) AS DedupKey,
+    1 AS Version
+FROM numbers({offset}, {count})
+"""
+
+
+def _array(values: list[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def generate(store, *, rows: int, months: int, consumers: int, chunk: int) -> float:
+    """Insert ``rows`` usage rows; return the seconds it took."""
+    span_seconds = int((month(f"2026-{months:02d}").end - month("2026-01").start).total_seconds())
+    if months > 12:
+        raise SystemExit("--months must be at most 12 (the generated year is 2026)")
+    started = time.perf_counter()
+    for offset in range(0, rows, chunk):
+        count = min(chunk, rows - offset)
+        sql = INSERT.format(
+            span_seconds=span_seconds,
+            rows=rows,
+            consumers=consumers,
+            n_models=len(MODELS),
+            providers=_array([m[0] for m in MODELS]),
+            requests=_array([m[1] for m in MODELS]),
+            responses=_array([m[2] for m in MODELS]),
+            offset=offset,
+            count=count,
+        )
+        store.command(sql)
+        done = offset + count
+        rate = done / (time.perf_counter() - started)
+        print(f"  generated {done:,} / {rows:,} rows ({rate:,.0f} rows/s)", flush=True)
+    return time.perf_counter() - started
+
+
+def timed(fn, repeat: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000_000)
+    parser.add_argument("--months", type=int, default=12, help="months the rows span (≤ 12)")
+    parser.add_argument("--consumers", type=int, default=1000)
+    parser.add_argument("--chunk", type=int, default=10_000_000, help="rows per INSERT")
+    parser.add_argument("--data-dir", help="reuse/keep this engine directory")
+    parser.add_argument("--reuse", action="store_true", help="skip generation (data exists)")
+    parser.add_argument("--no-optimize", action="store_true", help="skip OPTIMIZE … FINAL")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--config", help="a pricing YAML file (default: catalogue only)")
+    args = parser.parse_args()
+    data_dir = args.data_dir or tempfile.mkdtemp(prefix="meterline-bench-")
+    store = open_store(data_dir=data_dir, database="bench")
+    store.migrate()
+    print(f"engine: {data_dir}")
+    if not args.reuse:
+        store.command("TRUNCATE TABLE {db}.llm_usage")
+        print(f"generating {args.rows:,} rows over {args.months} month(s)…", flush=True)
+        seconds = generate(
+            store, rows=args.rows, months=args.months, consumers=args.consumers, chunk=args.chunk
+        )
+        print(f"  {seconds:.1f} s ({args.rows / seconds:,.0f} rows/s)")
+        if not args.no_optimize:
+            t = time.perf_counter()
+            store.command("OPTIMIZE TABLE {db}.llm_usage FINAL")
+            print(f"  OPTIMIZE FINAL (steady state after background merges): "
+                  f"{time.perf_counter() - t:.1f} s")  # fmt: skip
+    _, [(total,)] = store.query("SELECT count() FROM {db}.llm_usage")
+    period = month("2026-03")
+    _, [(in_month,)] = store.query(
+        "SELECT count() FROM {db}.llm_usage FINAL WHERE Timestamp >= {s:DateTime64(9, 'UTC')} "
+        "AND Timestamp < {e:DateTime64(9, 'UTC')}",
+        {"s": period.start, "e": period.end},
+    )
+    pricing = load_pricing(args.config)
+    compute_invoices(store, pricing, period, consumer="c42")  # warm caches
+    one, _ = timed(lambda: compute_invoices(store, pricing, period, consumer="c42"), args.repeat)
+    every, invoices = timed(lambda: compute_invoices(store, pricing, period), args.repeat)
+    lines = sum(len(i.lines) for i in invoices.values())  # type: ignore[union-attr]
+    print()
+    print(f"rows in store: {total:,}; rows in {period.label}: {in_month:,}")
+    print(f"one consumer's month (c42):      {one * 1000:8.1f} ms   target < 100 ms  "
+          f"{'OK' if one < 0.1 else 'MISSED'}")  # fmt: skip
+    print(f"all consumers' invoices, month:  {every * 1000:8.1f} ms   target < 2000 ms "
+          f"{'OK' if every < 2 else 'MISSED'}  ({len(invoices):,} invoices, {lines:,} lines)")  # type: ignore[arg-type]  # fmt: skip
+    print(f"(median of {args.repeat} runs each, FINAL reads, 2026-03 has a price change)")
+
+
+if __name__ == "__main__":
+    main()
