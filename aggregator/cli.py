@@ -1,9 +1,453 @@
-"""CLI commands of the aggregator (invoices, export, prices). Imports stay light."""
+"""CLI commands of the aggregator: ``invoice``, ``export``, ``prices show|update``,
+``finalize``, ``reprice``. Imports stay light (server modules load inside commands).
+
+Each command talks to a running server when ``METERLINE_API_URL`` is set (key in
+``METERLINE_API_KEY``), otherwise opens the store itself (``--data-dir`` or
+``--clickhouse-url``; the same ``METERLINE_*`` variables as ``serve``). Output is a
+readable table, or ``--format json|csv``.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+EXPORT_COLUMNS = (
+    "consumer", "period", "currency", "provider", "model", "token_type", "quantity",
+    "unit_price_per_million", "amount",
+)  # fmt: skip
+
+
+class CommandError(Exception):
+    """A command failed with a message for the user."""
+
+
+# --- where the data comes from -------------------------------------------------------
+
+
+class _Remote:
+    """A running server's API (``METERLINE_API_URL``), over the standard library."""
+
+    def __init__(self, url: str, key: str | None) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        query = {k: v for k, v in (params or {}).items() if v is not None and v is not False}
+        url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        if self.key:
+            request.add_header("Authorization", f"Bearer {self.key}")
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = json.loads(exc.read()).get("detail", exc.reason)
+            except ValueError:
+                detail = exc.reason
+            raise CommandError(f"{method} {url}: {exc.code} {detail}") from None
+        except urllib.error.URLError as exc:
+            raise CommandError(f"cannot reach the server at {self.url}: {exc.reason}") from None
+
+
+class _Local:
+    """The store opened in this process."""
+
+    def __init__(self, data_dir: Path | None, clickhouse_url: str | None, database: str | None,
+                 config: Path | None) -> None:  # fmt: skip
+        from meterline.settings import ServerSettings
+
+        overrides: dict[str, Any] = {}
+        if data_dir is not None:
+            overrides["data_dir"] = data_dir
+        if clickhouse_url is not None:
+            overrides["clickhouse_url"] = clickhouse_url
+        if database is not None:
+            overrides["database"] = database
+        if config is not None:
+            overrides["config"] = config
+        self.settings = ServerSettings(**overrides)
+        self._store: Any = None
+        self._pricing: Any = None
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from meterline.store import open_store
+
+            s = self.settings
+            if s.clickhouse_url:
+                store = open_store(clickhouse_url=s.clickhouse_url, database=s.database)
+            else:
+                store = open_store(data_dir=s.data_dir, database=s.database)
+            store.migrate()
+            self._store = store
+        return self._store
+
+    @property
+    def pricing(self) -> Any:
+        if self._pricing is None:
+            from meterline.aggregator.invoices import load_store_pricing
+
+            self._pricing = load_store_pricing(self.store, self.settings.config)
+        return self._pricing
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def _run(ctx: Any, remote: Callable[[_Remote], Any], local: Callable[[_Local], Any]) -> Any:
+    """Run against the server when ``METERLINE_API_URL`` is set, else the local store."""
+    url = os.environ.get("METERLINE_API_URL")
+    try:
+        if url:
+            return remote(_Remote(url, os.environ.get("METERLINE_API_KEY")))
+        backend = _Local(*ctx)
+        try:
+            return local(backend)
+        finally:
+            backend.close()
+    except CommandError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        from meterline.errors import MeterlineError
+
+        if isinstance(exc, MeterlineError | ValueError):
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        raise
+
+
+# --- output ------------------------------------------------------------------------
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A readable fixed-width table; numbers right-aligned."""
+    if not rows:
+        return "(none)"
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    numeric = [all(_numeric(row[i]) for row in cells) for i in range(len(columns))]
+
+    def fmt(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    return "\n".join([fmt(columns), fmt(["-" * w for w in widths]), *map(fmt, cells)])
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(
+        out, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().rstrip("\n")
+
+
+def _emit(
+    data: Any, fmt: str, render: Callable[[Any], str], csv_rows: Callable[[Any], tuple]
+) -> None:
+    if fmt == "json":
+        typer.echo(json.dumps(data, indent=2))
+    elif fmt == "csv":
+        rows, columns = csv_rows(data)
+        typer.echo(_csv(rows, columns))
+    elif fmt == "table":
+        typer.echo(render(data))
+    else:
+        typer.echo(f"error: unknown --format {fmt!r}, allowed: table, json, csv", err=True)
+        raise typer.Exit(2)
+
+
+def render_invoice(inv: dict[str, Any], status: str = "") -> str:
+    head = f"Invoice {inv['consumer'] or '(unattributed)'}  {inv['period']}  {inv['currency']}"
+    lines = [head + (f"  [{status}]" if status else ""), ""]
+    lines.append(table(inv["lines"], ("provider", "model", "token_type", "quantity",
+                                      "unit_price_per_million", "amount")))  # fmt: skip
+    width = max(len(inv["subtotal"]), len(inv["total"]), len(inv["markup"]))
+    lines += [
+        "",
+        f"{'subtotal':>12}  {inv['subtotal']:>{width}}",
+        f"{'markup':>12}  {inv['markup']:>{width}}",
+        f"{'total':>12}  {inv['total']:>{width}}  {inv['currency']}",
+    ]
+    if inv["unpriced"]:
+        lines += ["", "Unpriced (no price known; not billed, not $0):"]
+        lines.append(table(inv["unpriced"], ("provider", "model", "requests", "input_tokens",
+                                             "output_tokens")))  # fmt: skip
+    lines.append(f"\nFailed requests: {inv['failed_requests']}")
+    return "\n".join(lines)
+
+
+# --- commands ----------------------------------------------------------------------
+
+_FORMAT_HELP = "table, json or csv"
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Embedded store directory [env METERLINE_DATA_DIR]."),
+]
+ClickhouseUrl = Annotated[
+    str | None, typer.Option("--clickhouse-url", help="A ClickHouse server, http(s)://…")
+]
+Database = Annotated[str | None, typer.Option("--database", help="Database of the tables.")]
+Config = Annotated[
+    Path | None, typer.Option("--config", help="YAML configuration [env METERLINE_CONFIG].")
+]
 
 
 def register(app: typer.Typer) -> None:
     """Add the aggregator's commands to the ``meterline`` CLI."""
+
+    @app.command("invoice")
+    def invoice(
+        consumer: Annotated[str, typer.Argument(help="The consumer id.")],
+        period: Annotated[str | None, typer.Option("--period", help="UTC month, YYYY-MM.")] = None,
+        from_: Annotated[datetime | None, typer.Option("--from", help="Start (UTC).")] = None,
+        to: Annotated[datetime | None, typer.Option("--to", help="End (UTC, exclusive).")] = None,
+        fmt: Annotated[str, typer.Option("--format", help=_FORMAT_HELP)] = "table",
+        data_dir: DataDir = None,
+        clickhouse_url: ClickhouseUrl = None,
+        database: Database = None,
+        config: Config = None,
+    ) -> None:
+        """Show a consumer's invoice for a month (or --from/--to)."""
+        import urllib.parse
+
+        params = {
+            "period": period,
+            "from": from_ and from_.isoformat(),
+            "to": to and to.isoformat(),
+        }
+
+        def remote(api: _Remote) -> dict[str, Any]:
+            return api.call("GET", f"/v1/invoices/{urllib.parse.quote(consumer, safe='')}", params)
+
+        def local(b: _Local) -> dict[str, Any]:
+            from meterline.aggregator.invoices import get_invoices, resolve_period
+
+            view = get_invoices(b.store, b.pricing, resolve_period(period, from_, to),
+                                consumer=consumer)[consumer]  # fmt: skip
+            return view.invoice.to_dict()
+
+        data = _run((data_dir, clickhouse_url, database, config), remote, local)
+        _emit(data, fmt, render_invoice, lambda d: (
+            [{"consumer": d["consumer"], "period": d["period"], "currency": d["currency"], **x}
+             for x in d["lines"]], EXPORT_COLUMNS))  # fmt: skip
+
+    @app.command("export")
+    def export(
+        period: Annotated[str | None, typer.Option("--period", help="UTC month, YYYY-MM.")] = None,
+        from_: Annotated[datetime | None, typer.Option("--from")] = None,
+        to: Annotated[datetime | None, typer.Option("--to")] = None,
+        fmt: Annotated[str, typer.Option("--format", help="csv, json or table")] = "csv",
+        data_dir: DataDir = None,
+        clickhouse_url: ClickhouseUrl = None,
+        database: Database = None,
+        config: Config = None,
+    ) -> None:
+        """Every consumer's invoice lines for a period (the billing export)."""
+        params = {"period": period, "from": from_ and from_.isoformat(),
+                  "to": to and to.isoformat(), "format": "json"}  # fmt: skip
+
+        def remote(api: _Remote) -> list[dict[str, Any]]:
+            return api.call("GET", "/v1/export", params)["rows"]
+
+        def local(b: _Local) -> list[dict[str, Any]]:
+            from meterline.aggregator.invoices import export_rows, get_invoices, resolve_period
+
+            views = get_invoices(b.store, b.pricing, resolve_period(period, from_, to))
+            return [row for v in views.values() for row in export_rows(v.invoice)]
+
+        rows = _run((data_dir, clickhouse_url, database, config), remote, local)
+        _emit(rows, fmt, lambda r: table(r, EXPORT_COLUMNS), lambda r: (r, EXPORT_COLUMNS))
+
+    prices = typer.Typer(help="The prices in use: show them, or update the catalogue.",
+                         no_args_is_help=True)  # fmt: skip
+    app.add_typer(prices, name="prices")
+
+    @prices.command("show")
+    def prices_show(
+        provider: Annotated[str | None, typer.Option("--provider")] = None,
+        model: Annotated[str | None, typer.Option("--model", help="One model's price.")] = None,
+        source: Annotated[str | None, typer.Option("--source", help="config or catalogue")] = None,
+        at: Annotated[datetime | None, typer.Option("--at", help="In force at (UTC).")] = None,
+        fmt: Annotated[str, typer.Option("--format", help=_FORMAT_HELP)] = "table",
+        data_dir: DataDir = None,
+        clickhouse_url: ClickhouseUrl = None,
+        database: Database = None,
+        config: Config = None,
+    ) -> None:
+        """Configured prices and the catalogue's (per million tokens)."""
+        params = {"provider": provider, "model": model, "source": source,
+                  "at": at and at.isoformat()}  # fmt: skip
+
+        def local(b: _Local) -> dict[str, Any]:
+            from datetime import UTC
+
+            from meterline.aggregator.pricing import price_table
+
+            when = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at else UTC) or UTC)
+            return price_table(b.pricing, at=when, provider=provider, model=model, source=source)
+
+        data = _run((data_dir, clickhouse_url, database, config),
+                    lambda api: api.call("GET", "/v1/prices", params), local)  # fmt: skip
+        columns = ("provider", "model", "source", "effective_from", "input", "cache_read",
+                   "cache_write", "cache_write_1h", "output", "reasoning", "tiers")  # fmt: skip
+        rows = [_flat_price(p) for p in data["prices"]]
+
+        def render(d: dict[str, Any]) -> str:
+            head = f"Prices per million tokens, {d['currency']}, at {d['at']}"
+            head += f"; catalogue: {d['catalogue'] or 'not used'}"
+            return head + "\n\n" + table(rows, columns)
+
+        _emit(data, fmt, render, lambda d: (rows, columns))
+
+    @prices.command("update")
+    def prices_update(
+        url: Annotated[str | None, typer.Option("--url", help="Data URL.")] = None,
+        fmt: Annotated[str, typer.Option("--format", help=_FORMAT_HELP)] = "table",
+        data_dir: DataDir = None,
+        clickhouse_url: ClickhouseUrl = None,
+        database: Database = None,
+        config: Config = None,
+    ) -> None:
+        """Fetch genai-prices' published prices, store them, report what changed."""
+
+        def local(b: _Local) -> dict[str, Any]:
+            from meterline.aggregator.invoices import update_catalogue
+
+            kwargs = {"url": url} if url else {}
+            return update_catalogue(b.store, b.pricing.catalogue, **kwargs).to_dict()
+
+        data = _run(
+            (data_dir, clickhouse_url, database, config),
+            lambda api: api.call("POST", "/v1/prices/update", {"url": url}),
+            local,
+        )
+        rows = [
+            {"provider": c["provider"], "model": c["model"],
+             "change": "added" if c["before"] is None else "removed" if c["after"] is None
+             else "changed"}
+            for c in data["changes"]
+        ]  # fmt: skip
+
+        def render(d: dict[str, Any]) -> str:
+            head = f"Stored prices from {d['source']} at {d['fetched_at']}: "
+            head += f"{len(rows)} model(s) changed"
+            return head + ("\n\n" + table(rows, ("provider", "model", "change")) if rows else "")
+
+        _emit(data, fmt, render, lambda d: (rows, ("provider", "model", "change")))
+
+    @app.command("finalize")
+    def finalize_cmd(
+        period: Annotated[str, typer.Option("--period", help="UTC month, YYYY-MM.")],
+        fmt: Annotated[str, typer.Option("--format", help=_FORMAT_HELP)] = "table",
+        data_dir: DataDir = None,
+        clickhouse_url: ClickhouseUrl = None,
+        database: Database = None,
+        config: Config = None,
+    ) -> None:
+        """Store every consumer's invoice of a month as final."""
+
+        def local(b: _Local) -> dict[str, Any]:
+            from meterline.aggregator.invoices import finalize
+
+            final, invoices = finalize(b.store, b.pricing, period)
+            return {"period": final.period, "revision": final.revision,
+                    "invoices": [i.to_dict() for i in invoices.values()]}  # fmt: skip
+
+        data = _run(
+            (data_dir, clickhouse_url, database, config),
+            lambda api: api.call("POST", f"/v1/periods/{period}/finalize"),
+            local,
+        )
+        rows = [{"consumer": i["consumer"], "total": i["total"], "currency": i["currency"]}
+                for i in data["invoices"]]  # fmt: skip
+
+        def render(d: dict[str, Any]) -> str:
+            head = f"Finalised {d['period']} (revision {d['revision']}): {len(rows)} invoice(s)"
+            return head + "\n\n" + table(rows, ("consumer", "total", "currency"))
+
+        _emit(data, fmt, render, lambda d: (rows, ("consumer", "total", "currency")))
+
+    @app.command("reprice")
+    def reprice_cmd(
+        period: Annotated[str, typer.Option("--period", help="A finalised UTC month, YYYY-MM.")],
+        force: Annotated[bool, typer.Option("--force", help="Re-issue instead.")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show it.")] = False,
+        fmt: Annotated[str, typer.Option("--format", help=_FORMAT_HELP)] = "table",
+        data_dir: DataDir = None,
+        clickhouse_url: ClickhouseUrl = None,
+        database: Database = None,
+        config: Config = None,
+    ) -> None:
+        """Re-rate a finalised month at current prices: record the difference as
+        adjustments (or re-issue with --force)."""
+
+        def local(b: _Local) -> dict[str, Any]:
+            from meterline.aggregator.invoices import reprice
+
+            return reprice(b.store, b.pricing, period, force=force, dry_run=dry_run).to_dict()
+
+        data = _run(
+            (data_dir, clickhouse_url, database, config),
+            lambda api: api.call("POST", f"/v1/periods/{period}/reprice",
+                                 {"force": force and "true", "dry_run": dry_run and "true"}),
+            local,
+        )  # fmt: skip
+        columns = ("consumer", "billed", "repriced", "difference")
+
+        def render(d: dict[str, Any]) -> str:
+            changed = sum(1 for c in d["consumers"] if _nonzero(c["difference"]))
+            action = {"adjusted": "differences recorded as adjustments",
+                      "reissued": f"invoices re-issued as revision {d['revision']}",
+                      "none": "nothing recorded"}[d["action"]]  # fmt: skip
+            head = f"Repriced {d['period']} ({d['currency']}): {changed} changed; {action}"
+            return head + "\n\n" + table(d["consumers"], columns)
+
+        _emit(data, fmt, render, lambda d: (d["consumers"], columns))
+
+
+def _nonzero(text: str) -> bool:
+    from decimal import Decimal
+
+    return Decimal(text) != 0
+
+
+def _flat_price(price: dict[str, Any]) -> dict[str, Any]:
+    row = {k: price.get(k) or "" for k in ("provider", "model", "source", "effective_from")}
+    row.update(price.get("per_million_tokens", {}))
+    tiers = price.get("tiers") or []
+    row["tiers"] = "; ".join(
+        f">{t['above_input_tokens']}: "
+        + ", ".join(f"{k} {v}" for k, v in t["per_million_tokens"].items())
+        for t in tiers
+    )
+    return row
