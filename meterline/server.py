@@ -189,6 +189,9 @@ async def serve(
 
 
 def _clickhouse_http(settings: ServerSettings, store: Store) -> _UvicornListener | None:
+    if store.kind != "chdb":
+        logger.info("ClickHouse-HTTP endpoint off: point Grafana at the ClickHouse server itself")
+        return None
     try:
         from meterline.clickhouse_http import create_app as create_ch_app
     except ImportError:
