@@ -104,7 +104,7 @@ def _tod_expr(grid: RatingGrid, params: dict[str, Any]) -> str:
     keys, bounds = grid.time_of_day
     if not keys or not bounds:
         return "0"
-    params["tod_keys"] = [list(k) for k in keys]
+    params["tod_keys"] = [tuple(k) for k in keys]
     params["tod_bounds"] = list(bounds)
     seconds = (
         "(toHour(Timestamp, 'UTC') * 3600 + toMinute(Timestamp, 'UTC') * 60"
