@@ -210,3 +210,23 @@ def test_meterline_demo_prints_the_table(tmp_path: Path) -> None:
         assert f"\n{consumer} " in table
     assert "Every count above equals what the simulator returned" in out
     assert "/v1/usage?group_by=consumer" in out and "Dashboards:" in out
+
+
+def test_demo_table_and_differences() -> None:
+    from meterline.demo.runner import differences, format_table
+
+    rows = [
+        {"consumer": "zeta", "requests": 2, "failed_requests": 0, "input_tokens": 10,
+         "output_tokens": 5, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
+         "reasoning_output_tokens": 0, "cost": "0.10", "currency": "USD", "unpriced_requests": 1},
+        {"consumer": "", "requests": 1, "failed_requests": 1, "input_tokens": 0,
+         "output_tokens": 0, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
+         "reasoning_output_tokens": 0, "cost": "0", "currency": "USD", "unpriced_requests": 0},
+    ]  # fmt: skip
+    lines = format_table(rows).splitlines()
+    assert lines[0].split()[:3] == ["consumer", "requests", "failed"]
+    assert lines[2].startswith("(unattributed)") and lines[3].startswith("zeta")
+    assert lines[3].endswith("0.10 USD (+1 unpriced)")
+    assert differences({"requests": 2, "input_tokens": 3}, {"requests": 2, "input_tokens": 4}) == {
+        "input_tokens": (3, 4)
+    }
