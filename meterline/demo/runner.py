@@ -10,6 +10,7 @@ data later. Needs the server extra (chdb, FastAPI, uvicorn).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,12 +20,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from meterline.simulator import SimulatorServer, start
 from meterline.simulator.ledger import TOTAL_KEYS
@@ -56,6 +58,20 @@ class DemoResult:
 def _api_headers() -> dict[str, str]:
     key = os.environ.get("METERLINE_ADMIN_KEY")
     return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _get(url: str, params: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET with the admin key when set; (status, body). Standard library only."""
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    request = urllib.request.Request(url, headers=_api_headers())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except OSError as exc:
+        return 0, str(exc)
 
 
 def app_command(otlp_base: str) -> list[str]:
@@ -98,28 +114,26 @@ def wait_for_usage(
     deadline = time.monotonic() + timeout
     got: dict[str, Any] = {}
     text = ""
-    with httpx.Client(base_url=api_url, headers=_api_headers(), timeout=10) as http:
 
-        def totals() -> dict[str, Any]:
-            nonlocal text
-            response = http.get("/v1/usage")
-            text = response.text
-            if response.status_code != 200:
-                return {}
-            rows = response.json().get("rows", [])
-            return dict(rows[0]) if rows else {}
+    def totals() -> dict[str, Any]:
+        nonlocal text
+        status, text = _get(api_url + "/v1/usage")
+        if status != 200:
+            return {}
+        rows = json.loads(text).get("rows", [])
+        return dict(rows[0]) if rows else {}
 
-        while True:
-            got = totals()
-            if got and all(int(got.get(k, 0)) >= expected[k] for k in ARRIVAL_KEYS):
-                time.sleep(settle)
-                return totals()
-            if time.monotonic() > deadline:
-                raise DemoFailed(
-                    f"usage did not arrive within {timeout:.0f}s: the simulator returned "
-                    f"{expected}, meterline has {got or text}"
-                )
-            time.sleep(0.2)
+    while True:
+        got = totals()
+        if got and all(int(got.get(k, 0)) >= expected[k] for k in ARRIVAL_KEYS):
+            time.sleep(settle)
+            return totals()
+        if time.monotonic() > deadline:
+            raise DemoFailed(
+                f"usage did not arrive within {timeout:.0f}s: the simulator returned "
+                f"{expected}, meterline has {got or text}"
+            )
+        time.sleep(0.2)
 
 
 def differences(expected: dict[str, int], metered: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -130,10 +144,10 @@ def differences(expected: dict[str, int], metered: dict[str, Any]) -> dict[str, 
 
 
 def usage_by_consumer(api_url: str) -> list[dict[str, Any]]:
-    with httpx.Client(base_url=api_url, headers=_api_headers(), timeout=10) as http:
-        response = http.get("/v1/usage", params={"group_by": "consumer"})
-        response.raise_for_status()
-        return list(response.json()["rows"])
+    status, text = _get(api_url + "/v1/usage", {"group_by": "consumer"})
+    if status != 200:
+        raise DemoFailed(f"GET /v1/usage?group_by=consumer answered {status}: {text}")
+    return list(json.loads(text)["rows"])
 
 
 _COLUMNS = (
@@ -268,7 +282,8 @@ def _echo_where(
     echo(f"OTLP:        {urls.get('otlp_http', '')}  gRPC {urls.get('otlp_grpc', '')}")
     if urls.get("clickhouse_http"):
         echo(f"ClickHouse:  {urls['clickhouse_http']}  (Grafana data source)")
-    echo(f"Dashboards:  {DASHBOARDS}  (Grafana provisioning in dashboards/provisioning)")
+    where = DASHBOARDS if DASHBOARDS.is_dir() else Path("dashboards")
+    echo(f"Dashboards:  {where}  (Grafana: provisioning/ and the ClickHouse data source)")
     if data_dir is None:
         echo("The data was temporary; pass --data-dir DIR to keep it, --keep-running to explore.")
     else:
