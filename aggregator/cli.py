@@ -313,7 +313,9 @@ def register(app: typer.Typer) -> None:
 
             from meterline.aggregator.pricing import price_table
 
-            when = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at else UTC) or UTC)
+            when = at or datetime.now(UTC)
+            if when.tzinfo is None:  # naive times are UTC
+                when = when.replace(tzinfo=UTC)
             return price_table(b.pricing, at=when, provider=provider, model=model, source=source)
 
         data = _run((data_dir, clickhouse_url, database, config),

@@ -28,7 +28,9 @@ def get_prices(
     source: Annotated[str | None, Query(pattern="^(config|catalogue)$")] = None,
     at: datetime | None = None,
 ) -> dict[str, Any]:
-    when = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at else UTC) or UTC)
+    when = at or datetime.now(UTC)
+    if when.tzinfo is None:  # naive times are UTC
+        when = when.replace(tzinfo=UTC)
     return price_table(pricing, at=when, provider=provider, model=model, source=source)
 
 

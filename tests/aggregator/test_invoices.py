@@ -103,6 +103,20 @@ def client(store: Store, tmp_path) -> TestClient:
     return c
 
 
+def test_public_api_is_pinned() -> None:
+    from meterline.aggregator import invoices
+
+    assert set(invoices.__all__) == {
+        "DEFAULT_PRICES_URL", "EXPORT_COLUMNS", "Finalization", "Invoice", "InvoiceError",
+        "InvoiceLine", "InvoiceView", "Period", "PriceChange", "PriceUpdate", "PriceUpdateError",
+        "RepriceLine", "RepriceResult", "UnpricedUsage", "UsageCosts", "between",
+        "build_invoices", "compute_invoices", "diff_catalogues", "export_rows", "finalization",
+        "finalize", "get_invoices", "iter_export_rows", "load_store_pricing", "month",
+        "rate_usage", "reprice", "resolve_period", "stored_catalogue", "update_catalogue",
+        "usage_costs",
+    }  # fmt: skip
+
+
 def test_hand_computed_invoice(client: TestClient) -> None:
     response = client.get("/v1/invoices/acme", params={"period": "2026-03"})
     assert response.status_code == 200, response.text
