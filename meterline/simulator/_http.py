@@ -4,7 +4,8 @@ responses, and failure injection.
 The SSE response is a plain ASGI callable: it writes one event at a time (with the
 optional per-event delay), notices a client that went away (``http.disconnect``) and
 stops, and for ``x-simulator-cut-after: N`` drops the connection after N events without
-ending the chunked body, as a provider connection that breaks mid-stream does.
+ending the chunked body, as a provider connection that breaks mid-stream does (uvicorn
+logs "ASGI callable returned without completing response." for each such cut).
 """
 
 from __future__ import annotations
@@ -115,21 +116,36 @@ class EventStream:
             tg.cancel_scope.cancel()
         if outcome["finished"]:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            self.ledger.update(self.entry, completed=True)
         else:
             logger.info("simulator stream %s ended early", self.entry.id)
 
     async def _write(self, send: Send) -> bool:
+        # The ledger is updated before each write (and rolled back if the write fails) so
+        # a client that has read the last event never sees a ledger lagging behind it.
+        last = len(self.events) - 1
         for n, event in enumerate(self.events):
             if self.cut_after is not None and n >= self.cut_after:
                 return False  # the server drops the connection mid-body
             if self.delay_s and n:
                 await anyio.sleep(self.delay_s)
-            await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
+            entry = self.entry
+            before = {
+                "events_sent": entry.events_sent,
+                "usage_sent": entry.usage_sent,
+                "completed": entry.completed,
+            }
             changes: dict[str, Any] = {"events_sent": n + 1}
             if event.usage:
                 changes["usage_sent"] = True
-            self.ledger.update(self.entry, **changes)
+            if n == last:
+                changes["completed"] = True
+            self.ledger.update(entry, **changes)
+            try:
+                body = event.encode()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            except BaseException:
+                self.ledger.update(entry, **before)
+                raise
         return True
 
 
@@ -186,7 +202,7 @@ class Call:
     def response_headers(self) -> dict[str, str]:
         if self.provider == "anthropic":
             return {"request-id": self.request_id}
-        if self.provider == "openai":
+        if self.provider in ("openai", "azure.ai.openai"):
             return {"x-request-id": self.request_id, "openai-processing-ms": "1"}
         return {}
 
