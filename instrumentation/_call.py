@@ -165,8 +165,11 @@ class Call:
             return b"" if self.strip else chunk
         cut = end + len(sep)
         self._buf = buf[cut:]
-        events = buf[:end].split(sep)
-        on_event = self.shape.on_event
+        complete = buf[:end]
+        if self.shape.skim(self, complete, sep):
+            return buf[:cut] if self.strip else chunk
+        events = complete.split(sep)
+        on_event = self.shape.on_raw_event
         if not self.strip:
             for raw in events:
                 if raw:
@@ -183,8 +186,8 @@ class Call:
             return buf[:cut]
         return b"".join(raw + sep for raw in kept)
 
-    def _event(self, raw: bytes, on_event: Callable[[Call, str | None, Any], bool]) -> bool:
-        """Parse one SSE event and hand it to the shape; return False to drop it."""
+    def _event(self, raw: bytes, on_event: Callable[[Call, str | None, bytes], bool]) -> bool:
+        """Split one SSE event into name and data; return False to drop it."""
         name: str | None = None
         if raw.startswith(b"data: ") and b"\n" not in raw:
             data = raw[6:]
@@ -192,19 +195,15 @@ class Call:
             parts: list[bytes] = []
             for line in raw.splitlines():
                 if line.startswith(b"data:"):
-                    parts.append(line[5:].lstrip(b" ") if line[5:6] == b" " else line[5:])
+                    parts.append(line[6:] if line[5:6] == b" " else line[5:])
                 elif line.startswith(b"event:"):
                     name = line[6:].strip().decode("utf-8", "replace")
             if not parts:
                 return True
             data = b"\n".join(parts)
-        if not data or data[:1] not in b"{[" or data == b"[DONE]":
+        if not data or data[:1] not in b"{[":
             return True
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return True
-        return on_event(self, name, obj)
+        return on_event(self, name, data)
 
     def end_of_body(self) -> bytes:
         """The body was read to its end: parse what is held; return bytes still owed."""
@@ -216,7 +215,7 @@ class Call:
                 pending, self._buf = self._buf, b""
                 if self._decoder is not None:
                     pending += self._decoder.flush()
-                if pending.strip() and self._event(pending.strip(), self.shape.on_event):
+                if pending.strip() and self._event(pending.strip(), self.shape.on_raw_event):
                     pass
                 if self.strip:
                     tail = pending

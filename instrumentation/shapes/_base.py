@@ -7,6 +7,7 @@ provider reports usage, and reads usage from a JSON body or from stream events.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -73,12 +74,51 @@ class Shape:
     def on_large_json(self, call: Call, body: bytes) -> None:
         """A JSON body too large to parse whole; default: give up (estimated)."""
 
+    def skim(self, call: Call, block: bytes, sep: bytes) -> bool:
+        """Account for a block of whole SSE events without splitting them, if possible.
+
+        Returns True when nothing in ``block`` needs reading event by event.
+        """
+        return False
+
+    def on_raw_event(self, call: Call, name: str | None, data: bytes) -> bool:
+        """One SSE event's raw data; shapes skip parsing events they can read cheaply."""
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return True
+        return self.on_event(call, name, obj)
+
     def on_event(self, call: Call, name: str | None, data: Any) -> bool:
         """One SSE event's JSON data; return False to hide the event from the app."""
         return True
 
 
+def count_text(call: Call, data: bytes, *keys: bytes) -> None:
+    """Count one text-bearing event without parsing it; ``keys`` like ``b'"text":'``.
+
+    The length is the JSON-escaped byte length up to the next quote (an escaped quote
+    ends it early): good enough for the estimate of a cut-short stream, and far cheaper
+    than parsing the event.
+    """
+    for key in keys:
+        start = data.find(key)
+        if start < 0:
+            continue
+        start += len(key)
+        if data[start : start + 1] == b" ":
+            start += 1
+        if data[start : start + 1] != b'"':
+            continue
+        end = data.find(b'"', start + 1)
+        if end > start + 1:
+            call.text_events += 1
+            call.text_chars += end - start - 1
+            return
+
+
 def add_finish_reason(call: Call, reason: Any) -> None:
+    """Record a finish reason once, in order of arrival."""
     if isinstance(reason, str) and reason:
         reasons = call.finish_reasons
         if reasons is None:

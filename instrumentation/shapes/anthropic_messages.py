@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meterline.instrumentation.shapes._base import Shape, add_finish_reason, as_int
+from meterline.instrumentation.shapes._base import Shape, add_finish_reason, as_int, count_text
 
 if TYPE_CHECKING:
     from meterline.instrumentation._call import Call
@@ -58,6 +58,12 @@ class Messages(Shape):
         usage = data.get("usage")
         if isinstance(usage, dict):
             read_usage(call, usage, final=True)
+
+    def on_raw_event(self, call: Call, name: str | None, data: bytes) -> bool:
+        if name == "content_block_delta":  # the bulk of a stream: counted, not parsed
+            count_text(call, data, b'"text":', b'"thinking":', b'"partial_json":')
+            return True
+        return super().on_raw_event(call, name, data)
 
     def on_event(self, call: Call, name: str | None, data: Any) -> bool:
         if type(data) is not dict:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from meterline.instrumentation._call import Call
 
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
+# Events that must be read: usage, a finish reason, Groq's usage. Quotes inside JSON
+# strings are escaped, so these patterns only match real keys.
+_NOTABLE = re.compile(rb'"usage": ?\{|"finish_reason": ?"|"x_groq"')
 _LEADING_BRACE = re.compile(rb"^\s*\{\s*")
 
 
@@ -45,7 +48,6 @@ def read_usage(call: Call, usage: dict[str, Any]) -> None:
 class ChatCompletions(Shape):
     operation = "chat"
     provider = "openai"
-    text_key = "content"
 
     def request(
         self, body: dict[str, Any] | None, raw: bytes, path_model: str | None
@@ -81,6 +83,14 @@ class ChatCompletions(Shape):
         usage = data.get("usage")
         if isinstance(usage, dict):
             read_usage(call, usage)
+
+    def skim(self, call: Call, block: bytes, sep: bytes) -> bool:
+        # Plain deltas (the bulk of a stream) are only counted: OpenAI-style servers send
+        # about one token per event, which is what a cut-short estimate needs.
+        if call.response_id is None or _NOTABLE.search(block) is not None:
+            return False
+        call.text_events += block.count(sep) + 1
+        return True
 
     def on_event(self, call: Call, name: str | None, data: Any) -> bool:
         if not isinstance(data, dict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meterline.instrumentation.shapes._base import Shape, add_finish_reason, as_int
+from meterline.instrumentation.shapes._base import Shape, add_finish_reason, as_int, count_text
 
 if TYPE_CHECKING:
     from meterline.instrumentation._call import Call
@@ -33,6 +33,12 @@ class Responses(Shape):
     def on_json(self, call: Call, data: Any) -> None:
         if isinstance(data, dict):
             _read_response(call, data)
+
+    def on_raw_event(self, call: Call, name: str | None, data: bytes) -> bool:
+        if name in _TEXT_EVENTS:  # the bulk of a stream: counted, not parsed
+            count_text(call, data, b'"delta":')
+            return True
+        return super().on_raw_event(call, name, data)
 
     def on_event(self, call: Call, name: str | None, data: Any) -> bool:
         if type(data) is not dict:
