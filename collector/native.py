@@ -15,6 +15,8 @@ Contract (the same rows as the Python path, proved row for row by
   ints, bools and bytes (base64) are rendered in SQL; doubles, arrays and kvlists are
   rendered by decode's own Python function, called from the engine as a chdb UDF on
   just those values (arrays and kvlists are read as raw bytes by the reduced schema).
+- Every value's oneof member is known (``input_format_protobuf_oneof_presence``), so
+  an unset AnyValue is "" and ``int_value = 0`` is "0", as in decode.
 - An attribute key given twice keeps its first position and its last value, like a
   Python ``dict``; ids are lowercase hex; ``SpanKind``/``StatusCode`` are decode's
   strings ("" when out of range); ``Duration`` is end − start; ``ServiceName`` is the
@@ -33,6 +35,12 @@ Known limits:
   that parse is also what rejects malformed input with a 400 before anything is
   queued. OTLP/JSON requests go native by re-serializing the parsed message.
 - Timestamps above 2^63 ns (year 2262) wrap, as ``DateTime64(9)`` cannot hold them.
+- Each insert costs a fixed ~75 ms of query analysis on this 2-core machine (the
+  nested Protobuf types are large), against ~16 ms for ``insert_columns``: the native
+  path pays off with the writer's batching (thousands of spans an insert), not for a
+  single small request.
+- The renderer is registered as a process-wide chdb function named
+  ``meterline_otlp_value_v1``.
 - Protobuf edge cases that upb merges (a non-repeated field or message sent twice in
   one span) are read by ClickHouse as the last occurrence; senders never do this.
 """
@@ -167,9 +175,8 @@ def scan_body(body: bytes, *, keep_all: bool = False) -> Scan:
 
 # ---- SQL -------------------------------------------------------------------------
 
-_UDF_DOUBLE = "meterline_otlp_double_v1"
-_UDF_ARRAY = "meterline_otlp_array_v1"
-_UDF_KVLIST = "meterline_otlp_kvlist_v1"
+_UDF = "meterline_otlp_value_v1"
+_KIND_DOUBLE, _KIND_ARRAY, _KIND_KVLIST = 4, 5, 6
 
 _VALUE_TYPE = (
     "Tuple(string_value String, bool_value Bool, int_value Int64, double_value Float64, "
@@ -204,30 +211,32 @@ def _strings(values: Sequence[str]) -> str:
 
 
 def _value_sql(v: str) -> str:
-    """An AnyValue tuple as decode's string."""
+    """An AnyValue tuple as decode's string (doubles, arrays and kvlists by the UDF)."""
     return (
         f"multiIf({v}.kind = 'string', {v}.string_value, "
         f"{v}.kind = 'int', toString({v}.int_value), "
         f"{v}.kind = 'bool', if({v}.bool_value, 'true', 'false'), "
-        f"{v}.kind = 'double', {_UDF_DOUBLE}({v}.double_value), "
         f"{v}.kind = 'bytes', base64Encode({v}.bytes_value), "
-        f"{v}.kind = 'array', {_UDF_ARRAY}({v}.array_value), "
-        f"{v}.kind = 'kvlist', {_UDF_KVLIST}({v}.kvlist_value), "
-        f"{v}.kind = 'strindex', toString({v}.string_value_strindex), '')"
+        f"{v}.kind = 'strindex', toString({v}.string_value_strindex), "
+        f"{v}.kind = 'none', '', "
+        f"{_UDF}(toUInt8({v}.kind), {v}.double_value, concat({v}.array_value, {v}.kvlist_value)))"
     )
 
 
 def _map_sql(kvs: str) -> str:
-    """A KeyValue array as a Map like decode's dict: first position, last value."""
+    """A KeyValue array as a Map like decode's dict: first position, last value.
+
+    Repeated keys are rare (OTLP forbids them), so the de-duplication only runs for
+    the rows that have them (``if`` evaluates its branches lazily).
+    """
     keys = f"arrayMap(kv -> kv.key, {kvs})"
     values = f"arrayMap(kv -> {_value_sql('kv.value')}, {kvs})"
-    first = f"arrayFilter((k, i) -> indexOf({keys}, k) = i, {keys}, arrayEnumerate({keys}))"
-    last_values = (
-        f"arrayMap(k -> {values}[length({kvs}) + 1 - indexOf(arrayReverse({keys}), k)], {first})"
-    )
+    first = f"arrayFilter((k, o) -> o = 1, {keys}, arrayEnumerateUniq({keys}))"
+    # a Map lookup finds the first entry: in the reversed arrays, the last value
+    last = f"mapFromArrays(arrayReverse({keys}), arrayReverse({values}))"
     return (
         f"if(arrayUniq({keys}) = length({kvs}), mapFromArrays({keys}, {values}), "
-        f"mapFromArrays({first}, {last_values}))"
+        f"mapFromArrays({first}, arrayMap(k -> {last}[k], {first})))"
     )
 
 
@@ -240,7 +249,7 @@ def _hex_sql(x: str) -> str:
 
 
 def _select_sql(source: str, *, keep_all: bool) -> str:
-    resource = _map_sql("rs.resource.attributes")
+    """The SELECT producing ``COLUMNS`` from the requests in ``source``."""
     valid = (
         "length(s.trace_id) = 16 AND s.trace_id != repeat('\\0', 16) "
         "AND length(s.span_id) = 8 AND s.span_id != repeat('\\0', 8) "
@@ -259,8 +268,8 @@ def _select_sql(source: str, *, keep_all: bool) -> str:
         "s.trace_state",
         "s.name",
         kinds,
-        f"{resource}['service.name']",
-        resource,
+        "resource_map['service.name']",
+        "resource_map",
         "ss.scope.name",
         "ss.scope.version",
         _map_sql("s.attributes"),
@@ -269,20 +278,20 @@ def _select_sql(source: str, *, keep_all: bool) -> str:
         "s.status.message",
         f"arrayMap(e -> {_nanos_sql('e.time_unix_nano')}, s.events)",
         "arrayMap(e -> e.name, s.events)",
-        f"arrayMap(e -> {_map_sql('e.attributes')}, s.events)",
+        f"if(empty(s.events), [], arrayMap(e -> {_map_sql('e.attributes')}, s.events))",
         f"arrayMap(l -> {_hex_sql('l.trace_id')}, s.links)",
         f"arrayMap(l -> {_hex_sql('l.span_id')}, s.links)",
         "arrayMap(l -> l.trace_state, s.links)",
-        f"arrayMap(l -> {_map_sql('l.attributes')}, s.links)",
+        f"if(empty(s.links), [], arrayMap(l -> {_map_sql('l.attributes')}, s.links))",
     ]
     assert len(expressions) == len(COLUMNS)
-    where = valid if keep_all else f"{genai} AND {valid}"
+    expressions[8] = f"{_map_sql('rs.resource.attributes')} AS resource_map"
     return (
         "SELECT " + ",\n  ".join(expressions) + f"\nFROM {source}\n"
         "ARRAY JOIN resource_spans AS rs\n"
         "ARRAY JOIN rs.scope_spans AS ss\n"
         "ARRAY JOIN ss.spans AS s\n"
-        f"WHERE {where}"
+        f"WHERE {valid if keep_all else f'{genai} AND {valid}'}"
     )
 
 
@@ -318,33 +327,27 @@ _udf_lock = threading.Lock()
 _udfs_registered = False
 
 
-def _double(value: float) -> str:
-    return _as_string(AnyValue(double_value=value))
-
-
-def _array(raw: bytes) -> str:
+def _render(kind: int, double: float, raw: bytes) -> str:
+    """decode's string of a double, array or kvlist AnyValue (called by the engine)."""
     value = AnyValue()
-    value.array_value.ParseFromString(raw)
-    return _as_string(value)
-
-
-def _kvlist(raw: bytes) -> str:
-    value = AnyValue()
-    value.kvlist_value.ParseFromString(raw)
+    if kind == _KIND_DOUBLE:
+        value.double_value = double
+    elif kind == _KIND_ARRAY:
+        value.array_value.ParseFromString(raw)
+    elif kind == _KIND_KVLIST:
+        value.kvlist_value.ParseFromString(raw)
     return _as_string(value)
 
 
 def _register_udfs() -> None:
-    """Register the value renderers with the process's chdb engine (once)."""
+    """Register :func:`_render` with the process's chdb engine (once)."""
     global _udfs_registered
     with _udf_lock:
         if _udfs_registered:
             return
         import chdb
 
-        chdb.create_function(_UDF_DOUBLE, _double, ["Float64"], "String")
-        chdb.create_function(_UDF_ARRAY, _array, [bytes], "String")
-        chdb.create_function(_UDF_KVLIST, _kvlist, [bytes], "String")
+        chdb.create_function(_UDF, _render, ["UInt8", "Float64", bytes], "String")
         _udfs_registered = True
 
 
