@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import SpanKind, Tracer, get_current_span
 
 from meterline.instrumentation import attribution
 from meterline.instrumentation._call import Call
@@ -131,7 +131,23 @@ def start_call(meter: Meter, lib: Library, request: Any) -> Call | None:
     span = meter.tracer.start_span(
         f"{operation} {model}" if model else operation, kind=SpanKind.CLIENT, attributes=attrs
     )
+    _mark_enclosing_span_superseded()
     return Call(shape, span, len(raw), facts.strip)
+
+
+SUPERSEDED = "meterline.superseded"
+
+
+def _mark_enclosing_span_superseded() -> None:
+    """Keep the span around this call (an SDK's own GenAI span, an agent's) out of totals.
+
+    Such spans report the same response again, or a whole-call failure after the SDK's
+    retries, or a sum of their children; meterline's per-attempt span is the exact
+    report, so the store skips spans marked ``meterline.superseded``.
+    """
+    enclosing = get_current_span()
+    if enclosing.is_recording():
+        enclosing.set_attribute(SUPERSEDED, True)
 
 
 def _replace_body(lib: Library, request: Any, body: bytes) -> None:
@@ -271,6 +287,12 @@ def _sync_stream_class(base: type) -> type:
             finally:
                 self._call.finish(complete=False)
 
+        def __del__(self) -> None:
+            # An app that drops a response unread and unclosed still gets its span.
+            call = getattr(self, "_call", None)
+            if call is not None and not call.done:
+                call.finish(complete=False)
+
     return MeteredStream
 
 
@@ -305,5 +327,10 @@ def _async_stream_class(base: type) -> type:
                 await self._inner.aclose()
             finally:
                 self._call.finish(complete=False)
+
+        def __del__(self) -> None:
+            call = getattr(self, "_call", None)
+            if call is not None and not call.done:
+                call.finish(complete=False)
 
     return AsyncMeteredStream
