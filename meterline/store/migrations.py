@@ -32,6 +32,11 @@ AGGREGATE_OPERATIONS = ("invoke_agent", "create_agent", "execute_tool", "invoke_
 
 _TRUE = "('true', 'True', 'TRUE', '1')"
 
+SCOPE = "meterline.instrumentation"
+"""The instrumentation scope of meterline's spans: the preferred report of a response.
+Spans marked ``meterline.superseded`` (the span enclosing a metered call: an SDK's own
+GenAI span, an agent's) are not counted."""
+
 
 def _span_or_resource(*keys: str) -> str:
     """SQL for the first of ``keys`` present on the span, then on the resource."""
@@ -166,17 +171,20 @@ SELECT
     {_tokens(*_INPUT_KEYS)} AS InputTokens,
     {_tokens(*_OUTPUT_KEYS)} AS OutputTokens,
     {_tokens("gen_ai.usage.cache_read.input_tokens")} AS CacheReadInputTokens,
-    {_tokens("gen_ai.usage.cache_creation.input_tokens")} AS CacheCreationInputTokens,
+    {_tokens("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens")}
+        AS CacheCreationInputTokens,
     {_tokens("meterline.usage.cache_creation_1h.input_tokens")} AS CacheCreation1hInputTokens,
     {_tokens("gen_ai.usage.reasoning.output_tokens")} AS ReasoningOutputTokens,
     if(ResponseId != '', concat(Provider, '/', ResponseId), concat(TraceId, '/', SpanId))
         AS DedupKey,
-    toUInt8(1 - Estimated) AS Version
+    -- Which report of a response wins: meterline's own span, then exact over estimated.
+    toUInt8((ScopeName = '{SCOPE}') * 2 + (1 - Estimated)) AS Version
 FROM {{db}}.otel_traces
 WHERE ({_has_any(*_INPUT_KEYS, *_OUTPUT_KEYS)}
        OR ((StatusCode = 'STATUS_CODE_ERROR' OR mapContains(SpanAttributes, 'error.type'))
            AND ({_has_any("gen_ai.provider.name", "gen_ai.system")})))
   AND {_span("gen_ai.operation.name")} NOT IN {AGGREGATE_OPERATIONS!r}
+  AND {_span("meterline.superseded")} NOT IN {_TRUE}
 """
 
 MIGRATIONS_TABLE_DDL = """

@@ -88,7 +88,7 @@ def test_filter_reads_the_keys_the_view_reads(config: dict[str, Any]) -> None:
 
 
 _ATOM = re.compile(
-    r'^(?:attributes\["(?P<key>[^"]+)"\] (?P<op>==|!=) (?P<value>nil|"[^"]*")'
+    r'^(?:attributes\["(?P<key>[^"]+)"\] (?P<op>==|!=) (?P<value>nil|true|"[^"]*")'
     r"|status\.code (?P<sop>==|!=) (?P<status>STATUS_CODE_\w+))$"
 )
 
@@ -102,7 +102,9 @@ def _dropped(conditions: list[str], attributes: dict[str, str], status: str) -> 
         if match["status"]:
             return (status == match["status"]) == (match["sop"] == "==")
         value = attributes.get(match["key"])
-        expected = None if match["value"] == "nil" else match["value"][1:-1]
+        raw = match["value"]
+        # A bool attribute is stored as the string "true" (the exporter's AsString).
+        expected = None if raw == "nil" else "true" if raw == "true" else raw[1:-1]
         return (value == expected) == (match["op"] == "==")
 
     return any(all(atom(a) for a in c.split(" and ")) for c in conditions)
@@ -117,6 +119,7 @@ def test_filter_agrees_with_the_view_span_by_span(config: dict[str, Any], store:
         "gen_ai.system": [None, "anthropic"],
         "error.type": [None, "timeout"],
         "gen_ai.operation.name": [None, "chat", "invoke_agent", "execute_tool"],
+        "meterline.superseded": [None, "true"],
     }
     statuses = ["STATUS_CODE_UNSET", "STATUS_CODE_ERROR"]
     spans = []

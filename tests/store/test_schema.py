@@ -138,3 +138,21 @@ def test_open_store_rejects_ambiguous_locations(tmp_path) -> None:
         open_store(data_dir=tmp_path, clickhouse_url="http://h:8123")
     with pytest.raises(ValueError, match="scheme"):
         open_store(clickhouse_url="ftp://host/db")
+
+
+def test_sdk_span_of_the_same_response_yields_to_meterlines(store: Store) -> None:
+    """The anthropic SDK's own span: same response id, `cache_write` naming, and a
+    whole-call span that meterline marks superseded — counted once, meterline's numbers."""
+    sdk = {"gen_ai.provider.name": "anthropic", "gen_ai.response.id": "msg_1",
+           "gen_ai.usage.input_tokens": "100", "gen_ai.usage.cache_write.input_tokens": "0",
+           "meterline.consumer.id": "x"}  # fmt: skip
+    ours = {**sdk, "gen_ai.usage.cache_write.input_tokens": "60", "gen_ai.usage.output_tokens": "5"}
+    enclosing_failure = {"gen_ai.provider.name": "anthropic", "error.type": "rate_limit_error",
+                         "meterline.consumer.id": "x", "meterline.superseded": "true"}  # fmt: skip
+    _insert(store, [
+        {"SpanId": "a", "ScopeName": "meterline.instrumentation", "SpanAttributes": ours},
+        {"SpanId": "b", "ScopeName": "com.anthropic.sdk.python", "SpanAttributes": sdk},
+        {"SpanId": "c", "StatusCode": "STATUS_CODE_ERROR", "SpanAttributes": enclosing_failure},
+    ])  # fmt: skip
+    [row] = _usage(store)
+    assert (row["SpanId"], row["CacheCreationInputTokens"], row["OutputTokens"]) == ("a", 60, 5)
