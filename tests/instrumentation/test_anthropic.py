@@ -8,10 +8,11 @@ from typing import Any
 import anthropic
 import httpx2
 import pytest
-from conftest import Recorded
-from fakes import FakeLLM
 
 from meterline.instrumentation import consumer
+
+from .conftest import Recorded
+from .fakes import FakeLLM
 
 MESSAGES = [{"role": "user", "content": "Say something about foxes."}]
 # input 50 + cache read 3000 + cache writes 2000 (of which 1500 for one hour)

@@ -6,8 +6,6 @@ import asyncio
 
 import httpx2
 import pytest
-from conftest import Recorded
-from fakes import FakeLLM
 from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -15,6 +13,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from meterline.instrumentation import MeterlineInstrumentor, consumer
+
+from .conftest import Recorded
+from .fakes import FakeLLM
 
 URL = "https://api.openai.com/v1/chat/completions"
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}

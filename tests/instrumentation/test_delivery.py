@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 import httpx2
-from fakes import FakeLLM, OTLPReceiver, free_port
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from typer.testing import CliRunner
 
 from meterline.instrumentation import MeterlineInstrumentor, MeterlineSpanExporter, Spool
+
+from .fakes import FakeLLM, OTLPReceiver, free_port
 
 URL = "https://api.openai.com/v1/chat/completions"
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}

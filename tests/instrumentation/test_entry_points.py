@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fakes import OTLPReceiver, free_port
+from .fakes import OTLPReceiver, free_port
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent

@@ -8,10 +8,11 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from conftest import Recorded
-from fakes import FakeLLM
 
 from meterline.instrumentation import MeterlineInstrumentor
+
+from .conftest import Recorded
+from .fakes import FakeLLM
 
 MESSAGES = [{"role": "user", "content": "Say something about foxes."}]
 

@@ -9,8 +9,9 @@ import httpx
 import httpx2
 import openai
 import pytest
-from conftest import Recorded
-from fakes import FakeLLM, LoopbackLLM
+
+from .conftest import Recorded
+from .fakes import FakeLLM, LoopbackLLM
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -132,7 +133,7 @@ def test_non_llm_and_non_json_are_left_alone(recorded: Recorded) -> None:
 def test_gzip_json_response(recorded: Recorded) -> None:
     import gzip
 
-    from fakes import openai_chat
+    from .fakes import openai_chat
 
     _, data = openai_chat(CHAT)
     packed = gzip.compress(data)
