@@ -44,14 +44,19 @@ def _root(
 
 def _register_all() -> None:
     from meterline import server_cli
+    from meterline.aggregator import cli as aggregator_cli
     from meterline.instrumentation import cli as instrumentation_cli
 
     server_cli.register(app)
     instrumentation_cli.register(app)
-    try:
-        from meterline.aggregator import cli as aggregator_cli
-    except ImportError:  # only with the server extra installed
-        return
+    try:  # the simulator and the demo need the server extra (starlette, uvicorn)
+        from meterline.demo import cli as demo_cli
+        from meterline.simulator import cli as simulator_cli
+    except ImportError:
+        pass
+    else:
+        simulator_cli.register(app)
+        demo_cli.register(app)
     aggregator_cli.register(app)
 
 
