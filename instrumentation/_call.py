@@ -215,8 +215,8 @@ class Call:
                 pending, self._buf = self._buf, b""
                 if self._decoder is not None:
                     pending += self._decoder.flush()
-                if pending.strip() and self._event(pending.strip(), self.shape.on_raw_event):
-                    pass
+                if pending.strip():  # a last event without its blank line
+                    self._event(pending.strip(), self.shape.on_raw_event)
                 if self.strip:
                     tail = pending
         except Exception:
@@ -256,7 +256,7 @@ class Call:
             return
         self.done = True
         try:
-            self._end(complete)
+            self._end()
         except Exception:
             logger.debug("meterline: could not finish the span", exc_info=True)
             try:
@@ -264,7 +264,7 @@ class Call:
             except Exception:
                 logger.debug("meterline: could not end the span", exc_info=True)
 
-    def _end(self, complete: bool) -> None:
+    def _end(self) -> None:
         attrs: dict[str, Any] = {}
         if self.status:
             attrs["http.response.status_code"] = self.status

@@ -12,9 +12,11 @@ Heuristic (tiktoken cannot download its BPE files here, so nothing is tokenised)
   message framing and keys (~10-20 % on typical chat requests), which acts as the
   safety margin: the estimate errs high, never to zero.
 * **output** — ``max(text-bearing stream events, ceil(text characters / 3))``. OpenAI-style
-  streams carry about one token per delta event, so the event count is a floor; 3
-  characters per token (instead of ~4) is a 1.33× safety factor that also covers code and
-  non-English text better.
+  chat streams carry about one token per delta event, so for them only events are counted
+  (reading each event's text would cost more than the 5 % per-chunk budget); Anthropic,
+  Responses and Gemini events also count their text (escaped bytes, without parsing):
+  3 characters per token (instead of ~4) is a 1.33× safety factor that also covers code
+  and non-English text better.
 """
 
 from __future__ import annotations
