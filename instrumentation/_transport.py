@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 _MAX_REQUEST_PARSE = 1 << 20
 _MARK = "_meterline_facts"
+# Operations of a span that reports the same response as ours (an SDK's own GenAI span).
+_SAME_CALL_OPERATIONS = frozenset({"chat", "text_completion", "embeddings", "generate_content"})
 
 
 class Meter:

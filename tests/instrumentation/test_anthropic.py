@@ -109,6 +109,10 @@ def test_sdk_span_gets_consumer(recorded: Recorded, fake: FakeLLM) -> None:
         if "gen_ai.operation.name" in attrs:
             assert attrs["meterline.consumer.id"] == "acme"
             assert attrs["meterline.feature"] == "summarize"
+    # The SDK's span encloses ours: marked superseded, so the store counts the call once.
+    assert [s.attributes.get("meterline.superseded") for s in others] == [True]
+    ours = recorded.spans()[0]
+    assert ours.parent is not None and ours.parent.span_id == others[0].context.span_id
 
 
 def test_error_status_reaches_the_app_unchanged(recorded: Recorded) -> None:
