@@ -39,7 +39,14 @@ from meterline.store import Store
 
 logger = logging.getLogger(__name__)
 
-QUERY_SETTINGS: dict[str, Any] = {"session_timezone": "UTC"}
+QUERY_SETTINGS: dict[str, Any] = {
+    "session_timezone": "UTC",
+    # ``llm_usage`` is partitioned by month and merges (hence deduplication) never cross
+    # partitions; without this ClickHouse cannot prune partitions under FINAL and reads
+    # every month. Known limit: two reports of one response whose timestamps fall in
+    # different months are both counted (each in its month).
+    "do_not_merge_across_partitions_select_final": 1,
+}
 
 
 class InvoiceError(MeterlineError):
