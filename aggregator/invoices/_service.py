@@ -32,7 +32,7 @@ from meterline.aggregator.pricing import (
     round_money,
 )
 from meterline.aggregator.queries import invoices as sql
-from meterline.aggregator.queries.rating import models_sql, rating_sql
+from meterline.aggregator.queries.rating import rating_sql
 from meterline.aggregator.queries.usage import UsageFilter
 from meterline.errors import MeterlineError
 from meterline.store import Store
@@ -56,13 +56,24 @@ class InvoiceError(MeterlineError):
 def _rating_rows(
     store: Store, pricing: Pricing, f: UsageFilter, extra_keys: tuple[str, ...] = ()
 ) -> tuple[RatingGrid, list[str], list[tuple[Any, ...]]]:
-    models_query, params = models_sql(f)
-    _, keys = store.query(models_query, params, settings=QUERY_SETTINGS)
-    grid = pricing.book.grid((str(p), str(r), str(q)) for p, r, q in keys)
-    if not keys:
-        return grid, [], []
-    query, params = rating_sql(f, grid, extra_keys=extra_keys)
-    names, rows = store.query(query, params, settings=QUERY_SETTINGS)
+    """Run the rating query with a grid that covers every model in the result.
+
+    The grid starts from the models the book has rated before (no pre-query); when the
+    result holds a model whose prices need splits the grid lacks, the query runs again
+    with them (at most once more).
+    """
+    book = pricing.book
+    for _ in range(2):
+        known = book.seen
+        grid = book.grid(known)
+        query, params = rating_sql(f, grid, extra_keys=extra_keys)
+        names, rows = store.query(query, params, settings=QUERY_SETTINGS)
+        present = {(str(r[1]), str(r[2]), str(r[3])) for r in rows}
+        if present <= known:
+            return grid, names, rows
+        book.remember(present)
+        if grid.covers(book.grid(present), f.start, f.end):
+            return grid, names, rows
     return grid, names, rows
 
 

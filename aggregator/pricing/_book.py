@@ -15,6 +15,7 @@ the later entry in the file. The catalogue is used only when the currency is USD
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +53,20 @@ class RatingGrid:
     """(provider, response model, request model) keys with time-of-day prices, and the
     boundaries (seconds after UTC midnight) that split their days."""
 
+    def covers(self, other: RatingGrid, start: datetime | None, end: datetime | None) -> bool:
+        """True when this grid splits at least where ``other`` does within [start, end)."""
+        points = {
+            p
+            for p in other.change_points
+            if (start is None or p > start) and (end is None or p < end)
+        }
+        return (
+            points <= set(self.change_points)
+            and set(other.thresholds) <= set(self.thresholds)
+            and set(other.time_of_day[0]) <= set(self.time_of_day[0])
+            and set(other.time_of_day[1]) <= set(self.time_of_day[1])
+        )
+
     def representative_input(self, tier_bucket: int) -> int:
         """An input-token count inside tier bucket ``tier_bucket`` (0: at most the first
         threshold; k: above the k-th)."""
@@ -82,6 +97,8 @@ class PriceBook:
     def __init__(self, config: PricingConfig, catalogue: Catalogue | None) -> None:
         self.config = config
         self.catalogue = catalogue if config.currency == "USD" else None
+        self._seen: frozenset[tuple[str, str, str]] = frozenset()
+        self._seen_lock = threading.Lock()
         self._exact: dict[tuple[str, str], list[PriceEntry]] = {}
         self._patterns: dict[str, list[PriceEntry]] = {}
         for entry in config.entries:
@@ -90,6 +107,16 @@ class PriceBook:
                 self._exact.setdefault((provider, entry.model.lower()), []).append(entry)
             else:
                 self._patterns.setdefault(provider, []).append(entry)
+
+    @property
+    def seen(self) -> frozenset[tuple[str, str, str]]:
+        """(provider, response model, request model) keys rated so far: the rating query
+        starts from their grid instead of asking the store for the distinct models."""
+        return self._seen
+
+    def remember(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        with self._seen_lock:
+            self._seen = self._seen | frozenset(keys)
 
     @staticmethod
     def _refs(response_model: str, request_model: str) -> list[str]:

@@ -66,20 +66,6 @@ _AGGREGATES = """count() AS requests,
     sum(_rs) AS reasoning"""
 
 
-def models_sql(f: UsageFilter) -> tuple[str, dict[str, Any]]:
-    """The distinct (provider, response model, request model) of the filtered usage.
-
-    No ``FINAL``: a duplicate does not change a distinct set, and skipping the merge
-    keeps this pre-query cheap.
-    """
-    where, params = where_clause(f)
-    sql = (
-        "SELECT DISTINCT Provider, ResponseModel, RequestModel\n"
-        f"FROM {{db}}.llm_usage\nWHERE {where}"
-    )
-    return sql, params
-
-
 def _segment_expr(points: list[datetime], params: dict[str, Any]) -> str:
     if not points:
         return "0"

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from meterline.aggregator.invoices import compute_invoices, month
 from meterline.aggregator.pricing import Catalogue, RatingGrid, load_pricing
-from meterline.aggregator.queries.rating import models_sql, rating_sql
+from meterline.aggregator.queries.rating import rating_sql
 from meterline.aggregator.queries.usage import UsageFilter
 from meterline.store import Store
 from tests.aggregator._calls import Call, insert_calls, utc
@@ -29,9 +29,6 @@ def test_sql_binds_every_value_and_reads_final() -> None:
     assert params["tod_keys"] == [("deepseek", "deepseek-chat", "deepseek-chat")]
     assert "toStartOfDay(Timestamp, 'UTC') AS k_day" in sql
     assert "least(CacheCreation1hInputTokens, _cw) AS _cw1h" in sql
-    sql, _ = models_sql(f)
-    assert sql.startswith("SELECT DISTINCT Provider, ResponseModel, RequestModel")
-    assert "FINAL" not in sql  # a distinct set does not need the merge
 
 
 def test_time_of_day_prices_and_clamped_subsets(store: Store) -> None:
@@ -55,3 +52,19 @@ def test_time_of_day_prices_and_clamped_subsets(store: Store) -> None:
     gpt = {x.token_type: x.quantity for x in invoice.lines if x.model == "gpt-4o"}
     assert gpt == {"cache_read": 100, "reasoning": 10}
     assert invoice.total == sum((x.amount for x in invoice.lines), Decimal(0))
+
+
+def test_grid_learns_new_models(store: Store) -> None:
+    """The rating query starts from the models rated before; a new model whose price
+    changes inside the period makes it run again with the needed split."""
+    pricing = load_pricing(None, catalogue=Catalogue.bundled())
+    insert_calls(store, [Call(utc(2026, 3, 2), model="gpt-4o", input=1000)])
+    compute_invoices(store, pricing, month("2026-03"))
+    assert pricing.book.seen == {("openai", "gpt-4o", "gpt-4o")}
+    # claude-sonnet-4-6's catalogue price changes on 2026-03-13 (tiers dropped)
+    sonnet = dict(provider="anthropic", model="claude-sonnet-4-6", input=300_000)
+    insert_calls(store, [Call(utc(2026, 3, 12), **sonnet), Call(utc(2026, 3, 14), **sonnet)])
+    invoice = compute_invoices(store, pricing, month("2026-03"))["acme"]
+    prices = sorted(x.unit_price_per_million for x in invoice.lines
+                    if x.model == "claude-sonnet-4-6" and x.token_type == "input")  # fmt: skip
+    assert prices == [Decimal("3"), Decimal("6")]
