@@ -1,8 +1,9 @@
 """Benchmark: invoices over many usage rows in the embedded engine.
 
 Generates ``--rows`` usage rows directly in ``llm_usage`` (``INSERT … SELECT FROM
-numbers()``, spread evenly over ``--months`` UTC months from 2026-01 and over
-``--consumers`` consumers), then times, through the same code the API runs
+numbers()``, spread evenly over ``--months`` UTC months — from 2026-01, or from 2026-03
+when ``--months`` < 3 — and over ``--consumers`` consumers), then times, through the
+same code the API runs
 (:func:`meterline.aggregator.invoices.compute_invoices`, reading ``llm_usage FINAL``):
 
 - one consumer's month (target < 100 ms),
@@ -18,6 +19,7 @@ Run: ``.venv/bin/python benchmarks/queries.py --rows 100000000 --months 12``
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -44,7 +46,7 @@ INSERT INTO {{db}}.llm_usage (Timestamp, ConsumerId, Feature, ServiceName, Provi
     InputTokens, OutputTokens, CacheReadInputTokens, CacheCreationInputTokens,
     CacheCreation1hInputTokens, ReasoningOutputTokens, DedupKey, Version)
 SELECT
-    toDateTime64('2026-01-01 00:00:00', 9, 'UTC')
+    toDateTime64('2026-{first:02d}-01 00:00:00', 9, 'UTC')
         + toIntervalSecond(intDiv(number * {span_seconds}, {rows})) AS Timestamp,
     concat('c', toString(cityHash64(number, 1) % {consumers})) AS ConsumerId,
     ['chat', 'search', 'summary'][1 + number % 3] AS Feature,
@@ -76,15 +78,24 @@ def _array(values: list[str]) -> str:
     return "[" + ", ".join(f"'{v}'" for v in values) + "]"
 
 
+def first_month(months: int) -> int:
+    """The first generated month: January, or March when fewer than 3 months are
+    generated, so the measured month (2026-03) always holds rows / months rows."""
+    return 1 if months >= 3 else 3
+
+
 def generate(store, *, rows: int, months: int, consumers: int, chunk: int) -> float:
     """Insert ``rows`` usage rows; return the seconds it took."""
-    span_seconds = int((month(f"2026-{months:02d}").end - month("2026-01").start).total_seconds())
-    if months > 12:
-        raise SystemExit("--months must be at most 12 (the generated year is 2026)")
+    if not 1 <= months <= 12:
+        raise SystemExit("--months must be 1 to 12 (the generated year is 2026)")
+    first = first_month(months)
+    last = month(f"2026-{first + months - 1:02d}")
+    span_seconds = int((last.end - month(f"2026-{first:02d}").start).total_seconds())
     started = time.perf_counter()
     for offset in range(0, rows, chunk):
         count = min(chunk, rows - offset)
         sql = INSERT.format(
+            first=first,
             span_seconds=span_seconds,
             rows=rows,
             consumers=consumers,
@@ -158,6 +169,9 @@ def main() -> None:
     print(f"all consumers' invoices, month:  {every * 1000:8.1f} ms   target < 2000 ms "
           f"{'OK' if every < 2 else 'MISSED'}  ({len(invoices):,} invoices, {lines:,} lines)")  # type: ignore[arg-type]  # fmt: skip
     print(f"(median of {args.repeat} runs each, FINAL reads, 2026-03 has a price change)")
+    store.close()
+    if args.data_dir is None:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
