@@ -86,13 +86,19 @@ class _Local:
     @property
     def store(self) -> Any:
         if self._store is None:
-            from meterline.store import open_store
+            from meterline.store import StoreError, open_store
 
             s = self.settings
             if s.clickhouse_url:
                 store = open_store(clickhouse_url=s.clickhouse_url, database=s.database)
             else:
-                store = open_store(data_dir=s.data_dir, database=s.database)
+                try:
+                    store = open_store(data_dir=s.data_dir, database=s.database)
+                except StoreError as exc:
+                    raise CommandError(
+                        f"{exc}\n(an embedded store is opened by one process only: if "
+                        "'meterline serve' runs on it, set METERLINE_API_URL to its API)"
+                    ) from None
             store.migrate()
             self._store = store
         return self._store
