@@ -20,16 +20,6 @@ from typing import Any
 from meterline.aggregator.pricing import RatingGrid
 from meterline.aggregator.queries.usage import GROUP_KEYS, UsageFilter, where_clause
 
-QUANTITY_COLUMNS: tuple[str, ...] = (
-    "input",
-    "cache_read",
-    "cache_write",
-    "cache_write_1h",
-    "output",
-    "reasoning",
-)
-"""The disjoint token quantities, in the query's output order (after the keys)."""
-
 RATING_KEYS: tuple[str, ...] = (
     "consumer",
     "provider",
