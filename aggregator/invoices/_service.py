@@ -31,6 +31,7 @@ from meterline.aggregator.pricing import (
     UsageGroup,
     round_money,
 )
+from meterline.aggregator.queries import READ_SETTINGS
 from meterline.aggregator.queries import invoices as sql
 from meterline.aggregator.queries.rating import rating_sql
 from meterline.aggregator.queries.usage import UsageFilter
@@ -38,15 +39,6 @@ from meterline.errors import MeterlineError
 from meterline.store import Store
 
 logger = logging.getLogger(__name__)
-
-QUERY_SETTINGS: dict[str, Any] = {
-    "session_timezone": "UTC",
-    # ``llm_usage`` is partitioned by month and merges (hence deduplication) never cross
-    # partitions; without this ClickHouse cannot prune partitions under FINAL and reads
-    # every month. Known limit: two reports of one response whose timestamps fall in
-    # different months are both counted (each in its month).
-    "do_not_merge_across_partitions_select_final": 1,
-}
 
 
 class InvoiceError(MeterlineError):
@@ -67,7 +59,7 @@ def _rating_rows(
         known = book.seen
         grid = book.grid(known)
         query, params = rating_sql(f, grid, extra_keys=extra_keys)
-        names, rows = store.query(query, params, settings=QUERY_SETTINGS)
+        names, rows = store.query(query, params, settings=READ_SETTINGS)
         present = {(str(r[1]), str(r[2]), str(r[3])) for r in rows}
         if present <= known:
             return grid, names, rows
@@ -134,7 +126,7 @@ class InvoiceView:
 
 def finalization(store: Store, period: str) -> Finalization | None:
     """The period's finalisation, or ``None`` when it is open."""
-    _, rows = store.query(sql.PERIOD_SQL, {"period": period}, settings=QUERY_SETTINGS)
+    _, rows = store.query(sql.PERIOD_SQL, {"period": period}, settings=READ_SETTINGS)
     if not rows:
         return None
     revision, at, currency, source = rows[0]
@@ -147,7 +139,7 @@ def _utc(value: datetime) -> datetime:
 
 def _stored(store: Store, period: str, consumer: str | None) -> dict[str, tuple[int, Invoice]]:
     _, rows = store.query(
-        sql.LATEST_INVOICES_SQL, sql.scope(period, consumer), settings=QUERY_SETTINGS
+        sql.LATEST_INVOICES_SQL, sql.scope(period, consumer), settings=READ_SETTINGS
     )
     return {str(c): (int(rev), Invoice.from_dict(json.loads(doc))) for c, rev, doc in rows}
 
@@ -155,7 +147,7 @@ def _stored(store: Store, period: str, consumer: str | None) -> dict[str, tuple[
 def _adjusted(
     store: Store, period: str, consumer: str | None, revisions: dict[str, int]
 ) -> dict[str, Decimal]:
-    _, rows = store.query(sql.ADJUSTMENTS_SQL, sql.scope(period, consumer), settings=QUERY_SETTINGS)
+    _, rows = store.query(sql.ADJUSTMENTS_SQL, sql.scope(period, consumer), settings=READ_SETTINGS)
     sums: dict[str, Decimal] = {}
     with localcontext(MONEY_CONTEXT):
         for c, revision, _at, currency, amount, _reason in rows:

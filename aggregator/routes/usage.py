@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from meterline.aggregator.deps import StoreDep
 from meterline.aggregator.invoices import usage_costs
-from meterline.aggregator.invoices._service import QUERY_SETTINGS
+from meterline.aggregator.queries import READ_SETTINGS
 from meterline.aggregator.queries.usage import GROUP_KEYS, UsageFilter, usage_sql
 from meterline.aggregator.routes._pricing import PricingDep
 
@@ -75,7 +75,7 @@ def get_usage(
     f = query.to_filter()
     sql, params = usage_sql(f)
     # The same read settings as invoices, so usage and invoice totals always agree.
-    names, rows = store.query(sql, params, settings=QUERY_SETTINGS)
+    names, rows = store.query(sql, params, settings=READ_SETTINGS)
     costs = usage_costs(store, pricing, f)
     return {
         "rows": [
