@@ -68,37 +68,29 @@ class _Local:
 
     def __init__(self, data_dir: Path | None, clickhouse_url: str | None, database: str | None,
                  config: Path | None) -> None:  # fmt: skip
-        from meterline.settings import ServerSettings
+        from meterline.settings import settings_from_flags
 
-        overrides: dict[str, Any] = {}
-        if data_dir is not None:
-            overrides["data_dir"] = data_dir
-        if clickhouse_url is not None:
-            overrides["clickhouse_url"] = clickhouse_url
-        if database is not None:
-            overrides["database"] = database
-        if config is not None:
-            overrides["config"] = config
-        self.settings = ServerSettings(**overrides)
+        self.settings = settings_from_flags(
+            data_dir=data_dir, clickhouse_url=clickhouse_url, database=database, config=config
+        )
         self._store: Any = None
         self._pricing: Any = None
 
     @property
     def store(self) -> Any:
         if self._store is None:
-            from meterline.store import StoreError, open_store
+            from meterline.server import open_configured_store
+            from meterline.store import StoreError
 
-            s = self.settings
-            if s.clickhouse_url:
-                store = open_store(clickhouse_url=s.clickhouse_url, database=s.database)
-            else:
-                try:
-                    store = open_store(data_dir=s.data_dir, database=s.database)
-                except StoreError as exc:
-                    raise CommandError(
-                        f"{exc}\n(an embedded store is opened by one process only: if "
-                        "'meterline serve' runs on it, set METERLINE_API_URL to its API)"
-                    ) from None
+            try:
+                store = open_configured_store(self.settings)
+            except StoreError as exc:
+                if self.settings.clickhouse_url:
+                    raise
+                raise CommandError(
+                    f"{exc}\n(an embedded store is opened by one process only: if "
+                    "'meterline serve' runs on it, set METERLINE_API_URL to its API)"
+                ) from None
             store.migrate()
             self._store = store
         return self._store

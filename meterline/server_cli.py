@@ -21,10 +21,9 @@ Database = Annotated[str | None, typer.Option(help="Database of the tables [mete
 
 
 def _settings(**given: Any) -> Any:
-    """ServerSettings from the flags that were given, then METERLINE_* env, then defaults."""
-    from meterline.settings import ServerSettings
+    from meterline.settings import settings_from_flags
 
-    return ServerSettings(**{k: v for k, v in given.items() if v is not None})
+    return settings_from_flags(**given)
 
 
 def serve(

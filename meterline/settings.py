@@ -50,3 +50,8 @@ class ServerSettings(BaseSettings):
     """Largest insert the writer makes from queued requests."""
     fsync: bool = False
     """fsync each insert's parts (survives power loss; slower)."""
+
+
+def settings_from_flags(**given: object) -> ServerSettings:
+    """Settings from the CLI flags that were given (not ``None``), then env, then defaults."""
+    return ServerSettings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
