@@ -23,15 +23,20 @@ def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("chdb")
 
 
-@pytest.fixture
-def store(engine_dir: Path) -> Iterator[Store]:
-    """A migrated store in a database of its own."""
+def migrated_store(engine_dir: Path, prefix: str) -> Iterator[Store]:
+    """Yield a migrated store in a new database ``prefix_<random>``; drop it afterwards."""
     pytest.importorskip("chdb")
     from meterline.store import open_store
 
-    s = open_store(data_dir=engine_dir, database=f"t_{uuid.uuid4().hex[:12]}")
+    s = open_store(data_dir=engine_dir, database=f"{prefix}_{uuid.uuid4().hex[:12]}")
     s.migrate()
     try:
         yield s
     finally:
         s.command("DROP DATABASE IF EXISTS {db}")
+
+
+@pytest.fixture
+def store(engine_dir: Path) -> Iterator[Store]:
+    """A migrated store in a database of its own."""
+    yield from migrated_store(engine_dir, "t")

@@ -9,13 +9,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tests.conftest import migrated_store
 
 if TYPE_CHECKING:
     from meterline.store import Store
@@ -33,15 +34,7 @@ class Endpoint:
 
 @pytest.fixture(scope="session")
 def ch_store(engine_dir: Path) -> Iterator[Store]:
-    pytest.importorskip("chdb")
-    from meterline.store import open_store
-
-    store = open_store(data_dir=engine_dir, database=f"chhttp_{uuid.uuid4().hex[:10]}")
-    store.migrate()
-    try:
-        yield store
-    finally:
-        store.command("DROP DATABASE IF EXISTS {db}")
+    yield from migrated_store(engine_dir, "chhttp")
 
 
 def _serve(app: Any) -> Iterator[tuple[str, int]]:
