@@ -15,7 +15,7 @@ import logging
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from meterline.collector.decode import MalformedRequest, parse_protobuf, to_rows
+from meterline.collector.decode import MalformedRequest, parse_protobuf
 from meterline.collector.writer import Closed, Overloaded, Writer
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class TraceService:
             ):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid token")
         try:
-            rows = to_rows(parse_protobuf(body), keep_all=self._keep_all)
+            rows = self._writer.decode(parse_protobuf(body), body, keep_all=self._keep_all)
         except MalformedRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:

@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from meterline.collector.decode import MalformedRequest, parse_json, parse_protobuf, to_rows
+from meterline.collector.decode import MalformedRequest, parse_json, parse_protobuf
 from meterline.collector.writer import Closed, Overloaded, Writer
 
 logger = logging.getLogger(__name__)
@@ -120,8 +120,11 @@ class OTLPHTTPApp:
         elif encoding not in ("", "identity"):
             raise _HTTPError(415, f"unsupported content encoding {encoding!r}; use gzip")
         try:
-            request = parse_json(body) if content_type == JSON else parse_protobuf(body)
-            rows = to_rows(request, keep_all=self._keep_all)
+            if content_type == JSON:
+                request, raw = parse_json(body), None
+            else:
+                request, raw = parse_protobuf(body), body
+            rows = self._writer.decode(request, raw, keep_all=self._keep_all)
         except MalformedRequest as exc:
             raise _HTTPError(400, str(exc)) from exc
         try:

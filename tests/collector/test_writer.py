@@ -82,3 +82,26 @@ def test_close_flushes_everything_queued_then_refuses(store: Store) -> None:
     assert count(store) == 100
     with pytest.raises(Closed):
         writer.submit(rows(1))
+
+
+def test_native_writer_lingers_batches_and_counts_exactly(store: Store) -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from meterline.collector.decode import parse_protobuf
+    from tests.e2e.spans import chat, make_spans
+
+    inserts: list[int] = []
+    writer = Writer(store, native=True, threads=2, linger=0.5, batch_min=40)
+    real = writer._insert
+    writer._insert = lambda items: (inserts.append(sum(map(len, items))), real(items))[1]  # type: ignore[method-assign]
+    bodies = [
+        encode_spans(
+            make_spans([chat(f"n{i}", input_tokens=1, output_tokens=1)] * 10)
+        ).SerializeToString()
+        for i in range(8)
+    ]
+    futures = [writer.submit(writer.decode(parse_protobuf(b), b, keep_all=False)) for b in bodies]
+    assert [f.result(30) for f in futures] == [10] * 8
+    writer.close()
+    assert sum(inserts) == 80 and len(inserts) <= 2  # lingering merged the requests
+    assert count(store) == 80
