@@ -127,7 +127,12 @@ async def serve(
             store.command(f"ALTER TABLE {{db}}.{table} MODIFY SETTING fsync_after_insert = 1")
 
     writer = Writer(
-        store, max_pending=settings.max_pending_spans, batch_max=settings.batch_max_spans
+        store,
+        max_pending=settings.max_pending_spans,
+        batch_max=settings.batch_max_spans,
+        native=settings.native_ingest and store.kind == "chdb",
+        linger=settings.writer_linger_ms / 1000,
+        threads=settings.writer_threads,
     )
     listening = False
     host = settings.host

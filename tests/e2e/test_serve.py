@@ -33,9 +33,13 @@ TOKEN = "ingest-secret"
 ADMIN = "admin-secret"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with start_server(tmp_path_factory.mktemp("serve")) as running:
+@pytest.fixture(scope="module", params=["native", "python"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """The server on each ingest path: the engine decoding protobuf, or Python rows."""
+    env = {"METERLINE_NATIVE_INGEST": str(request.param == "native").lower()}
+    with start_server(tmp_path_factory.mktemp("serve"), env=env) as running:
         yield running
 
 
