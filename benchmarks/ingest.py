@@ -9,40 +9,37 @@ Runs side by side, in one process and one run:
      ``decode.to_rows``; native: protobuf parse + ``native.scan``), no store;
    - **insert** (native only): :func:`meterline.collector.native.insert` of the
      bodies in writer-sized batches, the engine decoding the protobuf itself;
-   - **end to end**: concurrent OTLP/HTTP exporter-shaped POSTs (the body the
-     official exporter sends) to the real receiver under uvicorn, each acked only
-     after its durable write. For ``native`` the receiver and writer are wired as
-     proposed for the collector (scan instead of ``to_rows``, ``native.insert``
-     instead of ``insert_columns``); see :func:`_native_receiver`.
+   - **end to end**: a ``meterline serve`` process (``METERLINE_NATIVE_INGEST`` on
+     or off) takes concurrent OTLP/HTTP protobuf POSTs (the body the official
+     exporter sends) from a lean raw-HTTP sender in this process, each acked only
+     after its durable write; every span is then checked in ``/v1/usage``. The
+     server's CPU per span is printed too.
 
 Prints spans/s for each and the ratio to (1). Target: ≥ 100k spans/s end to end on
-2 cores. Run: ``python benchmarks/ingest.py [--spans N] [--batch 512] [--clients 4]
-[--path both]``.
+2 cores, shared with the sender. Run: ``python benchmarks/ingest.py [--spans N]
+[--batch 512] [--clients 64] [--path both]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import os
 import random
-import socket
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from meterline.collector import native, otlp_http
+from meterline.collector import native
 from meterline.collector.decode import COLUMNS, Rows, parse_protobuf, to_rows
-from meterline.collector.otlp_http import OTLPHTTPApp
-from meterline.collector.writer import Writer
+from meterline.launcher import start_server
 from meterline.store import Store, open_store
 
 BATCH_MAX = 50_000
@@ -100,105 +97,55 @@ def make_body(batch: int, seed: int) -> bytes:
     return request.SerializeToString()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+async def _send_all(port: int, bodies: list[bytes], clients: int) -> None:
+    """POST every body over ``clients`` keep-alive connections; retry 503s.
 
-
-async def _post_all(url: str, bodies: list[bytes], clients: int) -> None:
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
-    headers = {"content-type": "application/x-protobuf"}
+    A raw HTTP/1.1 sender (requests prebuilt, as wrk would) so the load generator costs
+    little of the two cores the server also runs on.
+    """
+    queue = list(range(len(bodies)))
+    head = "POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\n"
+    requests = [f"{head}Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies]
 
     async def worker() -> None:
-        async with httpx.AsyncClient(timeout=60) as client:
-            while not queue.empty():
-                body = queue.get_nowait()
-                while True:
-                    response = await client.post(url, content=body, headers=headers)
-                    if response.status_code == 503:
-                        await asyncio.sleep(float(response.headers.get("retry-after", "1")))
-                        continue
-                    response.raise_for_status()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while queue:
+            request = requests[queue.pop()]
+            while True:
+                writer.write(request)
+                await writer.drain()
+                response = await reader.readuntil(b"\r\n\r\n")
+                status = int(response.split(b" ", 2)[1])
+                length = int(response.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                if status == 200:
                     break
+                if status != 503:
+                    raise RuntimeError(f"the collector answered {status}")
+                await asyncio.sleep(0.2)
+        writer.close()
 
     await asyncio.gather(*(worker() for _ in range(clients)))
 
 
-class _NativeWriter(Writer):
-    """The writer with the proposed native insert (``native.insert`` of the batch)."""
-
-    def _run(self) -> None:
-        while (batch := self._take_batch()) is not None:
-            scans: list[Any] = [item for item, _ in batch]
-            n = sum(len(item) for item in scans)
-            started = time.perf_counter()
-            try:
-                native.insert(self._store, scans)
-            except Exception as exc:
-                for _, future in batch:
-                    future.set_exception(exc)
-            else:
-                elapsed = max(time.perf_counter() - started, 1e-6)
-                self._rate = 0.8 * self._rate + 0.2 * (n / elapsed)
-                self.written += n
-                for item, future in batch:
-                    future.set_result(len(item))
-            finally:
-                with self._cond:
-                    self._pending -= n
+def _end_to_end(bodies: list[bytes], clients: int, env: dict[str, str]) -> tuple[float, float]:
+    """Seconds (wall, server CPU) to POST every body to a ``meterline serve`` process,
+    each acked after its durable write; checks every span was counted."""
+    with start_server(tempfile.mkdtemp(prefix="meterline-bench-"), env=env) as server:
+        cpu0 = _process_cpu(server.process.pid)
+        t0 = time.perf_counter()
+        asyncio.run(_send_all(server.endpoints["otlp_http_port"], bodies, clients))
+        seconds = time.perf_counter() - t0
+        cpu = _process_cpu(server.process.pid) - cpu0
+        rows = httpx.get(f"{server.api_url}/v1/usage").json()["rows"]
+    total = sum(len(parse_protobuf(b).resource_spans[0].scope_spans[0].spans) for b in bodies)
+    assert rows and rows[0]["requests"] == total, f"expected {total} usage rows, found {rows}"
+    return seconds, cpu
 
 
-@contextlib.contextmanager
-def _native_receiver() -> Iterator[None]:
-    """Make the receiver scan instead of ``to_rows``, as proposed for the collector.
-
-    ``_handle`` calls ``parse_protobuf(body)`` then ``to_rows(request)`` with no
-    ``await`` between them, so the body seen by the first is the one the second needs.
-    """
-    local = threading.local()
-
-    def parse(body: bytes) -> ExportTraceServiceRequest:
-        local.body = body
-        return parse_protobuf(body)
-
-    def scan(request: ExportTraceServiceRequest, *, keep_all: bool = False) -> Any:
-        return native.scan(request, local.body, keep_all=keep_all)
-
-    saved = otlp_http.parse_protobuf, otlp_http.to_rows
-    otlp_http.parse_protobuf, otlp_http.to_rows = parse, scan  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        otlp_http.parse_protobuf, otlp_http.to_rows = saved
-
-
-def _end_to_end(writer: Writer, bodies: list[bytes], clients: int) -> float:
-    """Seconds to POST every body to a live receiver, each acked after its write."""
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            OTLPHTTPApp(writer),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    t0 = time.perf_counter()
-    asyncio.run(_post_all(f"http://127.0.0.1:{port}/v1/traces", bodies, clients))
-    seconds = time.perf_counter() - t0
-    server.should_exit = True
-    thread.join()
-    writer.close()
-    return seconds
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -223,7 +170,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spans", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=512, help="spans per OTLP request")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent senders")
+    parser.add_argument("--clients", type=int, default=64,
+                        help="concurrent senders (keep-alive connections)")  # fmt: skip
     parser.add_argument("--path", choices=("python", "native", "both"), default="both",
                         help="ingest path(s) to measure next to the raw insert")  # fmt: skip
     args = parser.parse_args()
@@ -236,10 +184,11 @@ def main() -> None:
 
     data_dir = tempfile.mkdtemp(prefix="meterline-bench-")
     stores = {name: open_store(data_dir=data_dir, database=f"bench_{name}")
-              for name in ("raw", *(f"{p}_e2e" for p in paths), "native_insert")}  # fmt: skip
+              for name in ("raw", "native_insert")}  # fmt: skip
     for store in stores.values():
         store.migrate()
     results: list[tuple[str, float]] = []
+    cpu_notes: list[str] = []
 
     decoded, decode_s = _timed(lambda: [to_rows(parse_protobuf(b)) for b in bodies])
     merged = _merge(decoded)
@@ -256,10 +205,9 @@ def main() -> None:
 
     if "python" in paths:
         results.append(("python: decode (parse + to_rows)", total / decode_s))
-        e2e_s = _end_to_end(Writer(stores["python_e2e"], max_pending=400_000,
-                                   batch_max=BATCH_MAX), bodies, args.clients)  # fmt: skip
-        _check(stores["python_e2e"], total)
+        e2e_s, cpu = _end_to_end(bodies, args.clients, {"METERLINE_NATIVE_INGEST": "false"})
         results.append(("python: OTLP/HTTP → durable store", total / e2e_s))
+        cpu_notes.append(f"python: server CPU {cpu / total * 1e6:.1f} µs/span")
 
     if "native" in paths:
         scans, scan_s = _timed(lambda: [native.scan_body(b) for b in bodies])
@@ -273,12 +221,12 @@ def main() -> None:
         _, insert_s = _timed(native_insert)
         _check(stores["native_insert"], total)
         results.append(("native: insert (engine decodes)", total / insert_s))
-        writer = _NativeWriter(stores["native_e2e"], max_pending=400_000, batch_max=BATCH_MAX)
-        with _native_receiver():
-            e2e_s = _end_to_end(writer, bodies, args.clients)
-        _check(stores["native_e2e"], total)
+        e2e_s, cpu = _end_to_end(bodies, args.clients, {"METERLINE_NATIVE_INGEST": "true"})
         results.append(("native: OTLP/HTTP → durable store", total / e2e_s))
+        cpu_notes.append(f"native: server CPU {cpu / total * 1e6:.1f} µs/span")
 
+    for note in cpu_notes:
+        print(note)
     for label, rate in results:
         print(f"{label:36s} {rate:>10,.0f} spans/s  = {rate / raw_rate:5.2f}× raw insert")
     print("target: ≥ 100,000 spans/s end to end")
