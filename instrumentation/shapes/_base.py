@@ -117,6 +117,18 @@ def count_text(call: Call, data: bytes, *keys: bytes) -> None:
             return
 
 
+def read_identity(
+    call: Call, data: dict[str, Any], id_key: str = "id", model_key: str = "model"
+) -> None:
+    """Take the response id and the model the provider reported, when present."""
+    rid = data.get(id_key)
+    if isinstance(rid, str) and rid:
+        call.response_id = rid
+    model = data.get(model_key)
+    if isinstance(model, str) and model:
+        call.response_model = model
+
+
 def add_finish_reason(call: Call, reason: Any) -> None:
     """Record a finish reason once, in order of arrival."""
     if isinstance(reason, str) and reason:

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meterline.instrumentation.shapes._base import Shape, add_finish_reason, as_int, count_text
+from meterline.instrumentation.shapes._base import (
+    Shape,
+    add_finish_reason,
+    as_int,
+    count_text,
+    read_identity,
+)
 
 if TYPE_CHECKING:
     from meterline.instrumentation._call import Call
@@ -53,7 +59,7 @@ class Messages(Shape):
     def on_json(self, call: Call, data: Any) -> None:
         if not isinstance(data, dict):
             return
-        _message_fields(call, data)
+        read_identity(call, data)
         add_finish_reason(call, data.get("stop_reason"))
         usage = data.get("usage")
         if isinstance(usage, dict):
@@ -79,7 +85,7 @@ class Messages(Shape):
         elif kind == "message_start":
             message = data.get("message")
             if isinstance(message, dict):
-                _message_fields(call, message)
+                read_identity(call, message)
                 usage = message.get("usage")
                 if isinstance(usage, dict):
                     read_usage(call, usage, final=False)
@@ -95,15 +101,6 @@ class Messages(Shape):
             etype = error.get("type") if isinstance(error, dict) else None
             call.error = str(etype or "error")
         return True
-
-
-def _message_fields(call: Call, message: dict[str, Any]) -> None:
-    mid = message.get("id")
-    if isinstance(mid, str) and mid:
-        call.response_id = mid
-    model = message.get("model")
-    if isinstance(model, str) and model:
-        call.response_model = model
 
 
 MESSAGES = Messages()

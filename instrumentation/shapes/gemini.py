@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meterline.instrumentation.shapes._base import RequestFacts, Shape, add_finish_reason, as_int
+from meterline.instrumentation.shapes._base import (
+    RequestFacts,
+    Shape,
+    add_finish_reason,
+    as_int,
+    read_identity,
+)
 
 if TYPE_CHECKING:
     from meterline.instrumentation._call import Call
@@ -44,12 +50,7 @@ class GenerateContent(Shape):
     def on_event(self, call: Call, name: str | None, data: Any) -> bool:
         if type(data) is not dict:
             return True
-        rid = data.get("responseId")
-        if isinstance(rid, str) and rid:
-            call.response_id = rid
-        version = data.get("modelVersion")
-        if isinstance(version, str) and version:
-            call.response_model = version
+        read_identity(call, data, "responseId", "modelVersion")
         for candidate in data.get("candidates") or ():
             if type(candidate) is not dict:
                 continue

@@ -17,7 +17,13 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from meterline.instrumentation.shapes._base import RequestFacts, Shape, add_finish_reason, as_int
+from meterline.instrumentation.shapes._base import (
+    RequestFacts,
+    Shape,
+    add_finish_reason,
+    as_int,
+    read_identity,
+)
 
 if TYPE_CHECKING:
     from meterline.instrumentation._call import Call
@@ -76,7 +82,7 @@ class ChatCompletions(Shape):
     def on_json(self, call: Call, data: Any) -> None:
         if not isinstance(data, dict):
             return
-        _response_fields(call, data)
+        read_identity(call, data)
         for choice in data.get("choices") or ():
             if isinstance(choice, dict):
                 add_finish_reason(call, choice.get("finish_reason"))
@@ -96,7 +102,7 @@ class ChatCompletions(Shape):
         if not isinstance(data, dict):
             return True
         if call.response_id is None:
-            _response_fields(call, data)
+            read_identity(call, data)
         choices = data.get("choices")
         if choices:
             for choice in choices:
@@ -139,15 +145,6 @@ class Completions(ChatCompletions):
     def _text(self, choice: dict[str, Any]) -> Any:
         text = choice.get("text")
         return text if isinstance(text, str) else None
-
-
-def _response_fields(call: Call, data: dict[str, Any]) -> None:
-    rid = data.get("id")
-    if isinstance(rid, str) and rid:
-        call.response_id = rid
-    model = data.get("model")
-    if isinstance(model, str) and model:
-        call.response_model = model
 
 
 def _inject(raw: bytes) -> bytes | None:

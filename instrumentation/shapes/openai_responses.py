@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meterline.instrumentation.shapes._base import Shape, add_finish_reason, as_int, count_text
+from meterline.instrumentation.shapes._base import (
+    Shape,
+    add_finish_reason,
+    as_int,
+    count_text,
+    read_identity,
+)
 
 if TYPE_CHECKING:
     from meterline.instrumentation._call import Call
@@ -59,12 +65,7 @@ class Responses(Shape):
 
 
 def _read_response(call: Call, response: dict[str, Any]) -> None:
-    rid = response.get("id")
-    if isinstance(rid, str) and rid:
-        call.response_id = rid
-    model = response.get("model")
-    if isinstance(model, str) and model:
-        call.response_model = model
+    read_identity(call, response)
     status = response.get("status")
     if status == "incomplete":
         details = response.get("incomplete_details")
