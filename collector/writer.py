@@ -165,6 +165,7 @@ class Writer:
                     future.set_exception(exc)
             else:
                 elapsed = max(time.perf_counter() - started, 1e-6)
+                logger.debug("inserted %d spans in %.3fs", n, elapsed)
                 self._rate = 0.8 * self._rate + 0.2 * (n / elapsed)
                 self.written += n
                 for rows, future in batch:
