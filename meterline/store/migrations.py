@@ -38,19 +38,27 @@ Spans marked ``meterline.superseded`` (the span enclosing a metered call: an SDK
 GenAI span, an agent's) are not counted."""
 
 
+def _first_set(lookups: list[str]) -> str:
+    """SQL for the first non-empty of ``lookups`` ('' when all are).
+
+    One subscript per key (a missing key reads as ''), rather than ``mapContains`` and
+    then a subscript: half the map scans per span, and a third of the view's analysis
+    time on each insert. An attribute set to '' counts as not set.
+    """
+    head, *rest = lookups
+    return head if not rest else f"if({head} != '', {head}, {_first_set(rest)})"
+
+
 def _span_or_resource(*keys: str) -> str:
-    """SQL for the first of ``keys`` present on the span, then on the resource."""
-    branches: list[str] = []
-    for source in ("SpanAttributes", "ResourceAttributes"):
-        for key in keys:
-            branches.append(f"mapContains({source}, '{key}'), {source}['{key}']")
-    return f"multiIf({', '.join(branches)}, '')"
+    """SQL for the first of ``keys`` set on the span, then on the resource."""
+    return _first_set(
+        [f"{m}['{k}']" for m in ("SpanAttributes", "ResourceAttributes") for k in keys]
+    )
 
 
 def _span(*keys: str) -> str:
-    """SQL for the first of ``keys`` present on the span."""
-    branches = [f"mapContains(SpanAttributes, '{k}'), SpanAttributes['{k}']" for k in keys]
-    return f"multiIf({', '.join(branches)}, '')"
+    """SQL for the first of ``keys`` set on the span."""
+    return _first_set([f"SpanAttributes['{k}']" for k in keys])
 
 
 def _tokens(*keys: str) -> str:
@@ -140,8 +148,7 @@ PARTITION BY toYYYYMM(Timestamp)
 ORDER BY (ConsumerId, DedupKey)
 """
 
-USAGE_MV_DDL = f"""
-CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.llm_usage_mv TO {{db}}.llm_usage AS
+USAGE_MV_QUERY = f"""
 SELECT
     Timestamp,
     {_span_or_resource("meterline.consumer.id")} AS ConsumerId,
@@ -186,6 +193,11 @@ WHERE ({_has_any(*_INPUT_KEYS, *_OUTPUT_KEYS)}
   AND {_span("gen_ai.operation.name")} NOT IN {AGGREGATE_OPERATIONS!r}
   AND {_span("meterline.superseded")} NOT IN {_TRUE}
 """
+"""What ``llm_usage_mv`` selects from each block inserted into ``otel_traces``."""
+
+USAGE_MV_DDL = (
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.llm_usage_mv TO {db}.llm_usage AS" + USAGE_MV_QUERY
+)
 
 MIGRATIONS_TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
@@ -271,5 +283,16 @@ MIGRATIONS += (
         2,
         "billing periods, finalised invoices, adjustments, price catalogue snapshots",
         (INVOICES_DDL, INVOICE_DOCUMENTS_DDL, INVOICE_ADJUSTMENTS_DDL, PRICE_CATALOGUE_DDL),
+    ),
+)
+
+# The view's first version looked each attribute up twice (mapContains, then a
+# subscript); new databases get the current query from migration 1, older ones here.
+# MODIFY QUERY swaps it atomically: no insert runs without the view.
+MIGRATIONS += (
+    Migration(
+        3,
+        "llm_usage_mv: one lookup per attribute",
+        ("ALTER TABLE {db}.llm_usage_mv MODIFY QUERY" + USAGE_MV_QUERY,),
     ),
 )

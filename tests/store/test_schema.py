@@ -117,6 +117,46 @@ def test_view_extracts_normalised_usage(store: Store) -> None:
     assert c["Billable"] == 0  # an HTTP error status alone makes a call non-billable
 
 
+def test_an_empty_attribute_counts_as_not_set(store: Store) -> None:
+    _insert(store, [
+        {"SpanId": "a", "ResourceAttributes": {"meterline.consumer.id": "from-resource"},
+         "SpanAttributes": {"gen_ai.provider.name": "openai", "meterline.consumer.id": "",
+                            "gen_ai.usage.input_tokens": "", "gen_ai.usage.prompt_tokens": "7",
+                            "gen_ai.request.model": "m", "gen_ai.response.model": ""}},
+    ])  # fmt: skip
+    [row] = _usage(store)
+    assert (row["ConsumerId"], row["InputTokens"], row["ResponseModel"]) == (
+        "from-resource",
+        7,
+        "m",
+    )
+
+
+def test_an_older_database_gets_the_current_view(store: Store) -> None:
+    """Migration 3 swaps the view's query of a database made by an earlier version."""
+    from meterline.store import migrations
+
+    first_query = migrations.USAGE_MV_QUERY.replace(
+        "SpanAttributes['gen_ai.request.model']",
+        "multiIf(mapContains(SpanAttributes, 'gen_ai.request.model'), "
+        "SpanAttributes['gen_ai.request.model'], '')",
+    )
+    store.command("ALTER TABLE {db}.llm_usage_mv MODIFY QUERY " + first_query)
+    store.command(
+        "ALTER TABLE {db}.schema_migrations DELETE WHERE Version = 3 SETTINGS mutations_sync = 1"
+    )
+    assert store.migrate() == [3]
+    _, [(query,)] = store.query(
+        "SELECT as_select FROM system.tables WHERE database = {d:String} AND name = 'llm_usage_mv'",
+        {"d": store.database},
+    )
+    assert "mapContains(SpanAttributes, 'gen_ai.request.model')" not in query
+    assert "SpanAttributes['gen_ai.request.model']" in query
+    _insert(store, [{"SpanId": "a", "SpanAttributes": {"gen_ai.provider.name": "openai",
+                                                       "gen_ai.usage.input_tokens": "3"}}])  # fmt: skip
+    assert [r["InputTokens"] for r in _usage(store)] == [3]
+
+
 def test_dedup_prefers_exact_over_estimated(store: Store) -> None:
     attrs = {"gen_ai.provider.name": "openai", "gen_ai.response.id": "r1",
              "meterline.consumer.id": "x"}  # fmt: skip
