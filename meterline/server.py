@@ -132,6 +132,7 @@ async def serve(
         batch_max=settings.batch_max_spans,
         native=settings.native_ingest and store.kind == "chdb",
         linger=settings.writer_linger_ms / 1000,
+        batch_min=settings.writer_batch_min_spans,
         threads=settings.writer_threads,
     )
     listening = False

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from meterline.errors import MeterlineError
-from meterline.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_DDL
+from meterline.store.migrations import EMBEDDED_TUNING, MIGRATIONS, MIGRATIONS_TABLE_DDL
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,10 @@ class Store:
         return self.client().raw_query(sql, fmt=fmt, settings=settings)
 
     def migrate(self) -> list[int]:
-        """Apply pending migrations in order; return the versions applied now."""
+        """Apply pending migrations in order; return the versions applied now.
+
+        On the embedded store, also (re)apply :data:`EMBEDDED_TUNING`.
+        """
         self.client().command(f"CREATE DATABASE IF NOT EXISTS {self.db}")
         self.command(MIGRATIONS_TABLE_DDL)
         _, rows = self.query("SELECT Version FROM {db}.schema_migrations FINAL")
@@ -140,6 +143,9 @@ class Store:
                 "schema_migrations", [[migration.version], [migration.name]], ["Version", "Name"]
             )
             applied.append(migration.version)
+        if self.kind == "chdb":
+            for statement in EMBEDDED_TUNING:
+                self.command(statement)
         return applied
 
     def close(self) -> None:

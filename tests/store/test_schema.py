@@ -157,6 +157,16 @@ def test_an_older_database_gets_the_current_view(store: Store) -> None:
     assert [r["InputTokens"] for r in _usage(store)] == [3]
 
 
+def test_the_embedded_ingest_tables_merge_wider(store: Store) -> None:
+    for table in ("otel_traces", "llm_usage"):
+        _, [(ddl,)] = store.query(
+            "SELECT create_table_query FROM system.tables "
+            "WHERE database = {d:String} AND name = {t:String}",
+            {"d": store.database, "t": table},
+        )
+        assert "merge_selector_base = 20" in ddl, table
+
+
 def test_dedup_prefers_exact_over_estimated(store: Store) -> None:
     attrs = {"gen_ai.provider.name": "openai", "gen_ai.response.id": "r1",
              "meterline.consumer.id": "x"}  # fmt: skip
