@@ -15,6 +15,9 @@ Contract (the same rows as the Python path, proved row for row by
   ints, bools and bytes (base64) are rendered in SQL; doubles, arrays and kvlists are
   rendered by decode's own Python function, called from the engine as a chdb UDF on
   just those values (arrays and kvlists are read as raw bytes by the reduced schema).
+- A span's events and links are read as raw bytes and rendered by decode's own
+  functions too, from chdb UDFs that return JSON (only for the spans that have any):
+  in SQL, their nested maps doubled the statement's analysis time on every insert.
 - Every value's oneof member is known (``input_format_protobuf_oneof_presence``), so
   an unset AnyValue is "" and ``int_value = 0`` is "0", as in decode.
 - An attribute key given twice keeps its first position and its last value, like a
@@ -36,19 +39,23 @@ Known limits:
   that parse is also what rejects malformed input with a 400 before anything is
   queued. OTLP/JSON requests go native by re-serializing the parsed message.
 - Timestamps above 2^63 ns (year 2262) wrap, as ``DateTime64(9)`` cannot hold them.
-- Each insert costs a fixed ~40 ms of query analysis on this machine (about half in
-  the materialized view), against ~16 ms for ``insert_columns``: the native path pays
-  off with the writer's batching (thousands of spans an insert), not for a single
-  small request. The statement is shaped for that cost: attribute lists are rendered
-  once in an inner query, and there is no ``WHERE`` (each condition in it cost ~3 ms).
-- The renderer is registered as a process-wide chdb function named
-  ``meterline_otlp_value_v1``.
+- Each insert costs a fixed ~40 ms of query analysis on this machine (a third of it
+  in the materialized view), against ~16 ms for ``insert_columns``: the native path
+  pays off with the writer's batching (thousands of spans an insert), not for a
+  single small request. The statement is shaped for that cost: attribute lists are
+  rendered once in an inner query, there is no ``WHERE`` (each condition in it cost
+  ~3 ms), and events and links are rendered outside SQL.
+- The renderers are registered as process-wide chdb functions named
+  ``meterline_otlp_value_v1``, ``meterline_otlp_events_v1`` and
+  ``meterline_otlp_links_v1``. Spans with events or links cost a Python call each.
 - Protobuf edge cases that upb merges (a non-repeated field or message sent twice in
   one span) are read by ClickHouse as the last occurrence; senders never do this.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import tempfile
@@ -60,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 # decode's own stringification is reused so both paths agree by construction.
 from meterline.collector.decode import (
@@ -67,6 +75,7 @@ from meterline.collector.decode import (
     SPAN_KINDS,
     STATUS_CODES,
     _as_string,
+    attributes,
     parse_protobuf,
 )
 
@@ -187,6 +196,9 @@ def scan_body(body: bytes, *, keep_all: bool = False) -> Scan:
 # ---- SQL -------------------------------------------------------------------------
 
 _UDF = "meterline_otlp_value_v1"
+_EVENTS_UDF = "meterline_otlp_events_v1"
+_LINKS_UDF = "meterline_otlp_links_v1"
+_MAPS = "Array(Map(String, String))"
 _KIND_DOUBLE, _KIND_ARRAY, _KIND_KVLIST = 4, 5, 6
 
 _VALUE_TYPE = (
@@ -205,9 +217,7 @@ STRUCTURE = (
     "trace_id String, span_id String, trace_state String, parent_span_id String, "
     "name String, kind Int32, start_time_unix_nano UInt64, end_time_unix_nano UInt64, "
     f"attributes {_KV_TYPE}, "
-    f"events Array(Tuple(time_unix_nano UInt64, name String, attributes {_KV_TYPE})), "
-    "links Array(Tuple(trace_id String, span_id String, trace_state String, "
-    f"attributes {_KV_TYPE})), "
+    "events Array(String), links Array(String), "
     "status Tuple(message String, code Int32)))))))"
 )
 """The columns ClickHouse reads from each ``ExportTraceServiceRequest``."""
@@ -258,6 +268,15 @@ def _map_sql(keys: str, values: str) -> str:
     )
 
 
+def _rendered_sql(udf: str, raw: str) -> str:
+    """JSON of a span's raw events or links rendered by ``udf`` ('' when there are none).
+
+    ``if`` evaluates its branches lazily, so Python runs only for the spans that have any.
+    """
+    joined = f"arrayStringConcat(arrayMap(x -> base64Encode(x), {raw}), ',')"
+    return f"if(empty({raw}), '', ifNull({udf}({joined}), ''))"
+
+
 def _nanos_sql(x: str) -> str:
     return f"fromUnixTimestamp64Nano(toInt64({x}))"
 
@@ -292,19 +311,11 @@ def _select_sql(source: str) -> str:
         f"{_values_sql('s.attributes')} AS a_values",
         "s.status.code AS t_code",
         "s.status.message AS t_message",
-        "arrayMap(e -> e.time_unix_nano, s.events) AS e_times",
-        "arrayMap(e -> e.name, s.events) AS e_names",
-        f"arrayMap(e -> {_keys_sql('e.attributes')}, s.events) AS e_keys",
-        f"arrayMap(e -> {_values_sql('e.attributes')}, s.events) AS e_values",
-        "arrayMap(l -> l.trace_id, s.links) AS l_traces",
-        "arrayMap(l -> l.span_id, s.links) AS l_spans",
-        "arrayMap(l -> l.trace_state, s.links) AS l_states",
-        f"arrayMap(l -> {_keys_sql('l.attributes')}, s.links) AS l_keys",
-        f"arrayMap(l -> {_values_sql('l.attributes')}, s.links) AS l_values",
+        f"{_rendered_sql(_EVENTS_UDF, 's.events')} AS e_json",
+        f"{_rendered_sql(_LINKS_UDF, 's.links')} AS l_json",
     ]
     kinds = f"transform(t_kind, {list(range(len(SPAN_KINDS)))}, {_strings(SPAN_KINDS)}, '')"
     codes = f"transform(t_code, {list(range(len(STATUS_CODES)))}, {_strings(STATUS_CODES)}, '')"
-    nested_map = "if(empty({k}), [], arrayMap((keys, values) -> {m}, {k}, {v}))"
     outer = [
         _nanos_sql("t_start"),
         _hex_sql("t_trace"),
@@ -321,13 +332,13 @@ def _select_sql(source: str) -> str:
         "t_end - t_start",
         codes,
         "t_message",
-        f"arrayMap(x -> {_nanos_sql('x')}, e_times)",
-        "e_names",
-        nested_map.format(k="e_keys", v="e_values", m=_map_sql("keys", "values")),
-        f"arrayMap(x -> {_hex_sql('x')}, l_traces)",
-        f"arrayMap(x -> {_hex_sql('x')}, l_spans)",
-        "l_states",
-        nested_map.format(k="l_keys", v="l_values", m=_map_sql("keys", "values")),
+        f"arrayMap(x -> {_nanos_sql('x')}, JSONExtract(e_json, 'time', 'Array(UInt64)'))",
+        "JSONExtract(e_json, 'name', 'Array(String)')",
+        f"JSONExtract(e_json, 'attributes', '{_MAPS}')",
+        "JSONExtract(l_json, 'trace_id', 'Array(String)')",
+        "JSONExtract(l_json, 'span_id', 'Array(String)')",
+        "JSONExtract(l_json, 'trace_state', 'Array(String)')",
+        f"JSONExtract(l_json, 'attributes', '{_MAPS}')",
     ]
     assert len(outer) == len(COLUMNS)
     outer_sql = ",\n  ".join(outer)
@@ -383,6 +394,31 @@ def _render(kind: int, double: float, raw: bytes) -> str:
     return _as_string(value)
 
 
+def _messages(cls: Any, raw: bytes) -> list[Any]:
+    return [cls.FromString(base64.b64decode(part)) for part in raw.split(b",")]
+
+
+def _render_events(raw: bytes) -> str:
+    """decode's event columns of one span, as JSON (``raw``: its base64 events, comma-joined)."""
+    events = _messages(Span.Event, raw)
+    return json.dumps({
+        "time": [e.time_unix_nano for e in events],
+        "name": [e.name for e in events],
+        "attributes": [attributes(e.attributes) for e in events],
+    }, ensure_ascii=False)  # fmt: skip
+
+
+def _render_links(raw: bytes) -> str:
+    """decode's link columns of one span, as JSON (``raw``: its base64 links, comma-joined)."""
+    links = _messages(Span.Link, raw)
+    return json.dumps({
+        "trace_id": [link.trace_id.hex() for link in links],
+        "span_id": [link.span_id.hex() for link in links],
+        "trace_state": [link.trace_state for link in links],
+        "attributes": [attributes(link.attributes) for link in links],
+    }, ensure_ascii=False)  # fmt: skip
+
+
 def _register_udfs() -> None:
     """Register :func:`_render` with the process's chdb engine (once)."""
     global _udfs_registered
@@ -392,6 +428,8 @@ def _register_udfs() -> None:
         import chdb
 
         chdb.create_function(_UDF, _render, ["UInt8", "Float64", bytes], "String")
+        chdb.create_function(_EVENTS_UDF, _render_events, [bytes], "String")
+        chdb.create_function(_LINKS_UDF, _render_links, [bytes], "String")
         _udfs_registered = True
 
 

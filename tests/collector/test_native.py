@@ -118,10 +118,12 @@ def varied_spans(base: int) -> list[Span]:
                       start_time_unix_nano=T0, end_time_unix_nano=T0 + 5,
                       attributes=usage(i) + kvs(EXOTIC),
                       events=[Span.Event(time_unix_nano=T0 + 1, name="gen_ai.choice",
-                                         attributes=kvs([("index", 0), ("d", 1.25), ("a", ("x",)), ("index", 1), ("dup", "event")])),
+                                         attributes=kvs([("index", 0), ("d", 1.25), ("a", ("x",)), ("index", 1), ("dup", "event"),
+                                                         ("text", 'é ☃ 😀 "q" \\ \t\n\x00'), ("", b"\xff")])),
                               Span.Event(time_unix_nano=T0 + 2, name="empty")],
                       links=[Span.Link(trace_id=tid(9999), span_id=sid(9999), trace_state="l=1",
-                                       attributes=kvs([("link.d", 0.5), ("link.kv", {"z": b"z"}), ("link.d", "again")])),
+                                       attributes=kvs([("link.d", 0.5), ("link.kv", {"z": b"z"}), ("link.d", "again"),
+                                                       ("ключ", "😀\\u0000")])),
                              Span.Link(trace_id=b"\x01\x02", span_id=b"")]))  # fmt: skip
     i = base + len(spans)
     dup = kvs([("gen_ai.usage.input_tokens", 1), ("gen_ai.system", "openai"), ("dup", "first"),
