@@ -51,9 +51,9 @@ class ServerSettings(BaseSettings):
     native_ingest: bool = True
     """Let the engine decode OTLP protobuf itself (embedded store only; a server store
     always uses the Python path). About 3× the Python path's throughput."""
-    writer_linger_ms: float = Field(20.0, ge=0)
+    writer_linger_ms: float = Field(50.0, ge=0)
     """How long the writer waits for more requests before a small insert."""
-    writer_batch_min_spans: int = Field(10_000, gt=0)
+    writer_batch_min_spans: int = Field(16_000, gt=0)
     """An insert of fewer spans waits up to the linger for more (each insert has a fixed
     cost of tens of milliseconds)."""
     writer_threads: int = Field(2, ge=1, le=16)
