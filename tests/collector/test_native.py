@@ -232,6 +232,24 @@ def test_scan_matches_decode() -> None:
             )  # fmt: skip
 
 
+def test_scan_drops_what_is_not_written() -> None:
+    """The body handed to the engine holds exactly the spans decode writes, so the
+    insert needs no filter; a request with nothing to drop keeps its own bytes."""
+    for keep_all in (False, True):
+        for body in varied_requests():
+            scanned = native.scan_body(body, keep_all=keep_all)
+            rows = to_rows(parse_protobuf(body), keep_all=keep_all)
+            kept = [
+                span.span_id.hex()
+                for resource_spans in parse_protobuf(scanned.body).resource_spans
+                for scope_spans in resource_spans.scope_spans
+                for span in scope_spans.spans
+            ]
+            assert kept == rows.columns[COLUMNS.index("SpanId")]
+    all_kept = varied_requests()[2]
+    assert native.scan_body(all_kept, keep_all=True).body is all_kept
+
+
 def test_rendered_values(store: Store) -> None:
     body = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[
         Span(trace_id=tid(1), span_id=sid(1), name="v", start_time_unix_nano=T0,
