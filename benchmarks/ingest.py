@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -138,7 +139,18 @@ def _end_to_end(bodies: list[bytes], clients: int, env: dict[str, str]) -> tuple
     """Seconds to POST every body to a fresh ``meterline serve`` process, each acked after
     its durable write, and the server's CPU seconds by thread group; checks every span
     was counted."""
-    with start_server(tempfile.mkdtemp(prefix="meterline-bench-"), env=env) as server:
+    data_dir = tempfile.mkdtemp(prefix="meterline-bench-")
+    os.sync()  # the previous run's writeback would otherwise take CPU from this one
+    try:
+        return _run_server(data_dir, bodies, clients, env)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _run_server(
+    data_dir: str, bodies: list[bytes], clients: int, env: dict[str, str]
+) -> tuple[float, dict]:
+    with start_server(data_dir, env=env) as server:
         pid = server.process.pid
         cpu0 = _thread_cpu(pid)
         t0 = time.perf_counter()
@@ -265,6 +277,10 @@ def main() -> None:
         results.append(("native: insert (engine decodes)", total / insert_s))
         results.append(("native: OTLP/HTTP → durable store", e2e["native"]))
 
+    for store in stores.values():
+        store.command("DROP DATABASE IF EXISTS {db} SYNC")
+        store.close()
+    shutil.rmtree(data_dir, ignore_errors=True)
     for label, rate in results:
         print(f"{label:36s} {rate:>10,.0f} spans/s  = {rate / raw_rate:5.2f}× raw insert")
     print(f"end to end: median of {args.repeat} runs; target: ≥ 100,000 spans/s")
