@@ -167,6 +167,20 @@ def test_the_embedded_ingest_tables_merge_wider(store: Store) -> None:
         assert "merge_selector_base = 20" in ddl, table
 
 
+def test_an_insert_part_of_spans_is_compact(store: Store) -> None:
+    """~15k spans (the writer's typical insert, ~10 MiB) in one file, not ~130."""
+    attrs = {f"gen_ai.attribute.{i}": "x" * 40 for i in range(14)}
+    _insert(store, [{"SpanId": f"{i:016x}", "SpanAttributes": attrs} for i in range(15_000)])
+    _, parts = store.query(
+        "SELECT part_type, data_uncompressed_bytes FROM system.parts "
+        "WHERE database = {d:String} AND table = 'otel_traces' AND active",
+        {"d": store.database},
+    )
+    [(part_type, size)] = parts
+    assert size > 10_485_760  # above ClickHouse's default threshold for the Wide format
+    assert part_type == "Compact"
+
+
 def test_dedup_prefers_exact_over_estimated(store: Store) -> None:
     attrs = {"gen_ai.provider.name": "openai", "gen_ai.response.id": "r1",
              "meterline.consumer.id": "x"}  # fmt: skip
