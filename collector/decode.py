@@ -165,6 +165,25 @@ def attributes(key_values: Any) -> dict[str, str]:
     return {kv.key: _as_string(kv.value) for kv in key_values}
 
 
+def event_columns(events: Any) -> tuple[list[int], list[str], list[dict[str, str]]]:
+    """One span's ``Events.Timestamp`` (ns), ``Events.Name`` and ``Events.Attributes``."""
+    return (
+        [e.time_unix_nano for e in events],
+        [e.name for e in events],
+        [attributes(e.attributes) for e in events],
+    )
+
+
+def link_columns(links: Any) -> tuple[list[str], list[str], list[str], list[dict[str, str]]]:
+    """One span's ``Links.TraceId``, ``.SpanId``, ``.TraceState`` and ``.Attributes``."""
+    return (
+        [link.trace_id.hex() for link in links],
+        [link.span_id.hex() for link in links],
+        [link.trace_state for link in links],
+        [attributes(link.attributes) for link in links],
+    )
+
+
 def _is_genai(key_values: Any) -> bool:
     return any(kv.key.startswith("gen_ai.") for kv in key_values)
 
@@ -218,13 +237,14 @@ def to_rows(request: ExportTraceServiceRequest, *, keep_all: bool = False) -> Ro
                 code = span.status.code
                 c_status.append(STATUS_CODES[code] if 0 <= code < len(STATUS_CODES) else "")
                 c_status_msg.append(span.status.message)
-                events = span.events
-                c_ev_ts.append([e.time_unix_nano for e in events])
-                c_ev_name.append([e.name for e in events])
-                c_ev_attrs.append([attributes(e.attributes) for e in events])
-                links = span.links
-                c_ln_trace.append([link.trace_id.hex() for link in links])
-                c_ln_span.append([link.span_id.hex() for link in links])
-                c_ln_state.append([link.trace_state for link in links])
-                c_ln_attrs.append([attributes(link.attributes) for link in links])
+                for column, values in zip(
+                    (c_ev_ts, c_ev_name, c_ev_attrs), event_columns(span.events), strict=True
+                ):
+                    column.append(values)
+                for column, values in zip(
+                    (c_ln_trace, c_ln_span, c_ln_state, c_ln_attrs),
+                    link_columns(span.links),
+                    strict=True,
+                ):
+                    column.append(values)
     return rows

@@ -75,7 +75,8 @@ from meterline.collector.decode import (
     SPAN_KINDS,
     STATUS_CODES,
     _as_string,
-    attributes,
+    event_columns,
+    link_columns,
     parse_protobuf,
 )
 
@@ -199,6 +200,15 @@ _UDF = "meterline_otlp_value_v1"
 _EVENTS_UDF = "meterline_otlp_events_v1"
 _LINKS_UDF = "meterline_otlp_links_v1"
 _MAPS = "Array(Map(String, String))"
+# The JSON the events and links renderers return: field -> ClickHouse type, in the
+# order of decode's event_columns / link_columns and of the table's columns.
+_EVENT_FIELDS = (("time", "Array(UInt64)"), ("name", "Array(String)"), ("attributes", _MAPS))
+_LINK_FIELDS = (
+    ("trace_id", "Array(String)"),
+    ("span_id", "Array(String)"),
+    ("trace_state", "Array(String)"),
+    ("attributes", _MAPS),
+)
 _KIND_DOUBLE, _KIND_ARRAY, _KIND_KVLIST = 4, 5, 6
 
 _VALUE_TYPE = (
@@ -332,14 +342,11 @@ def _select_sql(source: str) -> str:
         "t_end - t_start",
         codes,
         "t_message",
-        f"arrayMap(x -> {_nanos_sql('x')}, JSONExtract(e_json, 'time', 'Array(UInt64)'))",
-        "JSONExtract(e_json, 'name', 'Array(String)')",
-        f"JSONExtract(e_json, 'attributes', '{_MAPS}')",
-        "JSONExtract(l_json, 'trace_id', 'Array(String)')",
-        "JSONExtract(l_json, 'span_id', 'Array(String)')",
-        "JSONExtract(l_json, 'trace_state', 'Array(String)')",
-        f"JSONExtract(l_json, 'attributes', '{_MAPS}')",
+        *(f"JSONExtract(e_json, '{name}', '{type_}')" for name, type_ in _EVENT_FIELDS),
+        *(f"JSONExtract(l_json, '{name}', '{type_}')" for name, type_ in _LINK_FIELDS),
     ]
+    times = COLUMNS.index("Events.Timestamp")  # ns in the JSON, DateTime64(9) in the table
+    outer[times] = f"arrayMap(x -> {_nanos_sql('x')}, {outer[times]})"
     assert len(outer) == len(COLUMNS)
     outer_sql = ",\n  ".join(outer)
     inner_sql = ",\n    ".join(inner)
@@ -400,23 +407,18 @@ def _messages(cls: Any, raw: bytes) -> list[Any]:
 
 def _render_events(raw: bytes) -> str:
     """decode's event columns of one span, as JSON (``raw``: its base64 events, comma-joined)."""
-    events = _messages(Span.Event, raw)
-    return json.dumps({
-        "time": [e.time_unix_nano for e in events],
-        "name": [e.name for e in events],
-        "attributes": [attributes(e.attributes) for e in events],
-    }, ensure_ascii=False)  # fmt: skip
+    columns = event_columns(_messages(Span.Event, raw))
+    return json.dumps(
+        {name: c for (name, _), c in zip(_EVENT_FIELDS, columns, strict=True)}, ensure_ascii=False
+    )
 
 
 def _render_links(raw: bytes) -> str:
     """decode's link columns of one span, as JSON (``raw``: its base64 links, comma-joined)."""
-    links = _messages(Span.Link, raw)
-    return json.dumps({
-        "trace_id": [link.trace_id.hex() for link in links],
-        "span_id": [link.span_id.hex() for link in links],
-        "trace_state": [link.trace_state for link in links],
-        "attributes": [attributes(link.attributes) for link in links],
-    }, ensure_ascii=False)  # fmt: skip
+    columns = link_columns(_messages(Span.Link, raw))
+    return json.dumps(
+        {name: c for (name, _), c in zip(_LINK_FIELDS, columns, strict=True)}, ensure_ascii=False
+    )
 
 
 def _register_udfs() -> None:

@@ -42,8 +42,9 @@ def _first_set(lookups: list[str]) -> str:
     """SQL for the first non-empty of ``lookups`` ('' when all are).
 
     One subscript per key (a missing key reads as ''), rather than ``mapContains`` and
-    then a subscript: half the map scans per span, and a third of the view's analysis
-    time on each insert. An attribute set to '' counts as not set.
+    then a subscript: the view's analysis time on each insert fell from ~24 to ~8 ms
+    (its per-span cost measured about the same). An attribute set to '' counts as not
+    set.
     """
     head, *rest = lookups
     return head if not rest else f"if({head} != '', {head}, {_first_set(rest)})"
