@@ -20,10 +20,8 @@ from typing import Annotated, Any
 
 import typer
 
-EXPORT_COLUMNS = (
-    "consumer", "period", "currency", "provider", "model", "token_type", "quantity",
-    "unit_price_per_million", "amount",
-)  # fmt: skip
+from meterline.aggregator._export import EXPORT_COLUMNS, export_rows
+from meterline.aggregator._instants import parse_instant
 
 
 class CommandError(Exception):
@@ -58,6 +56,8 @@ class _Remote:
                 detail = json.loads(exc.read()).get("detail", exc.reason)
             except ValueError:
                 detail = exc.reason
+            if isinstance(detail, list):  # FastAPI's validation errors
+                detail = "; ".join(str(d.get("msg", d)) for d in detail)
             raise CommandError(f"{method} {url}: {exc.code} {detail}") from None
         except urllib.error.URLError as exc:
             raise CommandError(f"cannot reach the server at {self.url}: {exc.reason}") from None
@@ -195,17 +195,37 @@ def render_invoice(inv: dict[str, Any], status: str = "") -> str:
         f"{'markup':>12}  {inv['markup']:>{width}}",
         f"{'total':>12}  {inv['total']:>{width}}  {inv['currency']}",
     ]
+    usage_columns = ("provider", "model", "requests", "input_tokens", "output_tokens")
     if inv["unpriced"]:
         lines += ["", "Unpriced (no price known; not billed, not $0):"]
-        lines.append(table(inv["unpriced"], ("provider", "model", "requests", "input_tokens",
-                                             "output_tokens")))  # fmt: skip
+        lines.append(table(inv["unpriced"], usage_columns))
     lines.append(f"\nFailed requests: {inv['failed_requests']}")
+    if inv.get("failed"):
+        lines += ["", "Failed calls not billed (the plan does not bill them):"]
+        lines.append(table(inv["failed"], usage_columns))
     return "\n".join(lines)
 
 
 # --- commands ----------------------------------------------------------------------
 
 _FORMAT_HELP = "table, json or csv"
+
+
+def _instant(text: str) -> datetime:
+    """A ``--from``/``--to``/``--at`` value: ISO 8601 (offset or ``Z``; none means UTC),
+    in the range the store holds, else a usage error (click names the option)."""
+    try:
+        return parse_instant(text, name="")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+_ISO = "ISO 8601, e.g. 2026-03-01T00:00:00Z (no offset: UTC)"
+From = Annotated[datetime | None, typer.Option("--from", parser=_instant, help=f"Start, {_ISO}.")]
+To = Annotated[
+    datetime | None,
+    typer.Option("--to", parser=_instant, help=f"End (exclusive), {_ISO}."),
+]
 
 DataDir = Annotated[
     Path | None,
@@ -227,8 +247,8 @@ def register(app: typer.Typer) -> None:
     def invoice(
         consumer: Annotated[str, typer.Argument(help="The consumer id.")],
         period: Annotated[str | None, typer.Option("--period", help="UTC month, YYYY-MM.")] = None,
-        from_: Annotated[datetime | None, typer.Option("--from", help="Start (UTC).")] = None,
-        to: Annotated[datetime | None, typer.Option("--to", help="End (UTC, exclusive).")] = None,
+        from_: From = None,
+        to: To = None,
         fmt: Annotated[str, typer.Option("--format", help=_FORMAT_HELP)] = "table",
         data_dir: DataDir = None,
         clickhouse_url: ClickhouseUrl = None,
@@ -255,22 +275,21 @@ def register(app: typer.Typer) -> None:
             return view.invoice.to_dict()
 
         data = _run((data_dir, clickhouse_url, database, config), remote, local)
-        _emit(data, fmt, render_invoice, lambda d: (
-            [{"consumer": d["consumer"], "period": d["period"], "currency": d["currency"], **x}
-             for x in d["lines"]], EXPORT_COLUMNS))  # fmt: skip
+        _emit(data, fmt, render_invoice, lambda d: (export_rows(d), EXPORT_COLUMNS))
 
     @app.command("export")
     def export(
         period: Annotated[str | None, typer.Option("--period", help="UTC month, YYYY-MM.")] = None,
-        from_: Annotated[datetime | None, typer.Option("--from")] = None,
-        to: Annotated[datetime | None, typer.Option("--to")] = None,
+        from_: From = None,
+        to: To = None,
         fmt: Annotated[str, typer.Option("--format", help="csv, json or table")] = "csv",
         data_dir: DataDir = None,
         clickhouse_url: ClickhouseUrl = None,
         database: Database = None,
         config: Config = None,
     ) -> None:
-        """Every consumer's invoice lines for a period (the billing export)."""
+        """Every consumer's invoice as rows for a period (the billing export): priced
+        lines, markup, adjustments, and unpriced or failed usage (no amount), by status."""
         params = {"period": period, "from": from_ and from_.isoformat(),
                   "to": to and to.isoformat(), "format": "json"}  # fmt: skip
 
@@ -278,10 +297,10 @@ def register(app: typer.Typer) -> None:
             return api.call("GET", "/v1/export", params)["rows"]
 
         def local(b: _Local) -> list[dict[str, Any]]:
-            from meterline.aggregator.invoices import export_rows, get_invoices, resolve_period
+            from meterline.aggregator.invoices import get_invoices, iter_export_rows, resolve_period
 
             views = get_invoices(b.store, b.pricing, resolve_period(period, from_, to))
-            return [row for v in views.values() for row in export_rows(v.invoice)]
+            return list(iter_export_rows(views.values()))
 
         rows = _run((data_dir, clickhouse_url, database, config), remote, local)
         _emit(rows, fmt, lambda r: table(r, EXPORT_COLUMNS), lambda r: (r, EXPORT_COLUMNS))
@@ -295,7 +314,10 @@ def register(app: typer.Typer) -> None:
         provider: Annotated[str | None, typer.Option("--provider")] = None,
         model: Annotated[str | None, typer.Option("--model", help="One model's price.")] = None,
         source: Annotated[str | None, typer.Option("--source", help="config or catalogue")] = None,
-        at: Annotated[datetime | None, typer.Option("--at", help="In force at (UTC).")] = None,
+        at: Annotated[
+            datetime | None,
+            typer.Option("--at", parser=_instant, help=f"In force at, {_ISO}."),
+        ] = None,
         fmt: Annotated[str, typer.Option("--format", help=_FORMAT_HELP)] = "table",
         data_dir: DataDir = None,
         clickhouse_url: ClickhouseUrl = None,
@@ -312,8 +334,6 @@ def register(app: typer.Typer) -> None:
             from meterline.aggregator.pricing import price_table
 
             when = at or datetime.now(UTC)
-            if when.tzinfo is None:  # naive times are UTC
-                when = when.replace(tzinfo=UTC)
             return price_table(b.pricing, at=when, provider=provider, model=model, source=source)
 
         data = _run((data_dir, clickhouse_url, database, config),

@@ -5,6 +5,7 @@ Rounding: line amounts half-up to the currency's minor unit; ``subtotal`` the su
 lines; ``markup`` rounded half-up on the subtotal; ``total = subtotal + markup``.
 """
 
+from meterline.aggregator._export import EXPORT_COLUMNS, ExportStatus, export_rows
 from meterline.aggregator.invoices._build import build_invoices
 from meterline.aggregator.invoices._catalogue_store import (
     DEFAULT_PRICES_URL,
@@ -16,12 +17,12 @@ from meterline.aggregator.invoices._catalogue_store import (
     stored_catalogue,
     update_catalogue,
 )
+from meterline.aggregator.invoices._export import iter_export_rows
 from meterline.aggregator.invoices._model import (
-    EXPORT_COLUMNS,
     Invoice,
     InvoiceLine,
+    UnbilledUsage,
     UnpricedUsage,
-    export_rows,
 )
 from meterline.aggregator.invoices._period import Period, between, month, resolve_period
 from meterline.aggregator.invoices._service import (
@@ -34,7 +35,6 @@ from meterline.aggregator.invoices._service import (
     finalization,
     finalize,
     get_invoices,
-    iter_export_rows,
     rate_usage,
     reprice,
 )
@@ -43,6 +43,7 @@ from meterline.aggregator.invoices._usage_costs import UsageCosts, usage_costs
 __all__ = [
     "DEFAULT_PRICES_URL",
     "EXPORT_COLUMNS",
+    "ExportStatus",
     "Finalization",
     "Invoice",
     "InvoiceError",
@@ -54,6 +55,7 @@ __all__ = [
     "PriceUpdateError",
     "RepriceLine",
     "RepriceResult",
+    "UnbilledUsage",
     "UnpricedUsage",
     "UsageCosts",
     "between",

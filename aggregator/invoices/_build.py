@@ -5,7 +5,9 @@ price); its amount is the exact ``quantity × unit price / 1e6`` rounded half-up
 currency's minor unit. ``subtotal`` is the sum of the rounded lines, ``markup`` is
 ``subtotal × markup_percent / 100`` rounded half-up, ``total = subtotal + markup``.
 Failed calls count in ``failed_requests`` and are billed only when the consumer's plan
-has ``bill_failed_requests``; unpriced usage is listed, never billed.
+has ``bill_failed_requests`` (else they are listed in ``failed``); unpriced usage is
+listed in ``unpriced``, never billed. Both lists keep the requests, the gross token
+counts and the per-type quantities, so the billing export can show them.
 """
 
 from __future__ import annotations
@@ -14,18 +16,32 @@ from collections.abc import Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 
-from meterline.aggregator.invoices._model import Invoice, InvoiceLine, UnpricedUsage
+from meterline.aggregator.invoices._model import Invoice, InvoiceLine, UnbilledUsage
 from meterline.aggregator.pricing import MONEY_CONTEXT, TOKEN_TYPES, PricingConfig, Rater
 from meterline.aggregator.pricing._prices import MILLION
 
 
 class _Draft:
-    __slots__ = ("failed", "lines", "unpriced")
+    __slots__ = ("failed", "failed_usage", "lines", "unpriced")
 
     def __init__(self) -> None:
         self.lines: dict[tuple[str, str, int, Decimal], int] = {}
         self.unpriced: dict[tuple[str, str], list[int]] = {}
+        """(provider, model) → [requests, input tokens, output tokens, *quantities]."""
+        self.failed_usage: dict[tuple[str, str], list[int]] = {}
+        """The same, for failed calls the plan does not bill."""
         self.failed = 0
+
+
+def _count(
+    into: dict[tuple[str, str], list[int]], key: tuple[str, str], totals: Sequence[int]
+) -> None:
+    counts = into.get(key)
+    if counts is None:
+        into[key] = list(totals)
+    else:
+        for i, value in enumerate(totals):
+            counts[i] += value
 
 
 def build_invoices(
@@ -54,21 +70,21 @@ def build_invoices(
         draft = drafts.get(consumer)
         if draft is None:
             draft = drafts[consumer] = _Draft()
+        model = response_model or request_model
         if not billable:
             draft.failed += requests
             if not bills_failed.get(consumer, default_bills_failed):
+                totals = (requests, input_tokens, output_tokens, *quantities)
+                _count(draft.failed_usage, (provider, model), totals)
                 continue
-        model = response_model or request_model
         match, units = rater.cell(
             provider, response_model, request_model, segment, tod, tier, first_at
         )
         if match is None or any(
             q and price is None for q, price in zip(quantities, units, strict=True)
         ):
-            counts = draft.unpriced.setdefault((provider, model), [0, 0, 0])
-            counts[0] += requests
-            counts[1] += input_tokens
-            counts[2] += output_tokens
+            totals = (requests, input_tokens, output_tokens, *quantities)
+            _count(draft.unpriced, (provider, model), totals)
             continue
         lines = draft.lines
         for index in range(n_types):
@@ -96,10 +112,8 @@ def _finish(consumer: str, draft: _Draft, config: PricingConfig, period: str) ->
     subtotal = sum((line.amount for line in lines), Decimal(0)).quantize(quantum)
     percent = config.plan_for(consumer).markup_percent
     markup = (subtotal * percent / 100).quantize(quantum, rounding=ROUND_HALF_UP)
-    unpriced = tuple(
-        UnpricedUsage(provider, model, *counts)
-        for (provider, model), counts in sorted(draft.unpriced.items())
-    )
+    unpriced = _unbilled(draft.unpriced)
+    failed = _unbilled(draft.failed_usage)
     return Invoice(
         consumer=consumer,
         period=period,
@@ -110,4 +124,17 @@ def _finish(consumer: str, draft: _Draft, config: PricingConfig, period: str) ->
         total=subtotal + markup,
         unpriced=unpriced,
         failed_requests=draft.failed,
+        failed=failed,
+    )
+
+
+def _unbilled(usage: dict[tuple[str, str], list[int]]) -> tuple[UnbilledUsage, ...]:
+    return tuple(
+        UnbilledUsage(
+            provider,
+            model,
+            *counts[:3],
+            quantities=tuple(zip(TOKEN_TYPES, counts[3:], strict=True)),
+        )
+        for (provider, model), counts in sorted(usage.items())
     )

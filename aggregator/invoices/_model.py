@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -36,23 +37,51 @@ class InvoiceLine:
 
 
 @dataclass(frozen=True)
-class UnpricedUsage:
-    """Usage of a model without a price: counted and shown, never billed as zero."""
+class UnbilledUsage:
+    """Usage an invoice lists without billing it — of a model without a price
+    (``unpriced``), or failed calls the plan does not bill (``failed``): counted and
+    shown, never billed as zero."""
 
     provider: str
     model: str
     requests: int
     input_tokens: int
+    """Gross input tokens (cache reads and writes included)."""
     output_tokens: int
+    """Gross output tokens (reasoning included)."""
+    quantities: tuple[tuple[str, int], ...] | None = None
+    """``(token type, tokens)`` for every token type, disjoint as in invoice lines
+    (``None``: an invoice stored before they were kept)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "provider": self.provider,
             "model": self.model,
             "requests": self.requests,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
         }
+        if self.quantities is not None:
+            doc["quantities"] = dict(self.quantities)
+        return doc
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UnbilledUsage:
+        quantities = data.get("quantities")
+        return cls(
+            provider=data["provider"],
+            model=data["model"],
+            requests=int(data["requests"]),
+            input_tokens=int(data["input_tokens"]),
+            output_tokens=int(data["output_tokens"]),
+            quantities=None
+            if quantities is None
+            else tuple((str(k), int(v)) for k, v in quantities.items()),
+        )
+
+
+UnpricedUsage = UnbilledUsage
+"""The earlier name of :class:`UnbilledUsage`."""
 
 
 @dataclass(frozen=True)
@@ -69,9 +98,11 @@ class Invoice:
     """``subtotal × markup_percent / 100`` rounded half-up."""
     total: Decimal
     """``subtotal + markup``."""
-    unpriced: tuple[UnpricedUsage, ...] = field(default=())
+    unpriced: tuple[UnbilledUsage, ...] = field(default=())
     failed_requests: int = 0
     """Failed calls in the period (billed only when the plan says so)."""
+    failed: tuple[UnbilledUsage, ...] = field(default=())
+    """The failed calls the plan does not bill, per model (billed ones are in ``lines``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +115,7 @@ class Invoice:
             "total": money_str(self.total),
             "unpriced": [u.to_dict() for u in self.unpriced],
             "failed_requests": self.failed_requests,
+            "failed": [u.to_dict() for u in self.failed],
         }
 
     @classmethod
@@ -106,29 +138,7 @@ class Invoice:
             subtotal=Decimal(data["subtotal"]),
             markup=Decimal(data["markup"]),
             total=Decimal(data["total"]),
-            unpriced=tuple(UnpricedUsage(**u) for u in data.get("unpriced", ())),
+            unpriced=tuple(UnbilledUsage.from_dict(u) for u in data.get("unpriced", ())),
             failed_requests=int(data.get("failed_requests", 0)),
+            failed=tuple(UnbilledUsage.from_dict(u) for u in data.get("failed", ())),
         )
-
-
-EXPORT_COLUMNS: tuple[str, ...] = (
-    "consumer",
-    "period",
-    "currency",
-    "provider",
-    "model",
-    "token_type",
-    "quantity",
-    "unit_price_per_million",
-    "amount",
-)
-"""Columns of the billing export, one row per invoice line."""
-
-
-def export_rows(invoice: Invoice) -> list[dict[str, Any]]:
-    """The invoice's lines as export rows."""
-    return [
-        {"consumer": invoice.consumer, "period": invoice.period, "currency": invoice.currency}
-        | line.to_dict()
-        for line in invoice.lines
-    ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, localcontext
@@ -347,11 +346,3 @@ def reprice(
     return RepriceResult(
         period.label, final.currency, tuple(lines), "adjusted", final.revision, fresh
     )
-
-
-def iter_export_rows(views: Iterable[InvoiceView]) -> Iterable[dict[str, Any]]:
-    """Every invoice line of ``views`` as an export row."""
-    from meterline.aggregator.invoices._model import export_rows
-
-    for view in views:
-        yield from export_rows(view.invoice)

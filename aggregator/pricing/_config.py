@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from meterline.aggregator._instants import check_instant
 from meterline.aggregator.pricing._prices import TOKEN_TYPES, PriceSet, Tier
 from meterline.errors import MeterlineError
 
@@ -123,14 +124,19 @@ def _when(value: Any, where: str) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        try:  # a change point is a bound of the rating query: it must be storable
+            return check_instant(value, name=f"{where}:")
+        except ValueError as exc:
+            raise PricingConfigError(str(exc)) from None
     if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+        return _when(datetime(value.year, value.month, value.day, tzinfo=UTC), where)
     if isinstance(value, str):
         try:
-            return _when(datetime.fromisoformat(value), where)
+            parsed = datetime.fromisoformat(value)
         except ValueError:
             pass
+        else:
+            return _when(parsed, where)
     raise PricingConfigError(f"{where}: effective_from {value!r} is not a date (YYYY-MM-DD)")
 
 

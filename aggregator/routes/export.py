@@ -1,8 +1,10 @@
-"""``GET /v1/export?period=YYYY-MM&format=csv|json``: every consumer's invoice lines.
+"""``GET /v1/export?period=YYYY-MM&format=csv|json``: every consumer's invoice as rows.
 
-Columns: consumer, period, currency, provider, model, token_type, quantity,
-unit_price_per_million, amount (decimal strings). The body is streamed one consumer at
-a time; a finalised month exports the stored invoices.
+Columns: :data:`~meterline.aggregator.invoices.EXPORT_COLUMNS` (money as decimal
+strings). ``status`` says what a row is (``priced``, ``markup``, ``adjustment``,
+``unpriced``, ``failed``); rows without a price or an amount have them empty (CSV) or
+``null`` (JSON), never 0 — see :mod:`meterline.aggregator._export`. The body is streamed
+one consumer at a time; a finalised month exports the stored invoices.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -19,7 +20,13 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
 from meterline.aggregator.deps import StoreDep
-from meterline.aggregator.invoices import EXPORT_COLUMNS, export_rows, get_invoices, resolve_period
+from meterline.aggregator.invoices import (
+    EXPORT_COLUMNS,
+    get_invoices,
+    iter_export_rows,
+    resolve_period,
+)
+from meterline.aggregator.routes._params import From, To
 from meterline.aggregator.routes._pricing import PricingDep
 
 router = APIRouter(prefix="/v1/export", tags=["export"])
@@ -57,8 +64,8 @@ def get_export(
     store: StoreDep,
     pricing: PricingDep,
     period: Annotated[str | None, Query(description="UTC month, YYYY-MM")] = None,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: Annotated[datetime | None, Query()] = None,
+    from_: Annotated[From | None, Query(alias="from", description="ISO-8601")] = None,
+    to: Annotated[To | None, Query(description="ISO-8601, exclusive")] = None,
     format: ExportFormat = ExportFormat.csv,
 ) -> StreamingResponse:
     try:
@@ -66,7 +73,7 @@ def get_export(
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
     views = get_invoices(store, pricing, resolved)
-    rows = (row for view in views.values() for row in export_rows(view.invoice))
+    rows = iter_export_rows(views.values())
     name = resolved.label.replace("/", "_").replace(":", "")
     if format is ExportFormat.csv:
         body, media = _csv(rows), "text/csv; charset=utf-8"

@@ -7,7 +7,6 @@ Money fields are decimal strings. A finalised month returns the stored invoice
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
@@ -15,6 +14,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from meterline.aggregator.deps import StoreDep
 from meterline.aggregator.invoices import InvoiceView, get_invoices, resolve_period
 from meterline.aggregator.pricing import money_str
+from meterline.aggregator.routes._params import From, To
 from meterline.aggregator.routes._pricing import PricingDep
 
 router = APIRouter(prefix="/v1/invoices", tags=["invoices"])
@@ -38,8 +38,8 @@ def get_invoice(
     pricing: PricingDep,
     response: Response,
     period: Annotated[str | None, Query(description="UTC month, YYYY-MM")] = None,
-    from_: Annotated[datetime | None, Query(alias="from", description="ISO-8601")] = None,
-    to: Annotated[datetime | None, Query(description="ISO-8601, exclusive")] = None,
+    from_: Annotated[From | None, Query(alias="from", description="ISO-8601")] = None,
+    to: Annotated[To | None, Query(description="ISO-8601, exclusive")] = None,
 ) -> dict[str, Any]:
     """The consumer's invoice: lines, subtotal, markup, total, unpriced usage."""
     try:

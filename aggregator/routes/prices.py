@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from meterline.aggregator.deps import StoreDep
 from meterline.aggregator.invoices import PriceUpdateError, update_catalogue
 from meterline.aggregator.pricing import price_table
+from meterline.aggregator.routes._params import At
 from meterline.aggregator.routes._pricing import PricingDep, reset_pricing
 
 router = APIRouter(prefix="/v1/prices", tags=["prices"])
@@ -26,11 +27,9 @@ def get_prices(
     provider: str | None = None,
     model: str | None = None,
     source: Annotated[str | None, Query(pattern="^(config|catalogue)$")] = None,
-    at: datetime | None = None,
+    at: Annotated[At | None, Query(description="ISO-8601, default now")] = None,
 ) -> dict[str, Any]:
     when = at or datetime.now(UTC)
-    if when.tzinfo is None:  # naive times are UTC
-        when = when.replace(tzinfo=UTC)
     return price_table(pricing, at=when, provider=provider, model=model, source=source)
 
 

@@ -12,6 +12,7 @@ from meterline.aggregator.deps import StoreDep
 from meterline.aggregator.invoices import usage_costs
 from meterline.aggregator.queries import READ_SETTINGS
 from meterline.aggregator.queries.usage import GROUP_KEYS, UsageFilter, usage_sql
+from meterline.aggregator.routes._params import From, To
 from meterline.aggregator.routes._pricing import PricingDep
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
@@ -22,20 +23,13 @@ class UsageQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    from_: datetime | None = Field(None, alias="from", description="ISO-8601, inclusive")
-    to: datetime | None = Field(None, description="ISO-8601, exclusive")
+    from_: From | None = Field(None, alias="from", description="ISO-8601, inclusive")
+    to: To | None = Field(None, description="ISO-8601, exclusive")
     consumer: str | None = None
     feature: str | None = None
     provider: str | None = None
     model: str | None = None
     group_by: str = Field("", description=f"comma-separated: {', '.join(GROUP_KEYS)}")
-
-    @field_validator("from_", "to")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value
 
     @field_validator("group_by")
     @classmethod

@@ -61,6 +61,12 @@ def line(provider: str, model: str, token_type: str, quantity: int, price: str, 
             "unit_price_per_million": price, "amount": amount}  # fmt: skip
 
 
+def tokens(**quantities: int) -> dict[str, int]:
+    """An unbilled usage's ``quantities``: every token type, in order."""
+    types = ("input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning")
+    return {t: quantities.get(t, 0) for t in types}
+
+
 ACME_MARCH = {
     "consumer": "acme",
     "period": "2026-03",
@@ -88,9 +94,14 @@ ACME_MARCH = {
     "total": "9.23",
     "unpriced": [
         {"provider": "openai", "model": "mystery-1", "requests": 1, "input_tokens": 100,
-         "output_tokens": 100}
+         "output_tokens": 100, "quantities": tokens(input=100, output=100)}
     ],
     "failed_requests": 1,
+    # the failed call, not billed by acme's plan: listed with its tokens
+    "failed": [
+        {"provider": "openai", "model": "gpt-4o", "requests": 1, "input_tokens": 1000,
+         "output_tokens": 0, "quantities": tokens(input=1000)}
+    ],
 }  # fmt: skip
 
 
@@ -107,9 +118,10 @@ def test_public_api_is_pinned() -> None:
     from meterline.aggregator import invoices
 
     assert set(invoices.__all__) == {
-        "DEFAULT_PRICES_URL", "EXPORT_COLUMNS", "Finalization", "Invoice", "InvoiceError",
-        "InvoiceLine", "InvoiceView", "Period", "PriceChange", "PriceUpdate", "PriceUpdateError",
-        "RepriceLine", "RepriceResult", "UnpricedUsage", "UsageCosts", "between",
+        "DEFAULT_PRICES_URL", "EXPORT_COLUMNS", "ExportStatus", "Finalization", "Invoice",
+        "InvoiceError", "InvoiceLine", "InvoiceView", "Period", "PriceChange", "PriceUpdate",
+        "PriceUpdateError", "RepriceLine", "RepriceResult", "UnbilledUsage", "UnpricedUsage",
+        "UsageCosts", "between",
         "build_invoices", "compute_invoices", "diff_catalogues", "export_rows", "finalization",
         "finalize", "get_invoices", "iter_export_rows", "load_store_pricing", "month",
         "rate_usage", "reprice", "resolve_period", "stored_catalogue", "update_catalogue",
@@ -182,10 +194,11 @@ def test_export_csv_and_json(client: TestClient) -> None:
     assert response.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert list(rows[0]) == ["consumer", "period", "currency", "provider", "model", "token_type",
-                             "quantity", "unit_price_per_million", "amount"]  # fmt: skip
-    assert {r["consumer"] for r in rows} == {"acme", "beta"}
+                             "quantity", "unit_price_per_million", "amount", "status"]  # fmt: skip
+    assert {r["consumer"] for r in rows} == {"acme", "beta", "gamma"}  # gamma: failed calls
     acme = [r for r in rows if r["consumer"] == "acme"]
-    assert sum(Decimal(r["amount"]) for r in acme) == Decimal("7.69")
+    assert sum(Decimal(r["amount"]) for r in acme if r["status"] == "priced") == Decimal("7.69")
+    assert sum(Decimal(r["amount"]) for r in acme if r["amount"]) == Decimal("9.23")  # + markup
     body = client.get("/v1/export", params={"period": "2026-03", "format": "json"}).json()
     assert len(body["rows"]) == len(rows) and body["rows"][0]["period"] == "2026-03"
     assert (

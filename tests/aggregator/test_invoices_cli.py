@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,12 +49,14 @@ def test_invoice_table_json_csv(local: list[str]) -> None:
                              *local)) == ACME_MARCH  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(
         invoke("invoice", "acme", "--period", "2026-03", "--format", "csv", *local))))  # fmt: skip
-    assert len(rows) == len(ACME_MARCH["lines"]) and rows[0]["consumer"] == "acme"
+    assert [r["status"] for r in rows] == ["priced"] * len(ACME_MARCH["lines"]) + [
+        "markup", "unpriced", "unpriced", "failed", "failed"]  # fmt: skip
+    assert {r["consumer"] for r in rows} == {"acme"}
 
 
 def test_export_and_errors(local: list[str]) -> None:
     rows = list(csv.DictReader(io.StringIO(invoke("export", "--period", "2026-03", *local))))
-    assert {r["consumer"] for r in rows} == {"acme", "beta"}
+    assert {r["consumer"] for r in rows} == {"acme", "beta", "gamma"}
     assert "token_type" in invoke("export", "--period", "2026-03", "--format", "table", *local)
     bad = runner.invoke(app, ["invoice", "acme", "--period", "March", *local])
     assert bad.exit_code == 1
@@ -92,15 +95,15 @@ def test_finalize_and_reprice(local: list[str], tmp_path: Path) -> None:
     assert json.loads(text)["revision"] == 2
 
 
-@pytest.fixture
-def server(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+@contextmanager
+def serve(store: Store, config: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A running server (uvicorn, loopback) over ``store``; the CLI is pointed at it."""
     import uvicorn
 
     from meterline.aggregator.app import create_app
     from meterline.settings import ServerSettings
 
-    insert_calls(store, CALLS)
-    settings = ServerSettings(config=write_config(tmp_path), admin_key="secret")
+    settings = ServerSettings(config=config, admin_key="secret")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -119,13 +122,21 @@ def server(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     finally:
         srv.should_exit = True
         thread.join(10)
+        monkeypatch.delenv("METERLINE_API_URL")
+
+
+@pytest.fixture
+def server(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    insert_calls(store, CALLS)
+    with serve(store, write_config(tmp_path), monkeypatch) as url:
+        yield url
 
 
 def test_commands_talk_to_a_running_server(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert json.loads(invoke("invoice", "acme", "--period", "2026-03", "--format", "json")) == (
         ACME_MARCH)  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(invoke("export", "--period", "2026-03"))))
-    assert {r["consumer"] for r in rows} == {"acme", "beta"}
+    assert {r["consumer"] for r in rows} == {"acme", "beta", "gamma"}
     assert "match:^claude-sonnet-4" in invoke("prices", "show", "--source", "config")
     assert "revision 1" in invoke("finalize", "--period", "2026-03")
     assert "0 changed" in invoke("reprice", "--period", "2026-03", "--dry-run")
