@@ -26,9 +26,10 @@ def _month(period: str) -> str:
 
 @router.get("/{period}")
 def get_period(period: str, store: StoreDep) -> dict[str, Any]:
-    final = finalization(store, _month(period))
+    label = _month(period)
+    final = finalization(store, label)
     if final is None:
-        return {"period": period, "status": "open"}
+        return {"period": label, "status": "open"}
     return {
         "period": final.period,
         "status": "final",
