@@ -6,24 +6,42 @@ Contract:
   arrays and maps as JSON, bytes base64. Ids are lowercase hex.
 - ``SpanKind`` / ``StatusCode`` use the exporter's strings (``SPAN_KIND_CLIENT``,
   ``STATUS_CODE_ERROR``); ``Timestamp`` is the span start; ``Duration`` is in ns.
-- A span is *rejected* (counted in ``partial_success``) when its trace id is not 16
-  bytes, its span id not 8 bytes, or its start time is missing or after its end.
-  Everything else of the request is kept.
+- A span is *rejected* (counted in ``partial_success``, with the reason) when its trace
+  id is not 16 non-zero bytes, its span id not 8 non-zero bytes, its start time is
+  missing or after its end, or its end time or an event's time is after
+  :data:`MAX_TIME_NS` (:func:`span_problem`). Everything else of the request is kept.
+  The native path (:mod:`meterline.collector.native`) applies the same checks.
 - Unless ``keep_all`` is set, only GenAI spans are kept: spans with an attribute
   whose key starts with ``gen_ai.``. Dropping the others is filtering, not rejection.
-- OTLP/JSON (hex ids, lowerCamelCase keys) is parsed into the same protobuf message.
+- Bodies are read by :mod:`meterline.collector.parse` (protobuf, and OTLP/JSON into
+  the same message); spans it cannot read are rejected there.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from meterline.collector.parse import MalformedRequest, parse_json, parse_protobuf
+
+__all__ = [
+    "COLUMNS",
+    "MAX_TIME_NS",
+    "MalformedRequest",
+    "Rows",
+    "attributes",
+    "event_columns",
+    "link_columns",
+    "parse_json",
+    "parse_protobuf",
+    "span_problem",
+    "to_rows",
+]
 
 COLUMNS = (
     "Timestamp",
@@ -60,10 +78,39 @@ SPAN_KINDS = (
     "SPAN_KIND_CONSUMER",
 )
 STATUS_CODES = ("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")
+_NAME = COLUMNS.index("SpanName")
+
+MAX_TIME_NS = 2**32 * 1_000_000_000 - 1
+"""The latest time a span may carry: 2106-02-07T06:28:15.999999999Z.
+
+``DateTime64(9)`` itself holds times up to 2262 (Int64 ns; 2^63 ns and more wrapped to
+1677 on the native path and failed the insert on the Python one), but ``otel_traces``
+sorts by ``toDateTime(Timestamp)`` (UInt32 seconds) and partitions by
+``toDate(Timestamp)``, which wrap after this instant: a later span would be stored
+under a wrong sort key and partition. OTLP times are unsigned, so there is no lower
+bound beyond 1 ns (0 means "missing").
+"""
+
+_ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
 
 
-class MalformedRequest(ValueError):
-    """The request body is not a valid OTLP trace export request."""
+def span_problem(span: Any) -> str | None:
+    """Why a span cannot be stored (``None`` when it can); the order of the checks is fixed."""
+    trace_id, span_id = span.trace_id, span.span_id
+    if len(trace_id) != 16 or trace_id == _ZERO_TRACE_ID:
+        return f"span {span.name!r}: trace id must be 16 non-zero bytes"
+    if len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
+        return f"span {span.name!r}: span id must be 8 non-zero bytes"
+    start, end = span.start_time_unix_nano, span.end_time_unix_nano
+    if start == 0 or end < start:
+        return f"span {span.name!r}: start time missing or after end time"
+    if end > MAX_TIME_NS:
+        return f"span {span.name!r}: time after 2106-02-07T06:28:15Z (beyond otel_traces' keys)"
+    for event in span.events:
+        if event.time_unix_nano > MAX_TIME_NS:
+            return f"span {span.name!r}: an event's time is after 2106-02-07T06:28:15Z"
+    return None
 
 
 @dataclass
@@ -75,58 +122,39 @@ class Rows:
     """Spans that were invalid (reported in ``partial_success``)."""
     errors: list[str] = field(default_factory=list)
     """Why spans were rejected (the first few)."""
+    nbytes: int = 0
+    """Size of the request body these rows came from (what the writer's memory bound
+    counts; 0 when unknown)."""
 
     def __len__(self) -> int:
         return len(self.columns[0])
+
+    @property
+    def first(self) -> int:
+        """The earliest ``Timestamp`` (ns; 0 when empty)."""
+        return min(self.columns[0], default=0)
+
+    @property
+    def last(self) -> int:
+        """The latest ``Timestamp`` (ns; 0 when empty)."""
+        return max(self.columns[0], default=0)
 
     def extend(self, other: Rows) -> None:
         for mine, theirs in zip(self.columns, other.columns, strict=True):
             mine.extend(theirs)
         self.rejected += other.rejected
 
+    def starts(self) -> list[int]:
+        """Each row's ``Timestamp`` (the span's start, ns)."""
+        return self.columns[0]
 
-def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
-    request = ExportTraceServiceRequest()
-    try:
-        request.ParseFromString(body)
-    except DecodeError as exc:
-        raise MalformedRequest(f"cannot decode the protobuf body: {exc}") from exc
-    return request
+    def names(self) -> list[str]:
+        """Each row's ``SpanName``."""
+        return self.columns[_NAME]
 
-
-_ID_KEYS = frozenset(("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"))
-
-
-def _hex_ids_to_base64(node: Any) -> Any:
-    """OTLP/JSON carries ids as hex; protobuf's JSON mapping expects base64."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _ID_KEYS and isinstance(value, str):
-                try:
-                    node[key] = base64.b64encode(bytes.fromhex(value)).decode()
-                except ValueError as exc:
-                    raise MalformedRequest(f"{key} {value!r} is not hex") from exc
-            else:
-                _hex_ids_to_base64(value)
-    elif isinstance(node, list):
-        for item in node:
-            _hex_ids_to_base64(item)
-    return node
-
-
-def parse_json(body: bytes) -> ExportTraceServiceRequest:
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedRequest(f"cannot decode the JSON body: {exc}") from exc
-    if not isinstance(document, dict):
-        raise MalformedRequest("the JSON body must be an object with resourceSpans")
-    request = ExportTraceServiceRequest()
-    try:
-        json_format.ParseDict(_hex_ids_to_base64(document), request, ignore_unknown_fields=True)
-    except json_format.ParseError as exc:
-        raise MalformedRequest(f"invalid OTLP/JSON: {exc}") from exc
-    return request
+    def select(self, indexes: Sequence[int]) -> Rows:
+        """The rows at ``indexes`` (in that order), with no rejections."""
+        return Rows(columns=[[column[i] for i in indexes] for column in self.columns])
 
 
 def _any_value(value: Any) -> Any:
@@ -204,20 +232,14 @@ def to_rows(request: ExportTraceServiceRequest, *, keep_all: bool = False) -> Ro
             for span in scope_spans.spans:
                 if not keep_all and not _is_genai(span.attributes):
                     continue
-                trace_id, span_id = span.trace_id, span.span_id
-                start, end = span.start_time_unix_nano, span.end_time_unix_nano
-                problem = None
-                if len(trace_id) != 16 or trace_id == bytes(16):
-                    problem = f"span {span.name!r}: trace id must be 16 non-zero bytes"
-                elif len(span_id) != 8 or span_id == bytes(8):
-                    problem = f"span {span.name!r}: span id must be 8 non-zero bytes"
-                elif start == 0 or end < start:
-                    problem = f"span {span.name!r}: start time missing or after end time"
+                problem = span_problem(span)
                 if problem:
                     rows.rejected += 1
                     if len(rows.errors) < 5:
                         rows.errors.append(problem)
                     continue
+                trace_id, span_id = span.trace_id, span.span_id
+                start, end = span.start_time_unix_nano, span.end_time_unix_nano
                 if resource is None:
                     resource = attributes(resource_spans.resource.attributes)
                 c_ts.append(start)

@@ -24,13 +24,17 @@ Contract (the same rows as the Python path, proved row for row by
   Python ``dict``; ids are lowercase hex; ``SpanKind``/``StatusCode`` are decode's
   strings ("" when out of range); ``Duration`` is end − start; ``ServiceName`` is the
   resource's ``service.name``.
-- The GenAI filter (unless ``keep_all``) and the span validation are decode's, applied
-  by :func:`scan`, a cheap pass over the parsed message that reads only ids, times and
-  attribute keys; it gives the per-request counts and removes the spans not written
-  (re-serializing only the requests that had any), so the SQL has no ``WHERE``.
+- The GenAI filter (unless ``keep_all``) and the span validation are decode's
+  (:func:`meterline.collector.decode.span_problem`: ids, start/end and event times),
+  applied by :func:`scan`, a cheap pass over the parsed message that reads only ids,
+  times and attribute keys; it gives the per-request counts and removes the spans not
+  written (re-serializing only the requests that had any), so the SQL has no ``WHERE``.
 - One :func:`insert` is one engine insert (the materialized view into ``llm_usage``
-  runs in it); it returns once the parts are written, or raises and writes nothing of
-  a failed block, exactly as :meth:`Store.insert_columns` does.
+  runs in it); it returns once the parts are written, or raises, exactly as
+  :meth:`Store.insert_columns` does.
+- The requests of an insert are written to a file under the data directory
+  (:func:`temp_dir`, ``<data dir>/meterline-tmp``), removed after the insert;
+  :func:`clean_temp_dir` removes what a killed process left there.
 
 Known limits:
 - Embedded store (chdb) only: the engine must read the temporary file. A ClickHouse
@@ -38,7 +42,6 @@ Known limits:
 - The body must already have been parsed by upb (:func:`scan` needs the message);
   that parse is also what rejects malformed input with a 400 before anything is
   queued. OTLP/JSON requests go native by re-serializing the parsed message.
-- Timestamps above 2^63 ns (year 2262) wrap, as ``DateTime64(9)`` cannot hold them.
 - Each insert costs a fixed ~40 ms of query analysis on this machine (a third of it
   in the materialized view), against ~16 ms for ``insert_columns``: the native path
   pays off with the writer's batching (thousands of spans an insert), not for a
@@ -58,6 +61,7 @@ import base64
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -72,12 +76,14 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 # decode's own stringification is reused so both paths agree by construction.
 from meterline.collector.decode import (
     COLUMNS,
+    MAX_TIME_NS,
     SPAN_KINDS,
     STATUS_CODES,
     _as_string,
     event_columns,
     link_columns,
     parse_protobuf,
+    span_problem,
 )
 
 if TYPE_CHECKING:
@@ -89,11 +95,13 @@ __all__ = [
     "SCHEMA_PATH",
     "STRUCTURE",
     "Scan",
+    "clean_temp_dir",
     "insert",
     "insert_requests",
     "insert_sql",
     "scan",
     "scan_body",
+    "temp_dir",
 ]
 
 SCHEMA_PATH = Path(__file__).with_name("proto") / "otlp_traces.proto"
@@ -121,9 +129,63 @@ class Scan:
     """Spans that were invalid (reported in ``partial_success``)."""
     errors: list[str] = field(default_factory=list)
     """Why spans were rejected (the first few)."""
+    first: int = 0
+    """The earliest start time of the spans written (ns; 0 when none)."""
+    last: int = 0
+    """The latest start time of the spans written (ns; 0 when none)."""
 
     def __len__(self) -> int:
         return self.spans
+
+    @property
+    def nbytes(self) -> int:
+        """The body's size (what the writer's memory bound counts)."""
+        return len(self.body)
+
+    def starts(self) -> list[int]:
+        """The start time of each span written, in the body's order."""
+        return [
+            span.start_time_unix_nano
+            for resource_spans in parse_protobuf(self.body).resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
+
+    def names(self) -> list[str]:
+        """The name of each span written, in the body's order."""
+        return [
+            span.name
+            for resource_spans in parse_protobuf(self.body).resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
+
+    def select(self, indexes: Sequence[int]) -> Scan:
+        """A scan of the spans at ``indexes`` (positions in :meth:`starts`), no rejections."""
+        keep = set(indexes)
+        request = parse_protobuf(self.body)
+        position = 0
+        first, last = MAX_TIME_NS, 0
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                spans = scope_spans.spans
+                dropped = []
+                for index, span in enumerate(spans):
+                    if position in keep:
+                        start = span.start_time_unix_nano
+                        first, last = min(first, start), max(last, start)
+                    else:
+                        dropped.append(index)
+                    position += 1
+                for index in reversed(dropped):
+                    del spans[index]
+        kept = len(keep & set(range(position)))
+        return Scan(
+            body=request.SerializeToString() if kept else b"",
+            spans=kept,
+            first=first if kept else 0,
+            last=last,
+        )
 
 
 def scan(request: ExportTraceServiceRequest, body: bytes, *, keep_all: bool = False) -> Scan:
@@ -136,6 +198,7 @@ def scan(request: ExportTraceServiceRequest, body: bytes, *, keep_all: bool = Fa
     """
     result = Scan(body=body)
     written = rejected = 0
+    first, last = MAX_TIME_NS, 0
     errors = result.errors
     dropped: list[tuple[Any, int]] = []  # (spans container, index), in visiting order
     for resource_spans in request.resource_spans:
@@ -152,37 +215,36 @@ def scan(request: ExportTraceServiceRequest, body: bytes, *, keep_all: bool = Fa
                 trace_id = span.trace_id
                 span_id = span.span_id
                 start = span.start_time_unix_nano
+                end = span.end_time_unix_nano
                 if (
                     len(trace_id) == 16
                     and trace_id != _ZERO_TRACE_ID
                     and len(span_id) == 8
                     and span_id != _ZERO_SPAN_ID
                     and start != 0
-                    and span.end_time_unix_nano >= start
+                    and start <= end <= MAX_TIME_NS
                 ):
-                    written += 1
-                    continue
+                    events = span.events
+                    if not events or all(e.time_unix_nano <= MAX_TIME_NS for e in events):
+                        written += 1
+                        if start < first:
+                            first = start
+                        if start > last:
+                            last = start
+                        continue
                 rejected += 1
                 dropped.append((spans, index))
                 if len(errors) < _ERRORS_KEPT:
-                    errors.append(_problem(span))
+                    errors.append(span_problem(span) or "")
     if dropped:
         for spans, index in reversed(dropped):  # later indexes first, so earlier stay valid
             del spans[index]
         result.body = request.SerializeToString() if written else b""
     result.spans = written
     result.rejected = rejected
+    if written:
+        result.first, result.last = first, last
     return result
-
-
-def _problem(span: Any) -> str:
-    """decode's message for an invalid span (same order of checks)."""
-    trace_id, span_id = span.trace_id, span.span_id
-    if len(trace_id) != 16 or trace_id == _ZERO_TRACE_ID:
-        return f"span {span.name!r}: trace id must be 16 non-zero bytes"
-    if len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
-        return f"span {span.name!r}: span id must be 8 non-zero bytes"
-    return f"span {span.name!r}: start time missing or after end time"
 
 
 def scan_body(body: bytes, *, keep_all: bool = False) -> Scan:
@@ -463,7 +525,9 @@ def insert(store: Store, scans: Sequence[Scan]) -> None:
     if not items:
         return
     _register_udfs()
-    fd, path = tempfile.mkstemp(prefix="meterline-otlp-", suffix=".pb")
+    directory = temp_dir(store)
+    directory.mkdir(exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="meterline-otlp-", suffix=".pb", dir=directory)
     try:
         with os.fdopen(fd, "wb") as out:
             for item in items:
@@ -475,6 +539,45 @@ def insert(store: Store, scans: Sequence[Scan]) -> None:
             os.unlink(path)
         except OSError:
             logger.debug("could not remove %s", path, exc_info=True)
+
+
+TEMP_DIRNAME = "meterline-tmp"
+
+
+def temp_dir(store: Store) -> Path:
+    """Where the native path's request files go: ``<data dir>/meterline-tmp``.
+
+    Under the data directory rather than the system's temporary directory, so a killed
+    process leaves nothing elsewhere and the next start can remove what it left
+    (:func:`clean_temp_dir`); the engine reads the files on the same disk it writes.
+    """
+    if store.data_dir is None:
+        raise ValueError(f"the native path needs the embedded store, not {store!r}")
+    return Path(store.data_dir) / TEMP_DIRNAME
+
+
+def clean_temp_dir(store: Store) -> int:
+    """Remove everything in :func:`temp_dir` (files a killed process left); returns the count.
+
+    Call it only while no insert runs: at start, once the store (whose data directory
+    only this process can open) is open.
+    """
+    directory = temp_dir(store)
+    removed = 0
+    if not directory.is_dir():
+        return 0
+    for entry in directory.iterdir():
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
+        except OSError as exc:
+            logger.warning("cannot remove the leftover %s: %s", entry, exc)
+    if removed:
+        logger.info("removed %d leftover temporary files from %s", removed, directory)
+    return removed
 
 
 def insert_requests(

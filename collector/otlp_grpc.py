@@ -1,9 +1,10 @@
 """OTLP/gRPC receiver: ``opentelemetry.proto.collector.trace.v1.TraceService/Export``.
 
 Same contract as the HTTP receiver: the response is sent after the durable write;
-invalid spans → ``partial_success``; malformed message → INVALID_ARGUMENT;
-bad token → UNAUTHENTICATED; store behind or shutting down → UNAVAILABLE (which
-OTLP exporters retry). Messages are capped at 4 MiB like the Collector.
+invalid, unreadable or engine-refused spans → ``partial_success``; a message that is
+not protobuf at all → INVALID_ARGUMENT; bad token → UNAUTHENTICATED; store behind,
+failing or shutting down → UNAVAILABLE (which OTLP exporters retry). Messages are
+capped at 4 MiB like the Collector.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from meterline.collector.decode import MalformedRequest, parse_protobuf
+from meterline.collector.parse import MalformedRequest, read_protobuf
 from meterline.collector.writer import Closed, Overloaded, Writer
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class TraceService:
             ):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid token")
         try:
-            rows = self._writer.decode(parse_protobuf(body), body, keep_all=self._keep_all)
+            rows = self._writer.decode(read_protobuf(body), keep_all=self._keep_all)
         except MalformedRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:

@@ -3,11 +3,16 @@
 Behaves like the OpenTelemetry Collector's receiver so stock exporters retry
 correctly:
 - 200 with an ``ExportTraceServiceResponse`` once the spans are durably written;
-  ``partial_success.rejected_spans`` counts invalid spans (the rest are stored).
-- 400 (malformed body), 401 (bad token), 413 (body over 20 MiB, compressed or
-  not), 415 (other content types), 404/405 for other paths/methods: a
-  ``google.rpc.Status`` body in the request's encoding; not retried by exporters.
-- 503 with ``Retry-After`` when the store is behind or shutting down; exporters retry.
+  ``partial_success.rejected_spans`` counts the spans rejected, with the first reasons
+  in ``error_message``: invalid (:func:`meterline.collector.decode.span_problem`),
+  unreadable (invalid UTF-8, nested too deeply: :mod:`meterline.collector.parse`) or
+  refused by the engine (:mod:`meterline.collector.writer`). The rest is stored.
+- 400 (a body that is not OTLP protobuf/JSON at all), 401 (bad token), 413 (body over
+  20 MiB, compressed or not), 415 (other content types), 404/405 for other
+  paths/methods: a ``google.rpc.Status`` body in the request's encoding; not retried
+  by exporters.
+- 503 with ``Retry-After`` when the store is behind, failing, or shutting down;
+  exporters retry.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from meterline.collector.decode import MalformedRequest, parse_json, parse_protobuf
+from meterline.collector.parse import MalformedRequest, read_json, read_protobuf
 from meterline.collector.writer import Closed, Overloaded, Writer
 
 logger = logging.getLogger(__name__)
@@ -120,11 +125,8 @@ class OTLPHTTPApp:
         elif encoding not in ("", "identity"):
             raise _HTTPError(415, f"unsupported content encoding {encoding!r}; use gzip")
         try:
-            if content_type == JSON:
-                request, raw = parse_json(body), None
-            else:
-                request, raw = parse_protobuf(body), body
-            rows = self._writer.decode(request, raw, keep_all=self._keep_all)
+            parsed = read_json(body) if content_type == JSON else read_protobuf(body)
+            rows = self._writer.decode(parsed, keep_all=self._keep_all)
         except MalformedRequest as exc:
             raise _HTTPError(400, str(exc)) from exc
         try:

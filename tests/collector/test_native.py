@@ -19,7 +19,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from meterline.collector import native
-from meterline.collector.decode import COLUMNS, parse_protobuf, to_rows
+from meterline.collector.decode import COLUMNS, MAX_TIME_NS, parse_protobuf, to_rows
 
 if TYPE_CHECKING:
     from meterline.store import Store
@@ -130,6 +130,12 @@ def varied_spans(base: int) -> list[Span]:
                ("gen_ai.usage.input_tokens", 2), ("dup", 3.5), ("gen_ai.response.id", f"r{i}")])  # fmt: skip
     spans.append(Span(trace_id=tid(i), span_id=sid(i), name="duplicate keys",
                       start_time_unix_nano=T0, end_time_unix_nano=T0 + 1, attributes=dup))  # fmt: skip
+    # The latest times otel_traces holds: kept.
+    i = base + len(spans)
+    spans.append(Span(trace_id=tid(i), span_id=sid(i), name="latest",
+                      start_time_unix_nano=MAX_TIME_NS, end_time_unix_nano=MAX_TIME_NS,
+                      events=[Span.Event(time_unix_nano=MAX_TIME_NS, name="e")],
+                      attributes=usage(i)))  # fmt: skip
     # Not GenAI: kept only with keep_all; never rejected when filtered out.
     i = base + len(spans)
     spans.append(Span(trace_id=tid(i), span_id=sid(i), name="GET /",
@@ -146,6 +152,20 @@ def varied_spans(base: int) -> list[Span]:
         {"trace_id": tid(5), "span_id": b"\x01" * 9},
         {"trace_id": tid(6), "span_id": sid(6), "start_time_unix_nano": 0},
         {"trace_id": tid(7), "span_id": sid(7), "end_time_unix_nano": T0 - 1},
+        # beyond what otel_traces can sort and partition (2^63 wrapped to 1677 natively)
+        {
+            "trace_id": tid(8),
+            "span_id": sid(8),
+            "start_time_unix_nano": 2**63,
+            "end_time_unix_nano": 2**63,
+        },
+        {"trace_id": tid(9), "span_id": sid(9), "end_time_unix_nano": 2**64 - 1},
+        {"trace_id": tid(10), "span_id": sid(10), "end_time_unix_nano": MAX_TIME_NS + 1},
+        {
+            "trace_id": tid(11),
+            "span_id": sid(11),
+            "events": [Span.Event(time_unix_nano=T0), Span.Event(time_unix_nano=2**63)],
+        },
     ]
     for n, fields in enumerate(invalid):
         args: dict[str, Any] = {"name": f"invalid {n}", "start_time_unix_nano": T0,
@@ -212,8 +232,8 @@ def test_rows_match_the_python_path(store: Store, other: Store, keep_all: bool) 
         if len(rows):
             other.insert_columns("otel_traces", rows.columns, COLUMNS)
     assert counts == expected
-    # 7 invalid GenAI spans in each of 3 groups, and 1 invalid plain span each with keep_all
-    assert counts[0][1] == (24 if keep_all else 21)
+    # 11 invalid GenAI spans in each of 3 groups, and 1 invalid plain span each with keep_all
+    assert counts[0][1] == (36 if keep_all else 33)
     traces = table(store, "otel_traces", "TraceId, SpanId, SpanName, ServiceName")
     assert len(traces) == sum(written for written, _ in counts)
     assert traces == table(other, "otel_traces", "TraceId, SpanId, SpanName, ServiceName")

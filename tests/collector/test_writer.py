@@ -87,7 +87,7 @@ def test_close_flushes_everything_queued_then_refuses(store: Store) -> None:
 def test_native_writer_lingers_batches_and_counts_exactly(store: Store) -> None:
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-    from meterline.collector.decode import parse_protobuf
+    from meterline.collector.parse import read_protobuf
     from tests.e2e.spans import chat, make_spans
 
     inserts: list[int] = []
@@ -100,8 +100,167 @@ def test_native_writer_lingers_batches_and_counts_exactly(store: Store) -> None:
         ).SerializeToString()
         for i in range(8)
     ]
-    futures = [writer.submit(writer.decode(parse_protobuf(b), b, keep_all=False)) for b in bodies]
+    futures = [writer.submit(writer.decode(read_protobuf(b), keep_all=False)) for b in bodies]
     assert [f.result(30) for f in futures] == [10] * 8
     writer.close()
     assert sum(inserts) == 80 and len(inserts) <= 2  # lingering merged the requests
     assert count(store) == 80
+
+
+# ---- one bad request, one bad span, costs nothing else ------------------------------
+
+T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
+DAY = 86_400 * 10**9
+_SPAN = 0
+
+
+def body(starts: list[int], names: list[str] | None = None, consumer: str = "b") -> bytes:
+    """A protobuf export request with one GenAI span per start time."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    global _SPAN
+    spans = []
+    for i, start in enumerate(starts):
+        _SPAN += 1
+        attrs = {"gen_ai.provider.name": "openai", "gen_ai.response.id": f"r{_SPAN}",
+                 "meterline.consumer.id": consumer}  # fmt: skip
+        spans.append(Span(
+            trace_id=_SPAN.to_bytes(16, "big"), span_id=_SPAN.to_bytes(8, "big"),
+            name=names[i] if names else f"chat {_SPAN}", start_time_unix_nano=start,
+            end_time_unix_nano=start + 1,
+            attributes=[KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attrs.items()]
+            + [KeyValue(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=1))],
+        ))  # fmt: skip
+    request = ExportTraceServiceRequest(resource_spans=[{"scope_spans": [{"spans": spans}]}])
+    return request.SerializeToString()
+
+
+@pytest.fixture(params=["native", "python"])
+def native(request: pytest.FixtureRequest) -> bool:
+    return request.param == "native"
+
+
+def submit_all(writer: Writer, bodies: list[bytes]) -> list[tuple[object, int | Exception]]:
+    """Submit every body at once (so the writer merges them); each item and its outcome."""
+    from meterline.collector.parse import read_protobuf
+
+    items = [writer.decode(read_protobuf(b), keep_all=False) for b in bodies]
+    futures = [writer.submit(item) for item in items]
+    outcomes: list[tuple[object, int | Exception]] = []
+    for item, future in zip(items, futures, strict=True):
+        try:
+            outcomes.append((item, future.result(60)))
+        except Exception as exc:
+            outcomes.append((item, exc))
+    return outcomes
+
+
+def traces(store: Store) -> int:
+    return store.query("SELECT count() FROM {db}.otel_traces")[1][0][0]
+
+
+def lingering(store: Store, native: bool, **kwargs: object) -> Writer:
+    """A writer that merges everything submitted within a second into one insert."""
+    return Writer(store, native=native, linger=1.0, batch_min=10**6, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_request_over_many_days_is_written_and_costs_the_others_nothing(
+    store: Store, native: bool
+) -> None:
+    """300 days in one request: the engine refuses more than 100 partitions in one insert
+    block, which failed every request merged with it, on every retry."""
+    writer = lingering(store, native)
+    many_days = body([T0 + i * DAY for i in range(300)])
+    outcomes = submit_all(writer, [body([T0] * 5), many_days, body([T0 - 400 * DAY] * 3)])
+    writer.close()
+    assert [result for _, result in outcomes] == [5, 300, 3]
+    assert traces(store) == count(store) == 308
+
+
+def test_the_engine_refusing_a_block_isolates_the_request(store: Store, native: bool) -> None:
+    """Without the partition window (as for an engine limit we do not know of), the
+    engine's own TOO_MANY_PARTS is met by retrying in halves: all spans get written."""
+    writer = lingering(store, native)
+    writer.window_ns = 1 << 64
+    inserts: list[int] = []
+    real = writer._insert
+    writer._insert = lambda items: (inserts.append(sum(map(len, items))), real(items))[1]  # type: ignore[method-assign]
+    outcomes = submit_all(writer, [body([T0] * 4), body([T0 + i * DAY for i in range(150)])])
+    writer.close()
+    assert [result for _, result in outcomes] == [4, 150]
+    assert inserts[0] == 154 and len(inserts) > 2  # the merged insert failed, then halves
+    assert traces(store) == count(store) == 154
+
+
+def test_a_span_the_engine_refuses_is_rejected_and_the_rest_written(
+    store: Store, native: bool
+) -> None:
+    store.command(
+        "ALTER TABLE {db}.otel_traces ADD CONSTRAINT no_poison CHECK SpanName != 'poison'"
+    )
+    writer = lingering(store, native)
+    names = ["a"] * 20
+    names[13] = "poison"
+    outcomes = submit_all(writer, [body([T0] * 10), body([T0] * 20, names=names), body([T0] * 3)])
+    writer.close()
+    assert [result for _, result in outcomes] == [10, 19, 3]
+    poisoned = outcomes[1][0]
+    assert poisoned.rejected == 1  # type: ignore[attr-defined]
+    [reason] = poisoned.errors  # type: ignore[attr-defined]
+    assert (
+        reason.startswith("span 'poison' refused by the store: ")
+        and "VIOLATED_CONSTRAINT" in reason
+    )
+    assert traces(store) == count(store) == 32
+    assert writer.refused == 1
+
+
+def test_a_store_failure_fails_every_request_for_retry(store: Store, native: bool) -> None:
+    store.command("DROP TABLE {db}.llm_usage_mv")
+    store.command("DROP TABLE {db}.otel_traces")
+    writer = lingering(store, native)
+    outcomes = submit_all(writer, [body([T0] * 2), body([T0] * 3)])
+    writer.close()
+    for item, result in outcomes:
+        assert isinstance(result, Exception) and "UNKNOWN_TABLE" in str(result)
+        assert item.rejected == 0  # type: ignore[attr-defined]
+
+
+def test_an_unknown_error_isolates_the_request_and_answers_it_retry(store: Store) -> None:
+    """A stand-in raises an error name the writer does not know for inserts holding
+    one request's span (the engine has no such error on demand); the store is real."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    writer = lingering(store, False)
+    real = writer._insert
+
+    def insert(items):
+        if any("odd" in name for item in items for name in item.names()):
+            raise DatabaseError("Code: 36. DB::Exception: odd (BAD_ARGUMENTS)", code=36,
+                                name="BAD_ARGUMENTS")  # fmt: skip
+        real(items)
+
+    writer._insert = insert  # type: ignore[method-assign]
+    outcomes = submit_all(writer, [body([T0] * 4), body([T0] * 3, names=["x", "odd", "y"]),
+                                   body([T0] * 2)])  # fmt: skip
+    writer.close()
+    assert outcomes[0][1] == 4 and outcomes[2][1] == 2
+    item, result = outcomes[1]
+    assert isinstance(result, DatabaseError) and item.rejected == 0  # type: ignore[attr-defined]
+    assert traces(store) == 6
+
+
+def test_out_of_range_times_cost_nothing_else(store: Store, native: bool) -> None:
+    """A 2^63 ns start was acked and stored as 1677 (native) or failed the whole insert
+    (Python); it is rejected at decode and the rest of the insert is written."""
+    writer = lingering(store, native)
+    outcomes = submit_all(writer, [body([T0, 2**63, T0]), body([T0] * 2)])
+    writer.close()
+    assert [result for _, result in outcomes] == [2, 2]
+    assert outcomes[0][0].rejected == 1  # type: ignore[attr-defined]
+    _, [(low, high)] = store.query("SELECT min(Timestamp), max(Timestamp) FROM {db}.otel_traces")
+    assert low.year == high.year == 2026
