@@ -1,30 +1,47 @@
-"""Client CPU per LLM call and per streamed chunk: bare SDK vs OTel httpx2 vs meterline.
+"""Client CPU per LLM call and per streamed chunk: bare SDK, plain OTel span, meterline, OpenLIT.
 
 Run: ``.venv/bin/python benchmarks/instrumentation_overhead.py [--calls N] [--rounds R]``
+(``--skip-openlit`` for the project environment alone, ``--openlit-only`` for the other).
 
-One command, one run: a loopback provider runs in its own process (its CPU is not
-counted); one client process measures its own ``time.process_time()`` (all threads, so the
-batch processor's OTLP encoding counts) in blocks, each configuration switched on for its
-block and off after it, the blocks interleaved over rotating rounds so load and drift hit
-every configuration alike (medians reported):
+One command, two measuring processes against one loopback provider (its own process, its
+CPU not counted):
+
+1. the project's environment (the current ``openai`` SDK, sending through httpx2):
+   ``bare`` (no OpenTelemetry), ``otel-httpx2`` (the plain ``HTTPX2ClientInstrumentor``
+   span), ``meterline``, and ``openai-v2`` when importable;
+2. OpenLIT's own environment (:mod:`_openlit_venv`: OpenLIT 1.45, openai 2.x, which sends
+   through httpx, and meterline's core from this checkout): ``bare``, ``otel-httpx``,
+   ``meterline``, ``openlit`` (its openai instrumentor, at its lightest: see
+   :mod:`_openlit_switch`) and ``openlit+httpx`` (plus the OTel httpx span that
+   ``openlit.init()`` turns on by default).
+
+Each process measures its own ``time.process_time()`` (all threads, so the batch
+processor's OTLP encoding counts) in blocks, each configuration switched on for its block
+and off after it, the blocks interleaved over rotating rounds so load and drift hit every
+configuration alike; a configuration's added cost is the median over rounds of its block
+minus that round's ``bare`` block:
 
 * per call   — non-streamed chat completions through the real ``openai`` SDK;
 * per chunk  — streamed chat completions of ``SHORT`` and ``LONG`` chunks; the difference
   divided by the extra chunks (the provider paces events so each arrives in its own read,
   as from a real provider).
 
-Configurations: ``bare`` (no OpenTelemetry), ``otel-httpx2`` (the plain
-``HTTPX2ClientInstrumentor`` span), ``meterline``, and ``openai-v2`` / ``openlit`` when
-importable (OpenLIT cannot be switched off, so its blocks run last). All share one SDK
-pipeline: a ``BatchSpanProcessor`` whose exporter OTLP-encodes each batch and drops it.
+All configurations share one SDK pipeline: a ``BatchSpanProcessor`` whose exporter
+OTLP-encodes each batch and drops it (no network), and a processor that counts spans per
+instrumentation scope: a block whose configuration produced fewer spans than requests, or
+spans of a configuration that should be off, stops the run. Each process also records the
+token counts every GenAI configuration put on the same three calls (non-streamed,
+streamed, streamed with ``include_usage``) next to the provider's; meterline's must match.
 
-Targets (DESIGN.md): meterline's added CPU per call ≤ 1.2× the plain httpx2 span's; added
-CPU per streamed chunk ≤ 5 % of the SDK's own per-chunk cost.
+Targets (DESIGN.md): meterline's added CPU per call ≤ 1.2× the plain httpx(2) span's;
+added CPU per streamed chunk ≤ 5 % of the SDK's own per-chunk cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -32,12 +49,26 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 SHORT = 10
 LONG = 410
 MODEL = "gpt-4o-2024-08-06"
+INPUT, CACHED = 1200, 1024
+OUTPUT, REASONING = 300, 192  # non-streamed
+STREAM_REASONING = 64  # streamed: output = chunks + this
+
+
+def truth(case: str) -> dict[str, int]:
+    """The provider's usage for an accuracy case (what it bills, asked for or not)."""
+    if case == "call":
+        return {"input": INPUT, "cache_read": CACHED, "output": OUTPUT, "reasoning": REASONING}
+    out = SHORT + STREAM_REASONING
+    return {"input": INPUT, "cache_read": CACHED, "output": out, "reasoning": STREAM_REASONING}
 
 
 # -- the loopback provider (its own process) --------------------------------------------
@@ -58,11 +89,11 @@ def _chat_body() -> bytes:
                 }
             ],
             "usage": {
-                "prompt_tokens": 1200,
-                "completion_tokens": 300,
-                "total_tokens": 1500,
-                "prompt_tokens_details": {"cached_tokens": 1024},
-                "completion_tokens_details": {"reasoning_tokens": 192},
+                "prompt_tokens": INPUT,
+                "completion_tokens": OUTPUT,
+                "total_tokens": INPUT + OUTPUT,
+                "prompt_tokens_details": {"cached_tokens": CACHED},
+                "completion_tokens_details": {"reasoning_tokens": REASONING},
             },
         }
     ).encode()
@@ -77,7 +108,14 @@ def _events(chunks: int, include_usage: bool) -> list[bytes]:
         out.append({**base, "choices": [choice], **extra})
     out.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **extra})
     if include_usage:
-        usage = {"prompt_tokens": 1200, "completion_tokens": chunks, "total_tokens": 1200 + chunks}
+        output = chunks + STREAM_REASONING
+        usage = {
+            "prompt_tokens": INPUT,
+            "completion_tokens": output,
+            "total_tokens": INPUT + output,
+            "prompt_tokens_details": {"cached_tokens": CACHED},
+            "completion_tokens_details": {"reasoning_tokens": STREAM_REASONING},
+        }
         out.append({**base, "choices": [], "usage": usage})
     return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in out] + [b"data: [DONE]\n\n"]
 
@@ -127,9 +165,9 @@ def serve(port_file: str) -> None:
 # -- the client (its own process) ------------------------------------------------------
 
 
-def _pipeline() -> Any:
+def _pipeline() -> tuple[Any, Any]:
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
     class EncodingExporter(SpanExporter):
@@ -139,59 +177,141 @@ def _pipeline() -> Any:
             encode_spans(spans).SerializeToString()
             return SpanExportResult.SUCCESS
 
+    class Spans(SpanProcessor):
+        """Counts ended spans per instrumentation scope; keeps them while capturing."""
+
+        def __init__(self) -> None:
+            self.counts: Counter[str] = Counter()
+            self.captured: list[Any] | None = None
+
+        def on_end(self, span: Any) -> None:
+            scope = span.instrumentation_scope
+            self.counts[scope.name if scope is not None else ""] += 1
+            if self.captured is not None:
+                self.captured.append(span)
+
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(EncodingExporter()))
-    return provider
+    spans = Spans()
+    provider.add_span_processor(spans)
+    return provider, spans
 
 
-def _toggles(provider: Any, configs: list[str]) -> dict[str, tuple[Any, Any]]:
-    """(enable, disable) per configuration; all share one SDK pipeline."""
-    toggles: dict[str, tuple[Any, Any]] = {"bare": (lambda: None, lambda: None)}
-    for config in configs:
-        if config == "otel-httpx2":
-            from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor
+@dataclass
+class _Config:
+    enable: Callable[[], None]
+    disable: Callable[[], None]
+    scopes: tuple[str, ...]
+    """Instrumentation scope prefixes it must produce spans under, one per request each."""
 
-            inst: Any = HTTPX2ClientInstrumentor()
-        elif config == "meterline":
-            from meterline.instrumentation import MeterlineInstrumentor
 
-            inst = MeterlineInstrumentor()
-        elif config == "openai-v2":
-            from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+def _instrumentor(inst: Any, provider: Any, *scopes: str) -> _Config:
+    return _Config(
+        lambda: inst.instrument(tracer_provider=provider), lambda: inst.uninstrument(), scopes
+    )
 
-            inst = OpenAIInstrumentor()
-        elif config == "openlit":  # cannot be undone: measured alone, after the others
-            import openlit
 
-            def enable() -> None:
-                openlit.init(tracer=provider.get_tracer("openlit"), disable_metrics=True)
+def _configs(provider: Any, lib: str) -> dict[str, _Config]:
+    """Every configuration this environment can run; all share one SDK pipeline."""
+    from opentelemetry.instrumentation import httpx as otel_httpx
 
-            toggles[config] = (enable, lambda: None)
-            continue
-        else:
-            continue
-        toggles[config] = (
-            lambda inst=inst: inst.instrument(tracer_provider=provider),
-            lambda inst=inst: inst.uninstrument(),
+    from meterline.instrumentation import MeterlineInstrumentor
+
+    noop: Callable[[], None] = lambda: None  # noqa: E731
+    plain_cls = (
+        otel_httpx.HTTPX2ClientInstrumentor
+        if lib == "httpx2"
+        else otel_httpx.HTTPXClientInstrumentor
+    )
+    plain = _instrumentor(plain_cls(), provider, "opentelemetry.instrumentation.httpx")
+    configs = {
+        "bare": _Config(noop, noop, ()),
+        f"otel-{lib}": plain,
+        "meterline": _instrumentor(MeterlineInstrumentor(), provider, "meterline.instrumentation"),
+    }
+    if importlib.util.find_spec("opentelemetry.instrumentation.openai_v2") is not None:
+        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+        configs["openai-v2"] = _instrumentor(
+            OpenAIInstrumentor(), provider, "opentelemetry.instrumentation.openai_v2"
         )
-    return toggles
+    if importlib.util.find_spec("openlit") is not None:
+        import _openlit_switch
+
+        enable, disable = _openlit_switch.init(provider)
+        configs["openlit"] = _Config(enable, disable, ("openlit",))
+
+        def enable_both() -> None:
+            enable()
+            plain.enable()
+
+        def disable_both() -> None:
+            plain.disable()
+            disable()
+
+        configs["openlit+httpx"] = _Config(enable_both, disable_both, ("openlit", *plain.scopes))
+    return configs
 
 
-def measure(port: int, configs: list[str], calls: int, streams: int, rounds: int) -> Any:
-    """Median CPU per call and per chunk for each configuration, interleaved in rounds."""
+def _check(name: str, config: _Config, produced: Counter[str], requests: int) -> None:
+    """Stops the run unless ``config`` (and nothing else) made a span per request."""
+    for prefix in config.scopes:
+        n = sum(c for scope, c in produced.items() if scope.startswith(prefix))
+        if n < requests:
+            raise SystemExit(
+                f"{name}: {n} spans from {prefix}* for {requests} requests: "
+                "it is not instrumenting the calls, its figures would mean nothing"
+            )
+    for scope, n in produced.items():
+        if n and not any(scope.startswith(prefix) for prefix in config.scopes):
+            raise SystemExit(f"{name}: {n} spans from {scope!r}: another configuration is on")
+
+
+_FIELDS = {
+    "input": ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"),
+    "cache_read": (
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.cache_read_input_tokens",
+    ),
+    "output": ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens"),
+    "reasoning": ("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens"),
+}
+
+
+def _usage(span: Any) -> dict[str, Any] | None:
+    attrs = dict(span.attributes or {})
+    if not any(key in attrs for keys in _FIELDS.values() for key in keys):
+        return None
+    found = {f: next((attrs[k] for k in keys if k in attrs), None) for f, keys in _FIELDS.items()}
+    if "gen_ai.usage.cost" in attrs:
+        found["cost"] = attrs["gen_ai.usage.cost"]
+    return found
+
+
+def measure(port: int, calls: int, streams: int, rounds: int) -> dict[str, Any]:
+    """Per-round CPU per call and per chunk of each configuration, and their token counts."""
     import openai
 
-    provider = _pipeline()
-    toggles = _toggles(provider, configs)
+    provider, spans = _pipeline()
     client = openai.OpenAI(api_key="k", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
+    lib = next(
+        root
+        for cls in type(client._client).__mro__
+        if (root := cls.__module__.split(".")[0]) in ("httpx", "httpx2")
+    )
+    configs = _configs(provider, lib)
     messages: Any = [{"role": "user", "content": "Say hello."}]
 
     def one_call() -> None:
         client.chat.completions.create(model="gpt-4o", messages=messages)
 
-    def one_stream(chunks: int) -> None:
+    def one_stream(chunks: int, **extra: Any) -> None:
         stream = client.chat.completions.create(
-            model="gpt-4o", messages=messages, stream=True, metadata={"chunks": str(chunks)}
+            model="gpt-4o",
+            messages=messages,
+            stream=True,
+            metadata={"chunks": str(chunks)},
+            **extra,
         )
         for _ in stream:
             pass
@@ -204,48 +324,62 @@ def measure(port: int, configs: list[str], calls: int, streams: int, rounds: int
         provider.force_flush()  # the export (OTLP encoding) is part of the cost
         return (time.process_time() - start) / n
 
-    results: dict[str, dict[str, list[float]]] = {
-        c: {"per_call_us": [], "per_chunk_us": []} for c in toggles
+    cases: dict[str, Callable[[], None]] = {
+        "call": one_call,
+        "stream": lambda: one_stream(SHORT),
+        "stream+usage": lambda: one_stream(SHORT, stream_options={"include_usage": True}),
     }
-    order = [c for c in toggles if c != "openlit"]
-    for config in order:  # warm-up: imports, connections, caches, every code path
-        toggles[config][0]()
-        for _ in range(20):
-            one_call()
-        one_stream(SHORT)
-        toggles[config][1]()
+    tokens: dict[str, dict[str, Any]] = {}
+    for name, config in configs.items():  # warm-up (imports, connections, caches) + tokens
+        config.enable()
+        try:
+            for _ in range(20):
+                one_call()
+            one_stream(SHORT)
+            one_stream(LONG)
+            recorded: dict[str, Any] = {}
+            for case, run in cases.items():
+                spans.captured = []
+                run()
+                provider.force_flush()
+                usages = [u for s in spans.captured if (u := _usage(s)) is not None]
+                recorded[case] = usages[0] if usages else None
+            spans.captured = None
+        finally:
+            config.disable()
+        if any(recorded.values()) and "+" not in name:  # a combination repeats its parts'
+            tokens[name] = recorded
 
-    def block(config: str) -> None:
-        enable, disable = toggles[config]
-        enable()
+    results: dict[str, dict[str, list[float]]] = {
+        c: {"per_call_us": [], "per_chunk_us": []} for c in configs
+    }
+
+    def block(name: str) -> None:
+        config = configs[name]
+        before = Counter(spans.counts)
+        config.enable()
         try:
             per_call = cpu(one_call, calls)
             short = cpu(one_stream, streams, SHORT)
             long_ = cpu(one_stream, streams, LONG)
         finally:
-            disable()
-        results[config]["per_call_us"].append(per_call * 1e6)
-        results[config]["per_chunk_us"].append((long_ - short) / (LONG - SHORT) * 1e6)
+            config.disable()
+        _check(name, config, spans.counts - before, calls + 2 * streams)
+        results[name]["per_call_us"].append(per_call * 1e6)
+        results[name]["per_chunk_us"].append((long_ - short) / (LONG - SHORT) * 1e6)
 
+    order = list(configs)
     for r in range(rounds):  # interleaved, rotating: drift and load hit every config alike
-        for config in order[r % len(order) :] + order[: r % len(order)]:
-            block(config)
-    if "openlit" in toggles:
-        for _ in range(rounds):
-            block("openlit")
-    return {c: {k: statistics.median(v) for k, v in m.items()} for c, m in results.items()}
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            block(name)
+    versions = {}
+    for dist in ("openai", lib, "opentelemetry-sdk", "openlit"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    return {"lib": lib, "versions": versions, "rounds": results, "tokens": tokens}
 
 
 # -- the driver ------------------------------------------------------------------------
-
-
-def _available() -> list[str]:
-    configs = ["bare", "otel-httpx2", "meterline"]
-    if importlib.util.find_spec("opentelemetry.instrumentation.openai_v2") is not None:
-        configs.append("openai-v2")
-    if importlib.util.find_spec("openlit") is not None:
-        configs.append("openlit")
-    return configs
 
 
 def main() -> None:
@@ -253,37 +387,62 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="non-streamed calls per block")
     parser.add_argument("--streams", type=int, default=3, help="streams per block and length")
     parser.add_argument("--rounds", type=int, default=15, help="rounds (median reported)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--skip-openlit", action="store_true", help="project environment only")
+    which.add_argument("--openlit-only", action="store_true", help="OpenLIT's environment only")
+    parser.add_argument(
+        "--rebuild-openlit-env", action="store_true", help="build OpenLIT's environment afresh"
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
         return
     if args.measure:
-        configs = args.measure.split(",")
-        print(json.dumps(measure(args.port, configs, args.calls, args.streams, args.rounds)))
+        print(json.dumps(measure(args.port, args.calls, args.streams, args.rounds)))
         return
 
     import tempfile
 
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     port_file = os.path.join(tempfile.mkdtemp(), "port")
     server = subprocess.Popen([sys.executable, __file__, "--serve", port_file])
+    failures = []
     try:
         deadline = time.monotonic() + 10
         while not _read(port_file):
             if time.monotonic() > deadline:
                 raise SystemExit("the loopback provider did not start")
             time.sleep(0.05)
-        cmd = [sys.executable, __file__, "--measure", ",".join(_available())]
-        cmd += ["--port", _read(port_file), "--calls", str(args.calls)]
-        cmd += ["--streams", str(args.streams), "--rounds", str(args.rounds)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results = json.loads(out.stdout.strip().splitlines()[-1])
+        port = _read(port_file)
+        if not args.openlit_only:
+            failures += _run("the project's environment", sys.executable, port, args)
+        if not args.skip_openlit:
+            import _openlit_venv
+
+            python = _openlit_venv.python(rebuild=args.rebuild_openlit_env)
+            failures += _run("OpenLIT's environment", str(python), port, args)
     finally:
         server.terminate()
         server.wait()
-    _report(results)
+    if failures:
+        raise SystemExit("; ".join(failures))
+
+
+def _run(title: str, python: str, port: str, args: argparse.Namespace) -> list[str]:
+    cmd = [python, __file__, "--measure", "--port", port, "--calls", str(args.calls)]
+    cmd += ["--streams", str(args.streams), "--rounds", str(args.rounds)]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"measuring in {title} failed (exit {out.returncode})")
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    versions = ", ".join(f"{k} {v}" for k, v in measured["versions"].items())
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n== {title} ({python}): {versions}; load average {load} ==")
+    _report(measured["lib"], measured["rounds"])
+    return _report_tokens(measured["tokens"])
 
 
 def _read(path: str) -> str:
@@ -294,38 +453,89 @@ def _read(path: str) -> str:
         return ""
 
 
-def _report(results: dict[str, dict[str, Any]]) -> None:
-    bare = results["bare"]
-    print(f"client CPU per call / per streamed chunk ({SHORT} vs {LONG} chunks), median of rounds")
-    print(f"{'config':<12} {'µs/call':>9} {'added':>9} {'µs/chunk':>9} {'added':>8}")
-    for name, r in results.items():
-        added = r["per_call_us"] - bare["per_call_us"]
-        added_chunk = r["per_chunk_us"] - bare["per_chunk_us"]
+def _added(rounds: dict[str, dict[str, list[float]]], name: str, key: str) -> float:
+    """Median over rounds of the configuration's block minus that round's bare block."""
+    return statistics.median(
+        a - b for a, b in zip(rounds[name][key], rounds["bare"][key], strict=True)
+    )
+
+
+def _report(lib: str, rounds: dict[str, dict[str, list[float]]]) -> None:
+    n = len(rounds["bare"]["per_call_us"])
+    print(
+        f"client CPU per call / per streamed chunk ({SHORT} vs {LONG} chunks), median of {n} rounds"
+    )
+    print(f"{'config':<14} {'µs/call':>9} {'added':>7} {'µs/chunk':>9} {'added':>7}")
+    for name, r in rounds.items():
         print(
-            f"{name:<12} {r['per_call_us']:>9.0f} {added:>9.0f} "
-            f"{r['per_chunk_us']:>9.1f} {added_chunk:>8.2f}"
+            f"{name:<14} {statistics.median(r['per_call_us']):>9.0f} "
+            f"{_added(rounds, name, 'per_call_us'):>7.0f} "
+            f"{statistics.median(r['per_chunk_us']):>9.1f} "
+            f"{_added(rounds, name, 'per_chunk_us'):>7.2f}"
         )
-    otel_added = results["otel-httpx2"]["per_call_us"] - bare["per_call_us"]
-    ours = results["meterline"]
-    ours_added = ours["per_call_us"] - bare["per_call_us"]
-    chunk_added = ours["per_chunk_us"] - bare["per_chunk_us"]
-    call_ratio = ours_added / otel_added if otel_added > 0 else float("inf")
-    chunk_ratio = chunk_added / bare["per_chunk_us"] if bare["per_chunk_us"] > 0 else 0.0
+    plain = f"otel-{lib}"
+    ours = _added(rounds, "meterline", "per_call_us")
+    call_ratio = ours / _added(rounds, plain, "per_call_us")
+    sdk_chunk = statistics.median(rounds["bare"]["per_chunk_us"])
+    chunk_ratio = _added(rounds, "meterline", "per_chunk_us") / sdk_chunk
     print()
     print(
-        f"meterline added per call / plain httpx2 span's: {call_ratio:.2f}x "
+        f"meterline added per call / plain {lib} span's:   {call_ratio:.2f}x "
         f"(target <= 1.2x) {'OK' if call_ratio <= 1.2 else 'MISSED'}"
     )
     print(
-        f"meterline added per chunk / SDK per chunk:       {chunk_ratio:.1%} "
+        f"meterline added per chunk / SDK's own per chunk: {chunk_ratio:.1%} "
         f"(target <= 5%) {'OK' if chunk_ratio <= 0.05 else 'MISSED'}"
     )
-    if "openlit" in results:
-        openlit_added = results["openlit"]["per_call_us"] - bare["per_call_us"]
-        print(f"meterline added / OpenLIT added per call:       {ours_added / openlit_added:.2f}x")
-    if "openai-v2" in results:
-        v2_added = results["openai-v2"]["per_call_us"] - bare["per_call_us"]
-        print(f"meterline added / openai-v2 added per call:     {ours_added / v2_added:.2f}x")
+    for peer in ("openlit", "openlit+httpx", "openai-v2"):
+        if peer in rounds:
+            theirs = _added(rounds, peer, "per_call_us")
+            label = f"meterline added / {peer} added per call:"
+            print(f"{label:<48} {ours / theirs:.2f}x")
+
+
+def _report_tokens(tokens: dict[str, dict[str, Any]]) -> list[str]:
+    """Prints who recorded what on the same calls; returns meterline's mismatches."""
+    fields = ("input", "cache_read", "output", "reasoning")
+    print()
+    print("token counts recorded on the same calls (* = differs from the provider's)")
+    print(f"{'case':<13} {'recorded by':<14}" + "".join(f"{f:>11}" for f in fields))
+    failures = []
+    for case in ("call", "stream", "stream+usage"):
+        expected = truth(case)
+        print(f"{case:<13} {'provider':<14}" + "".join(f"{expected[f]:>11}" for f in fields))
+        for name, recorded in tokens.items():
+            usage = recorded.get(case)
+            if usage is None:
+                print(f"{'':<13} {name:<14} no usage span")
+                if name == "meterline":
+                    failures.append(f"meterline recorded no usage for {case!r}")
+                continue
+            cells = []
+            for f in fields:
+                value = usage.get(f)
+                mark = "" if value == expected[f] else "*"
+                cells.append(f"{'-' if value is None else value}{mark}".rjust(11))
+                if mark and name == "meterline":
+                    failures.append(
+                        f"meterline recorded {f}={value} for {case!r}, not {expected[f]}"
+                    )
+            print(f"{'':<13} {name:<14}" + "".join(cells))
+    openlit = tokens.get("openlit", {}).get("call")
+    if openlit and "cost" in openlit:
+        import _openlit_switch
+
+        p = _openlit_switch.PRICES
+        right = (
+            (INPUT - CACHED) * p["promptPrice"]
+            + CACHED * p["cacheReadPrice"]
+            + OUTPUT * p["completionPrice"]
+        ) / 1000
+        print(
+            f"OpenLIT's cost for the non-streamed call: {openlit['cost']:.6f} USD; "
+            f"at its own prices, with cached tokens priced once: {right:.6f} USD"
+        )
+    return failures
 
 
 if __name__ == "__main__":
