@@ -453,25 +453,40 @@ def _read(path: str) -> str:
         return ""
 
 
+def _diffs(rounds: dict[str, dict[str, list[float]]], name: str, key: str) -> list[float]:
+    """The configuration's block minus the same round's bare block, per round."""
+    return [a - b for a, b in zip(rounds[name][key], rounds["bare"][key], strict=True)]
+
+
 def _added(rounds: dict[str, dict[str, list[float]]], name: str, key: str) -> float:
     """Median over rounds of the configuration's block minus that round's bare block."""
-    return statistics.median(
-        a - b for a, b in zip(rounds[name][key], rounds["bare"][key], strict=True)
-    )
+    return statistics.median(_diffs(rounds, name, key))
+
+
+def _spread(rounds: dict[str, dict[str, list[float]]], name: str, key: str) -> float:
+    """Half the interquartile range of :func:`_diffs`: how much the rounds disagree."""
+    diffs = _diffs(rounds, name, key)
+    if len(diffs) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(diffs, n=4)
+    return (q3 - q1) / 2
 
 
 def _report(lib: str, rounds: dict[str, dict[str, list[float]]]) -> None:
     n = len(rounds["bare"]["per_call_us"])
+    print(f"client CPU per call / per streamed chunk ({SHORT} vs {LONG} chunks), median of {n}")
+    print("rounds; added = median of (config - same round's bare), ± half its IQR")
     print(
-        f"client CPU per call / per streamed chunk ({SHORT} vs {LONG} chunks), median of {n} rounds"
+        f"{'config':<14} {'µs/call':>8} {'added':>6} {'±':>4} {'µs/chunk':>9} {'added':>6} {'±':>5}"
     )
-    print(f"{'config':<14} {'µs/call':>9} {'added':>7} {'µs/chunk':>9} {'added':>7}")
     for name, r in rounds.items():
         print(
-            f"{name:<14} {statistics.median(r['per_call_us']):>9.0f} "
-            f"{_added(rounds, name, 'per_call_us'):>7.0f} "
+            f"{name:<14} {statistics.median(r['per_call_us']):>8.0f} "
+            f"{_added(rounds, name, 'per_call_us'):>6.0f} "
+            f"{_spread(rounds, name, 'per_call_us'):>4.0f} "
             f"{statistics.median(r['per_chunk_us']):>9.1f} "
-            f"{_added(rounds, name, 'per_chunk_us'):>7.2f}"
+            f"{_added(rounds, name, 'per_chunk_us'):>6.1f} "
+            f"{_spread(rounds, name, 'per_chunk_us'):>5.1f}"
         )
     plain = f"otel-{lib}"
     ours = _added(rounds, "meterline", "per_call_us")
@@ -480,18 +495,23 @@ def _report(lib: str, rounds: dict[str, dict[str, list[float]]]) -> None:
     chunk_ratio = _added(rounds, "meterline", "per_chunk_us") / sdk_chunk
     print()
     print(
-        f"meterline added per call / plain {lib} span's:   {call_ratio:.2f}x "
+        f"{f'meterline added per call / plain {lib} span added:':<50} {call_ratio:.2f}x "
         f"(target <= 1.2x) {'OK' if call_ratio <= 1.2 else 'MISSED'}"
     )
     print(
-        f"meterline added per chunk / SDK's own per chunk: {chunk_ratio:.1%} "
+        f"{'meterline added per chunk / SDK own per chunk:':<50} {chunk_ratio:.1%} "
         f"(target <= 5%) {'OK' if chunk_ratio <= 0.05 else 'MISSED'}"
     )
     for peer in ("openlit", "openlit+httpx", "openai-v2"):
         if peer in rounds:
             theirs = _added(rounds, peer, "per_call_us")
-            label = f"meterline added / {peer} added per call:"
-            print(f"{label:<48} {ours / theirs:.2f}x")
+            print(f"{f'meterline added / {peer} added per call:':<50} {ours / theirs:.2f}x")
+    if "openlit" in rounds:
+        chunk = _added(rounds, "openlit", "per_chunk_us")
+        print(
+            f"{'added per chunk, meterline vs openlit:':<50} "
+            f"{_added(rounds, 'meterline', 'per_chunk_us'):.1f} vs {chunk:.1f} µs"
+        )
 
 
 def _report_tokens(tokens: dict[str, dict[str, Any]]) -> list[str]:
