@@ -11,6 +11,11 @@ Shutdown (SIGTERM/SIGINT) is ordered so nothing acknowledged is lost: the OTLP
 listeners stop taking requests and finish the ones in flight (their acks wait
 for the writer), the writer writes everything queued, then the API and the
 store close.
+
+On the embedded store, start first recovers from a killed run: it removes the
+temporary files left under ``<data dir>/meterline-tmp`` (where this process keeps all
+of its temporary files) and re-derives the usage of the inserts that were in flight
+(:mod:`meterline.store.reconcile`); while running, the ingest checkpoint advances.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,7 @@ import uvicorn
 
 from meterline.settings import ServerSettings
 from meterline.store import Store, open_store
+from meterline.store.reconcile import Checkpointer, reconcile_at_start
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +129,8 @@ async def serve(
     applied = store.migrate()
     if applied:
         logger.info("migrations applied: %s", applied)
+    if store.kind == "chdb":
+        _recover_embedded(store)
     if settings.fsync:
         for table in ("otel_traces", "llm_usage"):
             store.command(f"ALTER TABLE {{db}}.{table} MODIFY SETTING fsync_after_insert = 1")
@@ -135,6 +144,7 @@ async def serve(
         batch_min=settings.writer_batch_min_spans,
         threads=settings.writer_threads,
     )
+    checkpointer = Checkpointer(store, writer.safe_time) if store.kind == "chdb" else None
     listening = False
     host = settings.host
 
@@ -188,10 +198,29 @@ async def serve(
     listening = False
     await asyncio.gather(otlp.stop(), grpc_server.stop(grace=30))
     await asyncio.to_thread(writer.close)
+    if checkpointer is not None:
+        checkpointer.stop()
     logger.info("all acknowledged spans written (%d in this run)", writer.written)
     for listener in listeners[1:]:
         await listener.stop()
     store.close()
+
+
+def _recover_embedded(store: Store) -> None:
+    """What a killed run of this data directory left: temporary files, missing usage.
+
+    Runs before anything is inserted. The process's temporary files (the native path's
+    request files, clickhouse-connect's insert files on the Python path) go under the
+    data directory from now on, so a kill leaves nothing in the system's temporary
+    directory and the next start removes what it left.
+    """
+    from meterline.collector import native
+
+    native.clean_temp_dir(store)
+    scratch = native.temp_dir(store)
+    scratch.mkdir(exist_ok=True)
+    tempfile.tempdir = str(scratch)
+    reconcile_at_start(store)
 
 
 def _clickhouse_http(settings: ServerSettings, store: Store) -> _UvicornListener | None:
