@@ -49,6 +49,7 @@ CODES: dict[str, int] = {
     "TOO_DEEP_AST": 167,
     "TOO_BIG_AST": 168,
     "UNKNOWN_USER": 192,
+    "TOO_MANY_SIMULTANEOUS_QUERIES": 202,
     "WRONG_PASSWORD": 193,
     "REQUIRED_PASSWORD": 194,
     "SOCKET_TIMEOUT": 209,
@@ -134,6 +135,8 @@ _STATUS_BY_NAME: dict[str, int] = {
     "HTTP_LENGTH_REQUIRED": 411,
     "TIMEOUT_EXCEEDED": 408,
     "CANNOT_SCHEDULE_TASK": 503,
+    # a server answers 500; 503 tells clients and proxies that a retry may succeed
+    "TOO_MANY_SIMULTANEOUS_QUERIES": 503,
 }
 _STATUS_BY_CODE = {CODES[name]: status for name, status in _STATUS_BY_NAME.items()}
 

@@ -1,20 +1,21 @@
-"""Just enough of ClickHouse's lexer to classify one statement before it runs.
+"""Just enough of ClickHouse's lexer to split a *writable* request before it runs.
 
-The endpoint must know, before the engine sees a request, what kind of statement it
-carries (read-only or not), whether it is one statement (chdb would happily run
-``SELECT 1; DROP TABLE t``), which output format it asks for, and, for an
-``INSERT``, where its inline data begins. A regular expression cannot answer these
-safely; this module tokenizes the way ClickHouse's ``Lexer`` does: whitespace,
-``--``/``#`` line comments, nested ``/* */`` comments, ``'strings'`` with backslash
-escapes and doubled quotes, ``"quoted"``/```quoted``` identifiers, ``$tag$`` heredocs,
-numbers, words and punctuation.
+Not a security boundary: read-only requests never pass through this module (the engine
+parses them, see ``_policy``). The writable mode (tests, migrations through
+clickhouse-connect) needs, before the engine sees a request, where an ``INSERT``'s inline
+data begins (the engine must not parse ``FORMAT Native`` bytes as SQL), the statement's
+kind (whether it produces a result) and its ``FORMAT`` clause. It tokenizes the way
+ClickHouse's ``Lexer`` does for the ASCII syntax clients send: whitespace, ``--``/``#``
+line comments, nested ``/* */`` comments, ``'strings'`` with backslash escapes and
+doubled quotes, ``"quoted"``/```quoted``` identifiers, ``$tag$`` heredocs, numbers, words
+and punctuation.
 
 Text is lexed as latin-1 so that offsets are byte offsets and an INSERT's binary data
 (``FORMAT Native``) is never decoded: the lexer stops where the data begins.
 
-Known limits: this is a classifier, not a parser. A statement it accepts can still
-fail in the engine (syntax errors are reported by the engine, not here); a statement
-it rejects is never sent.
+Known limits: this is a classifier, not a parser, and it does not know every token
+ClickHouse accepts (typographic quotes, Unicode whitespace); a statement it misreads
+fails in the engine or runs as the trusted writable client sent it.
 """
 
 from __future__ import annotations
@@ -24,111 +25,10 @@ from dataclasses import dataclass
 
 from meterline.clickhouse_http._errors import ClickHouseError
 
-READ_ONLY_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS"})
-"""First keywords of the statements the read-only endpoint runs."""
-
-RESULT_KINDS = READ_ONLY_KINDS | {"EXPLAIN", "CHECK"}
-
-STATEMENT_KINDS = RESULT_KINDS | {
-    "INSERT",
-    "CREATE",
-    "ALTER",
-    "DROP",
-    "DETACH",
-    "ATTACH",
-    "RENAME",
-    "TRUNCATE",
-    "OPTIMIZE",
-    "SET",
-    "USE",
-    "SYSTEM",
-    "KILL",
-    "GRANT",
-    "REVOKE",
-    "DELETE",
-    "UPDATE",
-    "EXCHANGE",
-    "UNDROP",
-    "BACKUP",
-    "RESTORE",
-    "WATCH",
-    "MOVE",
-    "BEGIN",
-    "COMMIT",
-    "ROLLBACK",
-    "UNDO",
-    "REPLACE",
-}
-"""First keywords of ClickHouse statements; any other first word is a syntax error."""
-"""Statements that produce a result set (and so an ``X-ClickHouse-Format`` header)."""
-
-SAFE_TABLE_FUNCTIONS = frozenset(
-    name.lower()
-    for name in (
-        "numbers",
-        "numbers_mt",
-        "zeros",
-        "zeros_mt",
-        "generate_series",
-        "generateSeries",
-        "primes",
-        "values",
-        "null",
-        "view",
-        "viewIfPermitted",
-        "merge",
-        "dictionary",
-        "format",
-        "generateRandom",
-        "loop",
-        "mergeTreeIndex",
-        "mergeTreeProjection",
-    )
+RESULT_KINDS = frozenset(
+    {"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "CHECK"}
 )
-"""Table functions that only read the engine's own tables or generate data."""
-
-UNSAFE_FUNCTIONS = frozenset(
-    name.lower()
-    for name in (
-        "file",
-        "fileCluster",
-        "filesystem",
-        "url",
-        "urlCluster",
-        "s3",
-        "s3Cluster",
-        "gcs",
-        "oss",
-        "cosn",
-        "hdfs",
-        "hdfsCluster",
-        "azureBlobStorage",
-        "azureBlobStorageCluster",
-        "remote",
-        "remoteSecure",
-        "cluster",
-        "clusterAllReplicas",
-        "mysql",
-        "postgresql",
-        "sqlite",
-        "mongodb",
-        "redis",
-        "odbc",
-        "jdbc",
-        "executable",
-        "input",
-        "python",
-        "eval",
-        "arrowstream",
-        "bigquery",
-        "ytsaurus",
-    )
-)
-"""Functions that reach files, the network or the host process, refused when read-only.
-
-The endpoint adds every other table function the engine knows (``system.table_functions``)
-that is not in :data:`SAFE_TABLE_FUNCTIONS`; this list is the floor if that lookup fails.
-"""
+"""First keywords of the statements that produce a result set (an ``X-ClickHouse-Format``)."""
 
 _WS = " \t\n\r\f\v"
 _WORD_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
@@ -368,51 +268,3 @@ def _format_clause(toks: list[Token]) -> str | None:
             if after is None or after.upper == "SETTINGS":
                 found = toks[i + 1].ident
     return found
-
-
-def check_read_only(statement: Statement, *, denied_functions: frozenset[str]) -> None:
-    """Refuse anything but a plain read (DESIGN: the endpoint is read-only by default).
-
-    Besides the statement kind, refuse what reads or writes outside the engine's own
-    tables even inside a SELECT: ``INTO OUTFILE``, ``FROM INFILE``, and calls of the
-    ``denied_functions`` (lower-case names; e.g. ``file()``, ``url()``, ``remote()``),
-    including a query parameter used as a function name.
-
-    Raises:
-        ClickHouseError: READONLY (164).
-    """
-    if statement.kind not in STATEMENT_KINDS:
-        first = statement.tokens[0]
-        raise _syntax(
-            f"failed at position {first.start + 1} ({first.text}): "
-            f"Expected one of: {', '.join(sorted(READ_ONLY_KINDS))}"
-        )
-    if statement.kind not in READ_ONLY_KINDS or statement.insert is not None:
-        raise ClickHouseError(
-            "READONLY",
-            f"meterline: Cannot execute query in readonly mode: {statement.kind or 'this'} "
-            "statements are not allowed on this endpoint "
-            f"(allowed: {', '.join(sorted(READ_ONLY_KINDS))})",
-        )
-    toks = statement.tokens
-    for i, tok in enumerate(toks):
-        if tok.upper in ("OUTFILE", "INFILE"):
-            raise ClickHouseError(
-                "READONLY",
-                f"meterline: Cannot execute query in readonly mode: {tok.upper} is not allowed",
-            )
-        followed_by_call = i + 1 < len(toks) and toks[i + 1].text == "("
-        if not followed_by_call:
-            continue
-        if tok.ident and tok.ident.lower() in denied_functions:
-            raise ClickHouseError(
-                "READONLY",
-                f"meterline: Cannot execute query in readonly mode: function {tok.ident} "
-                "reads outside the database and is not allowed",
-            )
-        if tok.text == "}":
-            raise ClickHouseError(
-                "READONLY",
-                "meterline: Cannot execute query in readonly mode: "
-                "a query parameter cannot name a function",
-            )

@@ -27,31 +27,42 @@ Authentication (when a password is configured): HTTP basic, ``X-ClickHouse-User`
 request; wrong credentials → 516 AUTHENTICATION_FAILED (403), none → 194
 REQUIRED_PASSWORD (401). With no password configured, requests are not authenticated.
 
-Read-only by default: only SELECT / WITH / SHOW / DESCRIBE / EXISTS, one statement,
-no ``INTO OUTFILE``, no functions that reach files, the network or the process
-(``file()``, ``url()``, ``remote()``, chdb's ``python()``...), and the engine session
-runs with ``readonly = 2`` as a second line. ``writable=True`` (tests, migrations
-through clickhouse-connect) allows every statement on POST; GET stays read-only, as on
-a ClickHouse server.
+Read-only by default, and the engine is the boundary: a read-only request runs in a
+session with ``readonly = 1`` after meterline has set its limits (time, memory, result
+size) and the request's allowed settings (``_settings``); the statement that runs is the
+engine's own formatting of the text, checked on the engine's own parse tree (``_policy``)
+for what ``readonly = 1`` lets through in chdb (``file()``, ``INTO OUTFILE``, table
+functions under ``DESCRIBE``, ``KILL``, ``BACKUP``). Only SELECT / WITH / SHOW /
+DESCRIBE / EXISTS statements run. ``writable=True`` (tests, migrations through
+clickhouse-connect) allows every statement on POST; GET stays read-only, as on a
+ClickHouse server.
+
+Request bodies: at most ``max_bodies`` are read at once (others wait ``body_wait``
+seconds, then get 202 TOO_MANY_SIMULTANEOUS_QUERIES, HTTP 503); each is capped, decoded
+or not (1 MiB of query text when read-only, :data:`MAX_WRITABLE_BODY` when writable),
+and compressed ones are decoded with that budget (``_encoding``).
 
 Known limits: no sessions (each request is its own session, so ``SET`` does not
 persist), no external data tables, no ClickHouse block compression (``compress=1``),
-results are buffered in memory, request bodies are capped (1 MiB of query text when
-read-only, :data:`MAX_WRITABLE_BODY` when writable). Only the embedded (chdb) store is
-served: against a ClickHouse server, point clients at the server.
+results are buffered in memory. Under ``readonly = 1`` ``system.settings`` reports every
+setting read-only, so clickhouse-connect sends none (a ``settings=`` argument raises
+its ``ProgrammingError`` unless ``invalid_setting_action`` is ``send``); clients that
+send settings anyway get the allowed ones. Only the embedded (chdb) store is served:
+against a ClickHouse server, point clients at the server.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import email.parser
 import email.policy
 import hmac
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,13 +76,8 @@ from meterline.clickhouse_http._encoding import BodyDecoder, choose_response_enc
 from meterline.clickhouse_http._engine import ChdbEngine, Execution, check_format_name
 from meterline.clickhouse_http._errors import ClickHouseError
 from meterline.clickhouse_http._native import reframe
-from meterline.clickhouse_http._sql import (
-    READ_ONLY_KINDS,
-    SAFE_TABLE_FUNCTIONS,
-    UNSAFE_FUNCTIONS,
-    check_read_only,
-    parse,
-)
+from meterline.clickhouse_http._settings import Limits
+from meterline.clickhouse_http._sql import parse
 
 if TYPE_CHECKING:
     from meterline.store import Store
@@ -145,8 +151,9 @@ class _Config:
     version: str
     timezone: str
     display_name: str
-    denied_functions: frozenset[str]
     limiter: anyio.CapacityLimiter
+    bodies: anyio.Semaphore
+    body_wait: float
 
 
 def create_app(
@@ -156,6 +163,9 @@ def create_app(
     writable: bool = False,
     user: str = "meterline",
     workers: int = 4,
+    limits: Limits | None = None,
+    max_bodies: int = 16,
+    body_wait: float = 10.0,
 ) -> Starlette:
     """Build the ClickHouse-compatible HTTP app over ``store`` (an embedded chdb store).
 
@@ -165,6 +175,9 @@ def create_app(
         writable: allow every statement on POST (never the default: tests only).
         user: the one user name accepted.
         workers: engine calls running at once (each in a worker thread).
+        limits: time, memory and result bounds of each read-only query.
+        max_bodies: request bodies read (and held) at once.
+        body_wait: seconds a request waits for a body slot before it is refused.
 
     Raises:
         ValueError: ``store`` is not an embedded store.
@@ -174,13 +187,12 @@ def create_app(
             f"the ClickHouse-HTTP endpoint serves the embedded store only, not {store!r}; "
             "point clients at the ClickHouse server instead"
         )
-    engine = ChdbEngine(store.data_dir)
+    engine = ChdbEngine(store.data_dir, limits=limits)
     version, timezone, display_name = engine.server_info()
     try:
-        known = engine.table_functions()
+        engine.load_policy()
     except ClickHouseError:
-        logger.warning("could not list the engine's table functions", exc_info=True)
-        known = frozenset()
+        logger.warning("could not read the engine's function catalogue; refusing the built-in list")
     config = _Config(
         engine=engine,
         database=store.database,
@@ -190,8 +202,9 @@ def create_app(
         version=version,
         timezone=timezone,
         display_name=display_name,
-        denied_functions=(known - SAFE_TABLE_FUNCTIONS) | UNSAFE_FUNCTIONS,
         limiter=anyio.CapacityLimiter(workers),
+        bodies=anyio.Semaphore(max_bodies),
+        body_wait=body_wait,
     )
 
     async def ping(request: Request) -> Response:
@@ -300,17 +313,38 @@ def _authenticate(request: Request, config: _Config) -> None:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    decoder = BodyDecoder(request.headers.get("content-encoding", ""))
+    encoding = request.headers.get("content-encoding", "")
+    declared = request.headers.get("content-length", "")
+    if not encoding and declared.isdigit() and int(declared) > limit:
+        raise ClickHouseError(
+            "QUERY_IS_TOO_LARGE",
+            f"meterline: request body larger than {limit} bytes is not accepted here",
+        )
+    decoder = BodyDecoder(encoding, limit)
     body = bytearray()
     async for chunk in request.stream():
         body += decoder.feed(chunk)
-        if len(body) > limit:
-            raise ClickHouseError(
-                "QUERY_IS_TOO_LARGE",
-                f"meterline: request body larger than {limit} bytes is not accepted here",
-            )
     decoder.finish()
     return bytes(body)
+
+
+@contextlib.asynccontextmanager
+async def _body_slot(config: _Config) -> AsyncIterator[None]:
+    """Hold one of the ``max_bodies`` slots while a body is read and handled."""
+    acquired = False
+    with anyio.move_on_after(config.body_wait):
+        await config.bodies.acquire()
+        acquired = True
+    if not acquired:
+        raise ClickHouseError(
+            "TOO_MANY_SIMULTANEOUS_QUERIES",
+            "meterline: too many request bodies are being read at once; waited "
+            f"{config.body_wait:g} s for a slot, retry later",
+        )
+    try:
+        yield
+    finally:
+        config.bodies.release()
 
 
 def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
@@ -332,6 +366,15 @@ def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
 
 async def _handle(request: Request, config: _Config, query_id: str) -> Response:
     _authenticate(request, config)
+    if request.method != "POST":
+        return await _respond(request, config, query_id, b"")
+    async with _body_slot(config):
+        read_only = not config.writable
+        body = await _read_body(request, MAX_READ_ONLY_BODY if read_only else MAX_WRITABLE_BODY)
+        return await _respond(request, config, query_id, body)
+
+
+async def _respond(request: Request, config: _Config, query_id: str, body: bytes) -> Response:
     params: Mapping[str, str] = request.query_params
     for flag in ("compress", "decompress"):
         if params.get(flag, "0") not in ("", "0", "false"):
@@ -342,9 +385,6 @@ async def _handle(request: Request, config: _Config, query_id: str) -> Response:
             )
     read_only = not config.writable or request.method != "POST"
     url_query = params.get("query", "")
-    body = b""
-    if request.method == "POST":
-        body = await _read_body(request, MAX_READ_ONLY_BODY if read_only else MAX_WRITABLE_BODY)
     content_type = request.headers.get("content-type", "")
     form: dict[str, str] = {}
     if content_type.lower().startswith("multipart/form-data"):
@@ -357,17 +397,6 @@ async def _handle(request: Request, config: _Config, query_id: str) -> Response:
             raise ClickHouseError("SYNTAX_ERROR", "Syntax error: Empty query")
         return PlainTextResponse("Ok.\n", headers=_headers(config, query_id))
     text = url_query.encode() + (b"\n" if url_query and body else b"") + body
-    latin = text.decode("latin-1")
-    statement = parse(latin)
-    if read_only:
-        if config.writable and statement.kind not in READ_ONLY_KINDS:
-            raise ClickHouseError(
-                "READONLY",
-                "meterline: Cannot execute query in readonly mode. For queries over HTTP, "
-                "method GET implies readonly. You should use method POST for modifying queries",
-            )
-        check_read_only(statement, denied_functions=config.denied_functions)
-
     all_params = {**params, **{k: v for k, v in form.items() if k != "query"}}
     settings = {
         k: v
@@ -375,42 +404,41 @@ async def _handle(request: Request, config: _Config, query_id: str) -> Response:
         if k not in _TRANSPORT_PARAMS and not k.startswith("param_")
     }
     bind = {k[len("param_") :]: v for k, v in all_params.items() if k.startswith("param_")}
-    output_format = check_format_name(
-        statement.format or params.get("default_format") or "TabSeparated"
-    )
+    default_format = check_format_name(params.get("default_format") or "TabSeparated")
     try:
         revision = int(params.get("client_protocol_version", "0") or 0)
+        level = int(params.get("http_zlib_compression_level", "3") or 3)
     except ValueError as exc:
         raise ClickHouseError(
-            "BAD_ARGUMENTS", "meterline: client_protocol_version must be an integer"
+            "BAD_ARGUMENTS",
+            "meterline: client_protocol_version and http_zlib_compression_level must be integers",
         ) from exc
-    insert_data = b""
-    sql = ""
-    if statement.insert is not None:
-        insert_data = text[statement.insert.data_offset :]
-    else:
-        try:
-            sql = statement.text.encode("latin-1").decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ClickHouseError(
-                "SYNTAX_ERROR", "Syntax error: the query is not valid UTF-8"
-            ) from exc
     execution = Execution(
-        statement=statement,
-        sql=sql,
+        text="",
         database=params.get("database") or config.database,
-        output_format=output_format,
+        default_format=default_format,
         read_only=read_only,
         settings=settings,
         params=bind,
-        insert_data=insert_data,
     )
-    outcome = await anyio.to_thread.run_sync(config.engine.run, execution, limiter=config.limiter)
+    if read_only:
+        execution.text = _utf8(text)
+        run = config.engine.run_read_only
+    else:
+        statement = parse(text.decode("latin-1"))
+        execution.statement = statement
+        if statement.insert is not None:
+            execution.insert_data = text[statement.insert.data_offset :]
+        else:
+            execution.text = _utf8(statement.text.encode("latin-1"))
+        run = config.engine.run_writable
+    outcome = await anyio.to_thread.run_sync(run, execution, limiter=config.limiter)
     body_out = outcome.body
     headers = _headers(config, query_id)
     headers["X-ClickHouse-Summary"] = json.dumps(outcome.summary, separators=(",", ":"))
     media_type = "text/plain; charset=UTF-8"
-    if statement.produces_result:
+    if outcome.produces_result:
+        output_format = outcome.output_format
         headers["X-ClickHouse-Format"] = output_format
         media_type = _CONTENT_TYPES.get(output_format.lower(), media_type)
         if output_format.lower() == "native":
@@ -418,9 +446,15 @@ async def _handle(request: Request, config: _Config, query_id: str) -> Response:
     if params.get("enable_http_compression", "0") not in ("", "0", "false") and body_out:
         encoding = choose_response_encoding(request.headers.get("accept-encoding", ""))
         if encoding is not None:
-            level = int(params.get("http_zlib_compression_level", "3") or 3)
             body_out = compress(body_out, encoding, level=max(1, min(level, 9)))
             headers["Content-Encoding"] = encoding
     if request.method == "HEAD":
         body_out = b""
     return Response(body_out, headers=headers, media_type=media_type)
+
+
+def _utf8(text: bytes) -> str:
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ClickHouseError("SYNTAX_ERROR", "Syntax error: the query is not valid UTF-8") from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,3 +83,70 @@ def open_readonly(ch_store: Store) -> Iterator[Endpoint]:
 def writable(ch_store: Store) -> Iterator[Endpoint]:
     """The writable test mode, password protected."""
     yield from _endpoint(ch_store, password=PASSWORD, writable=True)
+
+
+# --- what an attack must never touch ------------------------------------------------------
+
+
+@dataclass
+class Canary:
+    """A file whose content must never appear in any response (errors included)."""
+
+    path: Path
+    secret: str
+
+    def leaked(self, response: Any) -> bool:
+        text = response.content.decode("latin-1") + repr(dict(response.headers))
+        return self.secret in text
+
+
+@pytest.fixture(scope="session")
+def canary(tmp_path_factory: pytest.TempPathFactory) -> Canary:
+    secret = f"CANARY-{uuid.uuid4().hex}"
+    path = tmp_path_factory.mktemp("canary") / "secret.txt"
+    # a first line shaped like a CSV header: schema inference would turn it into a column name
+    path.write_text(f"{secret},{secret}\n{secret},{secret}\n")
+    return Canary(path, secret)
+
+
+class Listener:
+    """A TCP listener on loopback that counts the connections it accepts (and drops them).
+
+    Every "outbound" request an attack could make is pointed here: the count must stay 0.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+@pytest.fixture(scope="session")
+def listener() -> Iterator[Listener]:
+    server = Listener()
+    try:
+        yield server
+    finally:
+        server.close()

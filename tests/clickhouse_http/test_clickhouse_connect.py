@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from meterline.store import Store
 
 clickhouse_connect = pytest.importorskip("clickhouse_connect")
-from clickhouse_connect.driver.exceptions import DatabaseError  # noqa: E402
+from clickhouse_connect import common  # noqa: E402
+from clickhouse_connect.driver.exceptions import DatabaseError, ProgrammingError  # noqa: E402
 
 
 def client(ep: Endpoint, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -65,9 +66,21 @@ def test_long_parameters_use_form_encoding(readonly: Endpoint) -> None:
 
 def test_query_settings_and_errors(readonly: Endpoint) -> None:
     c = client(readonly)
-    assert c.query("SELECT getSetting('max_threads')", settings={"max_threads": 2}).result_rows == [
-        (2,)
-    ]
+    # readonly = 1: system.settings says every setting is read-only, as a read-only server
+    # does, and clickhouse-connect refuses to send one by default...
+    assert c.server_settings["max_threads"].readonly
+    with pytest.raises(ProgrammingError, match="max_threads is readonly"):
+        c.query("SELECT 1", settings={"max_threads": 2})
+    # ...but the endpoint applies an allowed setting a client sends anyway
+    common.set_setting("invalid_setting_action", "send")
+    try:
+        result = c.query("SELECT getSetting('max_threads')", settings={"max_threads": 2})
+        assert result.result_rows == [(2,)]
+        with pytest.raises(DatabaseError) as caught:
+            c.query("SELECT 1", settings={"format_template_row": "/etc/passwd"})
+        assert caught.value.code == 164
+    finally:
+        common.set_setting("invalid_setting_action", "error")
     with pytest.raises(DatabaseError) as caught:
         c.query("SELECT * FROM no_such_table")
     assert caught.value.code == 60
@@ -152,3 +165,30 @@ def test_store_server_backend_end_to_end(writable: Endpoint, ch_store: Store) ->
     finally:
         store.command("DROP DATABASE IF EXISTS {db}")
         store.close()
+
+
+@pytest.mark.parametrize("fmt", ["Native", "RowBinary", "RowBinaryWithNamesAndTypes", "JSON"])
+def test_raw_formats_are_the_engines(readonly: Endpoint, ch_store: Store, fmt: str) -> None:
+    sql = "SELECT number AS n, toString(number) AS s FROM numbers(3)"
+    raw = client(readonly).raw_query(sql, fmt=fmt)
+    engine = ch_store.raw_query(f"{sql} FORMAT {fmt}")
+    if fmt == "JSON":  # statistics (elapsed time) differ run to run
+        import json
+
+        assert json.loads(raw)["data"] == json.loads(engine)["data"]
+    else:
+        assert raw == engine
+
+
+def test_metadata_and_streaming_reads(readonly: Endpoint) -> None:
+    c = client(readonly)
+    tables = c.query(
+        "SELECT name FROM system.tables WHERE database = {db:String} ORDER BY name",
+        parameters={"db": readonly.database},
+    ).result_columns[0]
+    assert {"otel_traces", "llm_usage"} <= set(tables)
+    described = c.query("DESCRIBE TABLE llm_usage").result_rows
+    assert any(row[0] == "ConsumerId" for row in described)
+    assert c.command("EXISTS TABLE otel_traces") == 1
+    with c.query_row_block_stream("SELECT number FROM numbers(100000)") as stream:
+        assert sum(len(block) for block in stream) == 100000

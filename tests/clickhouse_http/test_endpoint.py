@@ -155,10 +155,40 @@ def test_settings_pass_through_and_transport_params_are_ignored(readonly: Endpoi
             "buffer_size": "1000",
         },
     )
-    assert response.text == "3\t2\n"
+    assert response.text == "3\t1\n"
     assert_error(
         post(readonly, "SELECT 1", params={"no_such_setting": "1"}), 115, "UNKNOWN_SETTING", 404
     )
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"limit": "1"}, (200, "0\n")),  # Grafana's row limit
+        ({"max_execution_time": "5"}, (200, "0\n1\n")),  # a limit may be lowered
+        ({"readonly": "1"}, (200, "0\n1\n")),  # the value in force: the engine accepts it
+        ({"max_threads": "lots"}, (400, "36")),  # an allowed setting, validated
+        ({"max_threads": "100000"}, (400, "36")),
+        ({"max_execution_time": "0"}, (400, "36")),  # a limit cannot be lifted
+        ({"max_memory_usage": str(1 << 40)}, (400, "36")),
+        ({"readonly": "0"}, (500, "164")),  # any other change: the engine refuses it
+        ({"readonly": "2"}, (500, "164")),
+        ({"allow_ddl": "0"}, (500, "164")),
+        ({"format_schema": "/etc/passwd:M"}, (500, "164")),
+        ({"no_such_setting": "1"}, (404, "115")),
+        ({"bad name": "1"}, (404, "115")),
+    ],
+)
+def test_settings_allowed_validated_or_refused_by_the_engine(
+    readonly: Endpoint, params: dict[str, str], expected: tuple[int, str]
+) -> None:
+    response = post(readonly, "SELECT number FROM numbers(2)", params=params)
+    status, detail = expected
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert response.text == detail
+    else:
+        assert response.headers["X-ClickHouse-Exception-Code"] == detail
 
 
 def test_errors_are_shaped_like_clickhouse(readonly: Endpoint) -> None:
@@ -180,10 +210,23 @@ def test_errors_are_shaped_like_clickhouse(readonly: Endpoint) -> None:
         "SET readonly = 0",
         "SELECT * FROM file('/etc/hostname', 'LineAsString')",
         "SELECT 1 INTO OUTFILE 'evil.tsv'",
+        "TRUNCATE TABLE llm_usage",
+        "SYSTEM FLUSH LOGS",
+        "OPTIMIZE TABLE llm_usage FINAL",
+        "KILL QUERY WHERE 1",
+        "(SELECT 1) INTO OUTFILE 'evil.tsv'",
+        "ATTACH TABLE evil",
+        "DETACH TABLE llm_usage",
+        "RENAME TABLE llm_usage TO evil",
+        "GRANT SELECT ON *.* TO default",
+        "EXPLAIN SELECT 1",
+        "SELECT * FROM {f:Identifier}",
     ],
 )
 def test_read_only_refuses_writes(readonly: Endpoint, sql: str) -> None:
-    assert_error(post(readonly, sql), 164, "READONLY", 500)
+    response = post(readonly, sql, params={"param_f": "file('/etc/hostname')"})
+    assert response.status_code >= 400
+    assert response.headers["X-ClickHouse-Exception-Code"] in ("164", "62", "47", "60", "497")
 
 
 def test_read_only_guards(readonly: Endpoint, ch_store: Store) -> None:
