@@ -199,6 +199,9 @@ def render_invoice(inv: dict[str, Any], status: str = "") -> str:
     if inv["unpriced"]:
         lines += ["", "Unpriced (no price known; not billed, not $0):"]
         lines.append(table(inv["unpriced"], usage_columns))
+    if inv.get("invalid"):
+        lines += ["", "Invalid usage (reported token counts the store rejected; not billed):"]
+        lines.append(table(inv["invalid"], ("provider", "model", "reason", "requests")))
     lines.append(f"\nFailed requests: {inv['failed_requests']}")
     if inv.get("failed"):
         lines += ["", "Failed calls not billed (the plan does not bill them):"]

@@ -48,6 +48,7 @@ from meterline.collector import native
 from meterline.collector.decode import COLUMNS, Rows, parse_protobuf, to_rows
 from meterline.launcher import start_server
 from meterline.store import Store, open_store
+from meterline.store.usage_schema import COUNTED_ALL
 
 BATCH_MAX = 50_000
 """Spans per insert, as the collector's writer batches them."""
@@ -196,7 +197,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _check(store: Store, total: int) -> None:
-    _, [(count,)] = store.query("SELECT count() FROM {db}.llm_usage FINAL")
+    _, [(count,)] = store.query(f"SELECT count() FROM {COUNTED_ALL}")
     assert count == total, f"{store.database}: expected {total} usage rows, found {count}"
 
 

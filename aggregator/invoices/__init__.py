@@ -19,6 +19,7 @@ from meterline.aggregator.invoices._catalogue_store import (
 )
 from meterline.aggregator.invoices._export import iter_export_rows
 from meterline.aggregator.invoices._model import (
+    InvalidUsage,
     Invoice,
     InvoiceLine,
     UnbilledUsage,
@@ -45,6 +46,7 @@ __all__ = [
     "EXPORT_COLUMNS",
     "ExportStatus",
     "Finalization",
+    "InvalidUsage",
     "Invoice",
     "InvoiceError",
     "InvoiceLine",

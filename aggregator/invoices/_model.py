@@ -85,6 +85,25 @@ UnpricedUsage = UnbilledUsage
 
 
 @dataclass(frozen=True)
+class InvalidUsage:
+    """Calls whose reported usage the store found invalid: listed, never billed."""
+
+    provider: str
+    model: str
+    reason: str
+    """The store's ``UsageError``: the attribute and the kind of problem."""
+    requests: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "reason": self.reason,
+            "requests": self.requests,
+        }
+
+
+@dataclass(frozen=True)
 class Invoice:
     """One consumer's invoice for a period."""
 
@@ -103,6 +122,12 @@ class Invoice:
     """Failed calls in the period (billed only when the plan says so)."""
     failed: tuple[UnbilledUsage, ...] = field(default=())
     """The failed calls the plan does not bill, per model (billed ones are in ``lines``)."""
+    invalid: tuple[InvalidUsage, ...] = field(default=())
+    """Calls with invalid usage (not billed, not in ``failed_requests``)."""
+
+    @property
+    def invalid_requests(self) -> int:
+        return sum(u.requests for u in self.invalid)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +141,8 @@ class Invoice:
             "unpriced": [u.to_dict() for u in self.unpriced],
             "failed_requests": self.failed_requests,
             "failed": [u.to_dict() for u in self.failed],
+            "invalid_requests": self.invalid_requests,
+            "invalid": [u.to_dict() for u in self.invalid],
         }
 
     @classmethod
@@ -141,4 +168,5 @@ class Invoice:
             unpriced=tuple(UnbilledUsage.from_dict(u) for u in data.get("unpriced", ())),
             failed_requests=int(data.get("failed_requests", 0)),
             failed=tuple(UnbilledUsage.from_dict(u) for u in data.get("failed", ())),
+            invalid=tuple(InvalidUsage(**u) for u in data.get("invalid", ())),
         )

@@ -1,8 +1,9 @@
 """Invoices over the store: compute, finalise, re-price, export.
 
 Contract:
-- An *open* period's invoices are computed from ``llm_usage FINAL`` with the prices in
-  force at each call's timestamp.
+- An *open* period's invoices are computed from the counted usage (each response once,
+  :func:`~meterline.aggregator.queries.usage.counted_usage`) with the prices in force
+  at each call's timestamp; invalid usage is listed in ``invalid``, never priced.
 - A *finalised* period's invoices are the stored documents (latest revision); a later
   price change never alters them silently. :func:`reprice` computes them afresh, shows
   the difference and records it as an adjustment (``force``: issues a new revision).
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal, localcontext
 from typing import Any
 
 from meterline.aggregator.invoices._build import build_invoices
-from meterline.aggregator.invoices._model import Invoice
+from meterline.aggregator.invoices._model import InvalidUsage, Invoice
 from meterline.aggregator.invoices._period import Period, month
 from meterline.aggregator.pricing import (
     MINOR_UNITS,
@@ -77,6 +78,8 @@ def rate_usage(
     rated: list[RatedGroup] = []
     for row in rows:
         record = dict(zip(names, row, strict=True))
+        if record["invalid"]:
+            continue  # never priced; counted by the usage query's invalid_requests
         extra = tuple(record[f"k_{k}"] for k in extra_keys)
         rated.append(rater.rate(UsageGroup.from_row(record, extra)))
     return grid, rated
@@ -89,13 +92,29 @@ def compute_invoices(
     usage gets an empty invoice."""
     f = UsageFilter(start=period.start, end=period.end, consumer=consumer)
     grid, _, rows = _rating_rows(store, pricing, f)
-    return build_invoices(
-        rows,
+    valid, invalid = [], {}
+    for row in rows:
+        if row[-1]:  # the rating query's last column: the usage's UsageError
+            key = (str(row[0]), str(row[1]), str(row[2] or row[3]), str(row[-1]))
+            invalid[key] = invalid.get(key, 0) + int(row[8])
+        else:
+            valid.append(row)
+    invoices = build_invoices(
+        valid,
         Rater(pricing.book, grid),
         pricing.config,
         period=period.label,
-        consumers=(consumer,) if consumer is not None else (),
+        consumers=(
+            *((consumer,) if consumer is not None else ()),
+            *sorted({k[0] for k in invalid}),
+        ),
     )
+    for (c, provider, model, reason), requests in sorted(invalid.items()):
+        inv = invoices[c]
+        invoices[c] = replace(
+            inv, invalid=(*inv.invalid, InvalidUsage(provider, model, reason, requests))
+        )
+    return invoices
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ from typing import Any
 
 READ_SETTINGS: dict[str, Any] = {
     "session_timezone": "UTC",
-    # ``llm_usage`` is partitioned by month and merges (hence deduplication) never cross
-    # partitions; without this ClickHouse cannot prune partitions under FINAL and reads
-    # every month. Known limit: two reports of one response whose timestamps fall in
-    # different months are both counted (each in its month).
+    # ``llm_usage_counted`` gives the same rows with or without this (``Month`` leads the
+    # sorting key, so no key spans two partitions); with it, a range of several months
+    # runs FINAL on each month apart instead of merging them.
     "do_not_merge_across_partitions_select_final": 1,
 }
-"""Settings of every read of ``llm_usage``, so usage, invoices and exports agree."""
+"""Settings of the aggregator's reads of ``llm_usage`` (the view gives the same rows
+without them, e.g. to Grafana)."""

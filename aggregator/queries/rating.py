@@ -1,6 +1,7 @@
 """The rating query: usage grouped so that every group has exactly one price.
 
-Reads ``llm_usage FINAL`` (each response counts once). Groups by consumer, provider,
+Reads :func:`~meterline.aggregator.queries.usage.counted_usage` (each response once,
+at its winning report). Groups by consumer, provider,
 response and request model, billability, *price segment* (between two change points of
 the involved prices), *time-of-day bucket* (only for models with time-of-day prices)
 and *tier bucket* (how many tier thresholds the call's own input tokens exceed) — tiers
@@ -18,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from meterline.aggregator.pricing import RatingGrid
-from meterline.aggregator.queries.usage import GROUP_KEYS, UsageFilter, where_clause
+from meterline.aggregator.queries.usage import GROUP_KEYS, UsageFilter, counted_usage
 
 RATING_KEYS: tuple[str, ...] = (
     "consumer",
@@ -41,19 +42,20 @@ _INNER = """
         least(CacheCreationInputTokens, InputTokens - _cr) AS _cw,
         least(CacheCreation1hInputTokens, _cw) AS _cw1h,
         least(ReasoningOutputTokens, OutputTokens) AS _rs
-    FROM {db}.llm_usage FINAL
+    FROM {source}
     WHERE {where}"""
 
 _AGGREGATES = """count() AS requests,
     min(Timestamp) AS first_at,
-    sum(InputTokens) AS input_tokens,
-    sum(OutputTokens) AS output_tokens,
-    sum(InputTokens - _cr - _cw) AS input,
-    sum(_cr) AS cache_read,
-    sum(_cw - _cw1h) AS cache_write,
-    sum(_cw1h) AS cache_write_1h,
-    sum(OutputTokens - _rs) AS output,
-    sum(_rs) AS reasoning"""
+    sum(toUInt128(InputTokens)) AS input_tokens,
+    sum(toUInt128(OutputTokens)) AS output_tokens,
+    sum(toUInt128(InputTokens - _cr - _cw)) AS input,
+    sum(toUInt128(_cr)) AS cache_read,
+    sum(toUInt128(_cw - _cw1h)) AS cache_write,
+    sum(toUInt128(_cw1h)) AS cache_write_1h,
+    sum(toUInt128(OutputTokens - _rs)) AS output,
+    sum(toUInt128(_rs)) AS reasoning,
+    UsageError AS invalid"""
 
 
 def _segment_expr(points: list[datetime], params: dict[str, Any]) -> str:
@@ -110,7 +112,7 @@ def rating_sql(
     unknown = [k for k in extra_keys if k not in GROUP_KEYS]
     if unknown:
         raise ValueError(f"unknown group key {unknown[0]!r}, allowed: {', '.join(GROUP_KEYS)}")
-    where, params = where_clause(f)
+    source, where, params = counted_usage(f)
     points = [
         p
         for p in grid.change_points
@@ -130,7 +132,7 @@ def rating_sql(
     names = [*RATING_KEYS, *(f"k_{k}" for k in extra_keys)]
     sql = (
         f"SELECT {', '.join(keys)},\n    {_AGGREGATES}\n"
-        f"FROM ({_INNER.format(db='{db}', where=where)}\n)\n"
-        f"GROUP BY {', '.join(names)}"
+        f"FROM ({_INNER.format(source=source, where=where)}\n)\n"
+        f"GROUP BY {', '.join(names)}, invalid"
     )
     return sql, params

@@ -1,15 +1,26 @@
-"""The usage query behind ``GET /v1/usage``.
+"""The usage query behind ``GET /v1/usage``, and the source every total reads.
 
-Reads ``llm_usage FINAL`` so every response counts once (DESIGN invariant 1).
-Filters and the time range are bound parameters; group keys come from a fixed
-table, so no user text reaches the SQL.
+Every total reads :func:`counted_usage`: the store's counted usage (the SELECT of the
+view ``llm_usage_counted``, :data:`~meterline.store.usage_schema.COUNTED_SELECT`),
+which yields each response once, at its winning report, wherever its reports' timestamps
+fall (docs/counting.md); filters apply to that winning report. Invalid usage (a
+``UsageError``) is counted in ``invalid_requests`` and in no token total; sums are
+``UInt128``, so they cannot wrap. Filters and the time range are bound parameters;
+group keys come from a fixed table, so no user text reaches the SQL.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+from meterline.store.usage_schema import COUNTED_SELECT
+
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+"""The earliest instant ``DateTime64(9)`` holds (an open ``start``)."""
+LATEST = datetime(2262, 4, 11, tzinfo=UTC)
+"""An instant near the latest ``DateTime64(9)`` holds (an open ``end``)."""
 
 GROUP_KEYS: dict[str, str] = {
     "consumer": "ConsumerId",
@@ -21,14 +32,20 @@ GROUP_KEYS: dict[str, str] = {
 }
 """Public group key → SQL expression."""
 
+
+def _tokens(column: str) -> str:
+    return f"sumIf(toUInt128({column}), UsageError = '')"
+
+
 METRICS: dict[str, str] = {
     "requests": "count()",
-    "failed_requests": "countIf(Billable = 0)",
-    "input_tokens": "sum(InputTokens)",
-    "output_tokens": "sum(OutputTokens)",
-    "cache_read_input_tokens": "sum(CacheReadInputTokens)",
-    "cache_creation_input_tokens": "sum(CacheCreationInputTokens)",
-    "reasoning_output_tokens": "sum(ReasoningOutputTokens)",
+    "failed_requests": "countIf(Billable = 0 AND UsageError = '')",
+    "invalid_requests": "countIf(UsageError != '')",
+    "input_tokens": _tokens("InputTokens"),
+    "output_tokens": _tokens("OutputTokens"),
+    "cache_read_input_tokens": _tokens("CacheReadInputTokens"),
+    "cache_creation_input_tokens": _tokens("CacheCreationInputTokens"),
+    "reasoning_output_tokens": _tokens("ReasoningOutputTokens"),
 }
 """Public metric → SQL aggregate, in output order."""
 
@@ -49,16 +66,12 @@ class UsageFilter:
     group_by: tuple[str, ...] = field(default=())
 
 
-def where_clause(f: UsageFilter) -> tuple[str, dict[str, Any]]:
-    """The WHERE clause (possibly ``1``) and its parameters."""
+def counted_usage(f: UsageFilter) -> tuple[str, str, dict[str, Any]]:
+    """The source (each response once, in ``[f.start, f.end)``), the WHERE clause
+    (possibly ``1``) of ``f``'s other filters, and their parameters."""
+    params: dict[str, Any] = {"start": f.start or EARLIEST, "end": f.end or LATEST}
+    source = f"(\n{COUNTED_SELECT}\n)"
     conditions: list[str] = []
-    params: dict[str, Any] = {}
-    if f.start is not None:
-        conditions.append("Timestamp >= {start:DateTime64(9, 'UTC')}")
-        params["start"] = f.start
-    if f.end is not None:
-        conditions.append("Timestamp < {end:DateTime64(9, 'UTC')}")
-        params["end"] = f.end
     for name, column in (
         ("consumer", "ConsumerId"),
         ("feature", "Feature"),
@@ -71,7 +84,7 @@ def where_clause(f: UsageFilter) -> tuple[str, dict[str, Any]]:
     if f.model is not None:
         conditions.append("(ResponseModel = {model:String} OR RequestModel = {model:String})")
         params["model"] = f.model
-    return (" AND ".join(conditions) or "1"), params
+    return source, (" AND ".join(conditions) or "1"), params
 
 
 def usage_sql(f: UsageFilter) -> tuple[str, dict[str, Any]]:
@@ -79,10 +92,10 @@ def usage_sql(f: UsageFilter) -> tuple[str, dict[str, Any]]:
     unknown = [g for g in f.group_by if g not in GROUP_KEYS]
     if unknown:
         raise ValueError(f"unknown group_by {unknown[0]!r}, allowed: {', '.join(GROUP_KEYS)}")
-    where, params = where_clause(f)
+    source, where, params = counted_usage(f)
     keys = [f"{GROUP_KEYS[g]} AS `{g}`" for g in f.group_by]
     metrics = [f"{expr} AS `{name}`" for name, expr in METRICS.items()]
-    sql = f"SELECT {', '.join([*keys, *metrics])}\nFROM {{db}}.llm_usage FINAL\nWHERE {where}"
+    sql = f"SELECT {', '.join([*keys, *metrics])}\nFROM {source}\nWHERE {where}"
     if f.group_by:
         names = ", ".join(f"`{g}`" for g in f.group_by)
         sql += f"\nGROUP BY {names}\nORDER BY {names}"

@@ -63,7 +63,9 @@ def get_usage(
     query: Annotated[UsageQuery, Query()], store: StoreDep, pricing: PricingDep
 ) -> dict[str, Any]:
     """Usage totals, one row per group (no group: one row for everything), with the
-    exact ``cost`` (decimal string), its ``currency`` and ``unpriced_requests``."""
+    exact ``cost`` (decimal string), its ``currency`` and ``unpriced_requests``.
+    ``invalid_requests`` are calls whose reported usage the store rejected: in no token
+    total and no cost."""
     if query.from_ and query.to and query.to <= query.from_:
         raise HTTPException(status_code=422, detail="'to' must be after 'from'")
     f = query.to_filter()

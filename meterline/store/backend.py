@@ -123,8 +123,11 @@ class Store:
         """Run SQL as given (the database is the default one) and return raw bytes."""
         return self.client().raw_query(sql, fmt=fmt, settings=settings)
 
-    def migrate(self) -> list[int]:
+    def migrate(self, *, upto: int | None = None) -> list[int]:
         """Apply pending migrations in order; return the versions applied now.
+
+        Args:
+            upto: stop after this version (tests build databases of older releases).
 
         On the embedded store, also (re)apply :data:`EMBEDDED_TUNING`.
         """
@@ -134,11 +137,13 @@ class Store:
         done = {r[0] for r in rows}
         applied: list[int] = []
         for migration in MIGRATIONS:
-            if migration.version in done:
+            if migration.version in done or (upto is not None and migration.version > upto):
                 continue
             logger.info("applying migration %d: %s", migration.version, migration.name)
             for statement in migration.statements:
                 self.command(statement)
+            if migration.run is not None:
+                migration.run(self)
             self.insert_columns(
                 "schema_migrations", [[migration.version], [migration.name]], ["Version", "Name"]
             )

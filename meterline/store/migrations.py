@@ -4,78 +4,51 @@ Contract:
 - ``otel_traces`` has exactly the columns of the otelcol-contrib ``clickhouse``
   exporter's default traces table, so a production Collector can write to it.
 - ``llm_usage`` is filled by the materialized view ``llm_usage_mv`` on every insert
-  into ``otel_traces`` (whoever inserts: meterline's collector or otelcol). It is a
-  ``ReplacingMergeTree`` keyed by ``(ConsumerId, DedupKey)``; every read goes through
-  ``FINAL`` (see :mod:`meterline.store.usage_sql`), so a response reported twice
-  (a retried OTLP batch, two instrumentations of one call) counts once.
-  ``DedupKey`` is ``provider/response id`` when the response has an id, otherwise
-  ``trace id/span id``.
-- Known limit: two reports of one response under *different* consumers are kept
-  apart (the consumer leads the key so one consumer's month is a range read). The
-  instrumentation stamps the consumer on every GenAI span of the process, so this
-  only happens across processes that disagree about who the consumer is.
+  into ``otel_traces`` (whoever inserts: meterline's collector or otelcol). How reports
+  of one response meet, which one counts and when usage is invalid:
+  :mod:`meterline.store.usage_schema` and docs/counting.md. Every total reads
+  ``llm_usage_counted(start=…, end=…)``.
 
 Each migration runs once; ``schema_migrations`` records it. Statements use
-``IF NOT EXISTS`` so a migration interrupted half-way can simply run again.
+``IF NOT EXISTS`` (and the steps of migration 4 look before they act) so a migration
+interrupted half-way can simply run again. Released migrations never change: the SQL of
+migrations 1 and 3 is frozen in :mod:`meterline.store._history`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from meterline.store._history import V1_USAGE_DDL, V3_USAGE_MV_DDL, V3_USAGE_MV_QUERY
+from meterline.store.usage_schema import (
+    AGGREGATE_OPERATIONS,
+    CONVERT_QUERY,
+    COUNTED_VIEW,
+    COUNTED_VIEW_DDL,
+    SCOPE,
+    USAGE_COLUMNS,
+    USAGE_DDL,
+    USAGE_MV_QUERY,
+)
+
+if TYPE_CHECKING:
+    from meterline.store.backend import Store
+
+__all__ = [
+    "AGGREGATE_OPERATIONS",
+    "COUNTED_VIEW",
+    "MIGRATIONS",
+    "SCOPE",
+    "TRACES_TABLE",
+    "USAGE_MV_DDL",
+    "USAGE_MV_QUERY",
+    "USAGE_TABLE",
+]
 
 TRACES_TABLE = "otel_traces"
 USAGE_TABLE = "llm_usage"
-
-# Operations that aggregate their children's usage (agents, tools, workflows):
-# counting them as well would bill the same tokens twice.
-AGGREGATE_OPERATIONS = ("invoke_agent", "create_agent", "execute_tool", "invoke_workflow")
-
-_TRUE = "('true', 'True', 'TRUE', '1')"
-
-SCOPE = "meterline.instrumentation"
-"""The instrumentation scope of meterline's spans: the preferred report of a response.
-Spans marked ``meterline.superseded`` (the span enclosing a metered call: an SDK's own
-GenAI span, an agent's) are not counted."""
-
-
-def _first_set(lookups: list[str]) -> str:
-    """SQL for the first non-empty of ``lookups`` ('' when all are).
-
-    One subscript per key (a missing key reads as ''), rather than ``mapContains`` and
-    then a subscript: the view's analysis time on each insert fell from ~24 to ~8 ms
-    (its per-span cost measured about the same). An attribute set to '' counts as not
-    set.
-    """
-    head, *rest = lookups
-    return head if not rest else f"if({head} != '', {head}, {_first_set(rest)})"
-
-
-def _span_or_resource(*keys: str) -> str:
-    """SQL for the first of ``keys`` set on the span, then on the resource."""
-    return _first_set(
-        [f"{m}['{k}']" for m in ("SpanAttributes", "ResourceAttributes") for k in keys]
-    )
-
-
-def _span(*keys: str) -> str:
-    """SQL for the first of ``keys`` set on the span."""
-    return _first_set([f"SpanAttributes['{k}']" for k in keys])
-
-
-def _tokens(*keys: str) -> str:
-    return f"toUInt64OrZero({_span(*keys)})"
-
-
-def _has_any(*keys: str) -> str:
-    return " OR ".join(f"mapContains(SpanAttributes, '{k}')" for k in keys)
-
-
-_INPUT_KEYS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
-_OUTPUT_KEYS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
-_PROVIDER = _span_or_resource("gen_ai.provider.name", "gen_ai.system")
-_RESPONSE_ID = _span("gen_ai.response.id")
-_ERROR_TYPE = _span("error.type")
-_HTTP_STATUS = f"toUInt16OrZero({_span('http.response.status_code', 'http.status_code')})"
 
 TRACES_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.otel_traces (
@@ -117,88 +90,10 @@ ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1
 """
 
-USAGE_DDL = """
-CREATE TABLE IF NOT EXISTS {db}.llm_usage (
-    Timestamp DateTime64(9),
-    ConsumerId LowCardinality(String),
-    Feature LowCardinality(String),
-    ServiceName LowCardinality(String),
-    Provider LowCardinality(String),
-    Operation LowCardinality(String),
-    RequestModel LowCardinality(String),
-    ResponseModel LowCardinality(String),
-    ResponseId String,
-    TraceId String,
-    SpanId String,
-    StatusCode LowCardinality(String),
-    ErrorType LowCardinality(String),
-    HttpStatus UInt16,
-    Billable UInt8,
-    Streamed UInt8,
-    Estimated UInt8,
-    InputTokens UInt64,
-    OutputTokens UInt64,
-    CacheReadInputTokens UInt64,
-    CacheCreationInputTokens UInt64,
-    CacheCreation1hInputTokens UInt64,
-    ReasoningOutputTokens UInt64,
-    DedupKey String,
-    Version UInt8
-) ENGINE = ReplacingMergeTree(Version)
-PARTITION BY toYYYYMM(Timestamp)
-ORDER BY (ConsumerId, DedupKey)
-"""
-
-USAGE_MV_QUERY = f"""
-SELECT
-    Timestamp,
-    {_span_or_resource("meterline.consumer.id")} AS ConsumerId,
-    {_span_or_resource("meterline.feature")} AS Feature,
-    ServiceName,
-    {_PROVIDER} AS Provider,
-    {_span("gen_ai.operation.name")} AS Operation,
-    {_span("gen_ai.request.model")} AS RequestModel,
-    {_span("gen_ai.response.model", "gen_ai.request.model")} AS ResponseModel,
-    {_RESPONSE_ID} AS ResponseId,
-    TraceId,
-    SpanId,
-    StatusCode,
-    {_ERROR_TYPE} AS ErrorType,
-    {_HTTP_STATUS} AS HttpStatus,
-    toUInt8(StatusCode != 'STATUS_CODE_ERROR' AND ErrorType = ''
-            AND (HttpStatus = 0 OR HttpStatus < 400)) AS Billable,
-    toUInt8({
-    _span(
-        "meterline.request.stream",
-        "gen_ai.request.stream",
-        "gen_ai.request.is_stream",
-        "llm.is_streaming",
-    )
-} IN {_TRUE}) AS Streamed,
-    toUInt8({_span("meterline.usage.estimated")} IN {_TRUE}) AS Estimated,
-    {_tokens(*_INPUT_KEYS)} AS InputTokens,
-    {_tokens(*_OUTPUT_KEYS)} AS OutputTokens,
-    {_tokens("gen_ai.usage.cache_read.input_tokens")} AS CacheReadInputTokens,
-    {_tokens("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens")}
-        AS CacheCreationInputTokens,
-    {_tokens("meterline.usage.cache_creation_1h.input_tokens")} AS CacheCreation1hInputTokens,
-    {_tokens("gen_ai.usage.reasoning.output_tokens")} AS ReasoningOutputTokens,
-    if(ResponseId != '', concat(Provider, '/', ResponseId), concat(TraceId, '/', SpanId))
-        AS DedupKey,
-    -- Which report of a response wins: meterline's own span, then exact over estimated.
-    toUInt8((ScopeName = '{SCOPE}') * 2 + (1 - Estimated)) AS Version
-FROM {{db}}.otel_traces
-WHERE ({_has_any(*_INPUT_KEYS, *_OUTPUT_KEYS)}
-       OR ((StatusCode = 'STATUS_CODE_ERROR' OR mapContains(SpanAttributes, 'error.type'))
-           AND ({_has_any("gen_ai.provider.name", "gen_ai.system")})))
-  AND {_span("gen_ai.operation.name")} NOT IN {AGGREGATE_OPERATIONS!r}
-  AND {_span("meterline.superseded")} NOT IN {_TRUE}
-"""
-"""What ``llm_usage_mv`` selects from each block inserted into ``otel_traces``."""
-
 USAGE_MV_DDL = (
     "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.llm_usage_mv TO {db}.llm_usage AS" + USAGE_MV_QUERY
 )
+"""The current view (migration 4 swaps older databases to it)."""
 
 MIGRATIONS_TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
@@ -220,10 +115,14 @@ class Migration:
     """What the step does, recorded in ``schema_migrations``."""
     statements: tuple[str, ...]
     """SQL with ``{db}`` for the (already quoted) database name."""
+    run: Callable[[Store], None] | None = None
+    """A step that needs to look at the database first (runs after ``statements``)."""
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "otel_traces, llm_usage and its view", (TRACES_DDL, USAGE_DDL, USAGE_MV_DDL)),
+    Migration(
+        1, "otel_traces, llm_usage and its view", (TRACES_DDL, V1_USAGE_DDL, V3_USAGE_MV_DDL)
+    ),
 )
 
 # Pricing and invoices (issue 4): finalised invoices are stored as issued, revisions
@@ -294,7 +193,70 @@ MIGRATIONS += (
     Migration(
         3,
         "llm_usage_mv: one lookup per attribute",
-        ("ALTER TABLE {db}.llm_usage_mv MODIFY QUERY" + USAGE_MV_QUERY,),
+        ("ALTER TABLE {db}.llm_usage_mv MODIFY QUERY" + V3_USAGE_MV_QUERY,),
+    ),
+)
+
+_NEXT = "llm_usage_next"
+
+
+def _columns(store: Store, table: str) -> set[str]:
+    _, rows = store.query(
+        "SELECT name FROM system.columns WHERE database = {d:String} AND table = {t:String}",
+        {"d": store.database, "t": table},
+    )
+    return {r[0] for r in rows}
+
+
+def _copy(store: Store, source: str, into: str = USAGE_TABLE) -> None:
+    """Convert the old-format rows of ``source`` (a table, optionally with a WHERE)."""
+    select = CONVERT_QUERY.replace("{source}", source)
+    store.command(f"INSERT INTO {{db}}.{into} ({', '.join(USAGE_COLUMNS)}) {select}")
+
+
+def _rank_and_meet(store: Store) -> None:
+    """Migration 4: ``llm_usage`` ranked, copied across month boundaries, validated.
+
+    The partition and sorting keys and the version column's type change, so the table is
+    rebuilt: a new table is filled from the old one (``INSERT … SELECT``), swapped in
+    (``EXCHANGE TABLES``, atomic) and the view's query replaced (``MODIFY QUERY``); rows
+    the old view wrote meanwhile are converted too (duplicates of converted rows are
+    absorbed: the same report gets the same rank). Each step looks first, so an
+    interrupted run can run again.
+    """
+    if "Home" not in _columns(store, USAGE_TABLE):
+        store.command(f"DROP TABLE IF EXISTS {{db}}.{_NEXT}")
+        store.command(USAGE_DDL.replace("{table}", _NEXT))
+        _, parts = store.query(
+            "SELECT name FROM system.parts WHERE database = {d:String} "
+            "AND table = {t:String} AND active",
+            {"d": store.database, "t": USAGE_TABLE},
+        )
+        _copy(store, USAGE_TABLE, into=_NEXT)
+        store.command(f"EXCHANGE TABLES {{db}}.{USAGE_TABLE} AND {{db}}.{_NEXT}")
+        copied = ", ".join("'" + p[0].replace("'", "") + "'" for p in parts) or "''"
+    else:
+        copied = "''"
+    store.command("ALTER TABLE {db}.llm_usage_mv MODIFY QUERY" + USAGE_MV_QUERY)
+    if "Home" not in _columns(store, _NEXT) and _columns(store, _NEXT):
+        # rows the old view wrote into the old table after the copy started
+        _copy(store, f"{_NEXT} WHERE _part NOT IN ({copied})")
+        store.command(f"DROP TABLE {{db}}.{_NEXT}")
+    # rows the old view wrote into the new table before its query was replaced: their
+    # Version is the old one (< 4), below every rank the view computes
+    _, [(stale,)] = store.query("SELECT count() FROM {db}.llm_usage WHERE Version < 4")
+    if stale:
+        _copy(store, "llm_usage WHERE Version < 4")
+        store.command("DELETE FROM {db}.llm_usage WHERE Version < 4")
+    store.command(COUNTED_VIEW_DDL)
+
+
+MIGRATIONS += (
+    Migration(
+        4,
+        "llm_usage: reports meet across month boundaries, total rank, validated counts",
+        (),
+        _rank_and_meet,
     ),
 )
 

@@ -102,6 +102,8 @@ ACME_MARCH = {
         {"provider": "openai", "model": "gpt-4o", "requests": 1, "input_tokens": 1000,
          "output_tokens": 0, "quantities": tokens(input=1000)}
     ],
+    "invalid_requests": 0,
+    "invalid": [],
 }  # fmt: skip
 
 
@@ -118,7 +120,7 @@ def test_public_api_is_pinned() -> None:
     from meterline.aggregator import invoices
 
     assert set(invoices.__all__) == {
-        "DEFAULT_PRICES_URL", "EXPORT_COLUMNS", "ExportStatus", "Finalization", "Invoice",
+        "DEFAULT_PRICES_URL", "EXPORT_COLUMNS", "ExportStatus", "Finalization", "InvalidUsage", "Invoice",
         "InvoiceError", "InvoiceLine", "InvoiceView", "Period", "PriceChange", "PriceUpdate",
         "PriceUpdateError", "RepriceLine", "RepriceResult", "UnbilledUsage", "UnpricedUsage",
         "UsageCosts", "between",

@@ -10,6 +10,7 @@ from meterline.aggregator.pricing import Catalogue, RatingGrid, load_pricing
 from meterline.aggregator.queries.rating import rating_sql
 from meterline.aggregator.queries.usage import UsageFilter
 from meterline.store import Store
+from meterline.store.usage_schema import COUNTED_SELECT
 from tests.aggregator._calls import Call, insert_calls, utc
 
 
@@ -21,7 +22,11 @@ def test_sql_binds_every_value_and_reads_final() -> None:
         time_of_day=((("deepseek", "deepseek-chat", "deepseek-chat"),), (1800, 59400)),
     )
     sql, params = rating_sql(f, grid, extra_keys=("day",))
-    assert "FROM {db}.llm_usage FINAL" in sql and "DROP" not in sql and "deepseek" not in sql
+    assert f"FROM (\n{COUNTED_SELECT}\n)" in sql
+    assert "DROP" not in sql and "deepseek" not in sql
+    assert "sum(toUInt128(InputTokens - _cr - _cw)) AS input" in sql  # cannot wrap
+    assert sql.endswith("GROUP BY consumer, provider, response_model, request_model, billable, "
+                        "segment, tod, tier, k_day, invalid")  # fmt: skip
     # only the change point inside the period splits it
     assert "multiIf(Timestamp < {cp0:DateTime64(9, 'UTC')}, 0, 1) AS segment" in sql
     assert params["cp0"] == utc(2026, 3, 16) and "cp1" not in params
@@ -31,14 +36,16 @@ def test_sql_binds_every_value_and_reads_final() -> None:
     assert "least(CacheCreation1hInputTokens, _cw) AS _cw1h" in sql
 
 
-def test_time_of_day_prices_and_clamped_subsets(store: Store) -> None:
+def test_time_of_day_prices_and_flagged_subsets(store: Store) -> None:
     # deepseek-chat is cheaper off-peak (16:30–00:30 UTC) in the catalogue
     insert_calls(store, [
         Call(utc(2026, 3, 2, 12), provider="deepseek", model="deepseek-chat", input=1_000_000),
         Call(utc(2026, 3, 2, 20), provider="deepseek", model="deepseek-chat", input=1_000_000),
-        # a subset larger than its total is cut to the total (no unsigned wrap-around)
+        # a subset larger than its total is flagged invalid: listed, never billed
         Call(utc(2026, 3, 3), model="gpt-4o", input=100, cache_read=500, output=10,
-             reasoning=50),
+             reasoning=5),
+        Call(utc(2026, 3, 3), model="gpt-4o", input=100, output=10, reasoning=50),
+        Call(utc(2026, 3, 3), model="gpt-4o", input=100, cache_read=40, output=10),
     ])  # fmt: skip
     pricing = load_pricing(None, catalogue=Catalogue.bundled())
     invoice = compute_invoices(store, pricing, month("2026-03"))["acme"]
@@ -50,7 +57,11 @@ def test_time_of_day_prices_and_clamped_subsets(store: Store) -> None:
     assert peak != off
     assert sorted(deepseek) == sorted([(1_000_000, peak), (1_000_000, off)])
     gpt = {x.token_type: x.quantity for x in invoice.lines if x.model == "gpt-4o"}
-    assert gpt == {"cache_read": 100, "reasoning": 10}
+    assert gpt == {"input": 60, "cache_read": 40, "output": 10}
+    assert [(u.model, u.reason, u.requests) for u in invoice.invalid] == [
+        ("gpt-4o", "gen_ai.usage.cache_read + cache_creation.input_tokens: more than input_tokens", 1),
+        ("gpt-4o", "gen_ai.usage.reasoning.output_tokens: more than output_tokens", 1),
+    ]  # fmt: skip
     assert invoice.total == sum((x.amount for x in invoice.lines), Decimal(0))
 
 

@@ -11,6 +11,7 @@ from meterline.aggregator.app import create_app
 from meterline.aggregator.queries.usage import UsageFilter, usage_sql
 from meterline.settings import ServerSettings
 from meterline.store import Store
+from meterline.store.usage_schema import COUNTED_SELECT
 
 
 def test_sql_binds_every_value_and_reads_final() -> None:
@@ -18,7 +19,8 @@ def test_sql_binds_every_value_and_reads_final() -> None:
         UsageFilter(start=datetime(2026, 1, 1, tzinfo=UTC), consumer="x'; DROP TABLE t; --",
                     model="gpt-4o", group_by=("consumer", "hour"))
     )  # fmt: skip
-    assert "FROM {db}.llm_usage FINAL" in sql
+    assert f"FROM (\n{COUNTED_SELECT}\n)" in sql
+    assert "sumIf(toUInt128(InputTokens), UsageError = '') AS `input_tokens`" in sql
     assert "DROP" not in sql and "gpt-4o" not in sql
     assert "ConsumerId = {consumer:String}" in sql
     assert "(ResponseModel = {model:String} OR RequestModel = {model:String})" in sql

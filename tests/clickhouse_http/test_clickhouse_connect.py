@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from meterline.store.usage_schema import COUNTED_ALL
 from tests.clickhouse_http.conftest import PASSWORD, Endpoint
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def test_store_server_backend_end_to_end(writable: Endpoint, ch_store: Store) ->
 
         _, rows = store.query(
             "SELECT ConsumerId, Provider, ResponseModel, InputTokens, OutputTokens, "
-            "CacheReadInputTokens, Timestamp FROM {db}.llm_usage FINAL"
+            f"CacheReadInputTokens, Timestamp FROM {COUNTED_ALL}"
         )
         assert rows == [("acme", "anthropic", "claude-x", 1000, 250, 400, at)]
         assert store.query("SELECT count() FROM {db}.otel_traces")[1] == [(6,)]
@@ -160,7 +161,9 @@ def test_store_server_backend_end_to_end(writable: Endpoint, ch_store: Store) ->
         assert events[1] == [(["ev"],), (["ev"],)]
 
         # the rows are in the engine, not in some HTTP-side copy
-        direct = ch_store.query(f"SELECT sum(InputTokens) FROM `{database}`.llm_usage FINAL")
+        direct = ch_store.query(
+            f"SELECT sum(InputTokens) FROM {COUNTED_ALL.replace('{db}', f'`{database}`')}"
+        )
         assert direct[1] == [(1000,)]
     finally:
         store.command("DROP DATABASE IF EXISTS {db}")

@@ -445,13 +445,12 @@ def test_grafana_plugin_panel_query(readonly: Endpoint, ch_store: Store) -> None
     }
     row = [at, "t-grafana", "s-grafana", "chat gpt-4o", "svc", attrs]
     ch_store.insert_columns("otel_traces", [[v] for v in row], columns)
-    # what the plugin sends after expanding $__timeFilter(Timestamp) and $__timeInterval
+    # what the plugin sends after expanding $__fromTime, $__toTime and $__timeInterval
     sql = (
         "SELECT toStartOfInterval(Timestamp, INTERVAL 3600 second) AS time,\n"
         "       toUInt64(sum(InputTokens)) AS input_tokens\n"
-        "FROM llm_usage FINAL\n"
-        f"WHERE Timestamp >= toDateTime({day}) AND Timestamp <= toDateTime({day + 86399})\n"
-        "  AND ConsumerId = 'grafana-consumer'\n"
+        f"FROM llm_usage_counted(start = toDateTime({day}), end = toDateTime({day + 86400}))\n"
+        "WHERE ConsumerId = 'grafana-consumer'\n"
         "GROUP BY time ORDER BY time"
     )
     response = grafana_post(readonly, sql)

@@ -9,6 +9,7 @@ import pytest
 from meterline.collector.decode import COLUMNS, Rows
 from meterline.collector.writer import Closed, Overloaded, Writer
 from meterline.store import Store
+from meterline.store.usage_schema import COUNTED_ALL
 
 _NEXT = 0
 
@@ -35,7 +36,7 @@ def rows(n: int, consumer: str = "w") -> Rows:
 
 
 def count(store: Store) -> int:
-    return store.query("SELECT count() FROM {db}.llm_usage FINAL")[1][0][0]
+    return store.query(f"SELECT count() FROM {COUNTED_ALL}")[1][0][0]
 
 
 def test_ack_after_write_and_batching_across_requests(store: Store) -> None:

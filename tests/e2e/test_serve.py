@@ -79,12 +79,12 @@ def test_http_and_grpc_exporters_give_exact_sums(server: RunningServer) -> None:
     assert grpc_exporter.export(spans_grpc) is SpanExportResult.SUCCESS
     rows = usage(server, consumer=consumer, group_by="provider,model")
     assert rows == [
-        {"provider": "anthropic", "model": "claude-sonnet-4", "requests": 1, "failed_requests": 0,
+        {"provider": "anthropic", "model": "claude-sonnet-4", "requests": 1, "failed_requests": 0, "invalid_requests": 0,
          "input_tokens": 1000, "output_tokens": 1, "cache_read_input_tokens": 0,
          "cache_creation_input_tokens": 400, "reasoning_output_tokens": 0,
          # (600 × 3.00 + 400 cache writes × 3.75 + 1 × 15.00) / 1M, genai-prices' bundled data
          "cost": "0.003315", "currency": "USD", "unpriced_requests": 0},
-        {"provider": "openai", "model": "gpt-4o", "requests": 2, "failed_requests": 0,
+        {"provider": "openai", "model": "gpt-4o", "requests": 2, "failed_requests": 0, "invalid_requests": 0,
          "input_tokens": 350, "output_tokens": 37, "cache_read_input_tokens": 200,
          "cache_creation_input_tokens": 0, "reasoning_output_tokens": 12,
          # (150 × 2.50 + 200 cached × 1.25 + 37 × 10.00) / 1M
@@ -136,10 +136,10 @@ def test_attribution_resource_fallback_deprecated_names_and_failures(
             "0" if row["failed_requests"] else "0.0000084"
         )  # (40 × 0.15 + 4 × 0.60) / 1M
     assert rows == [
-        {"feature": "", "model": "gpt-4o", "requests": 1, "failed_requests": 1,
+        {"feature": "", "model": "gpt-4o", "requests": 1, "failed_requests": 1, "invalid_requests": 0,
          "input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0,
          "cache_creation_input_tokens": 0, "reasoning_output_tokens": 0},
-        {"feature": "search", "model": "gpt-4o-mini", "requests": 1, "failed_requests": 0,
+        {"feature": "search", "model": "gpt-4o-mini", "requests": 1, "failed_requests": 0, "invalid_requests": 0,
          "input_tokens": 40, "output_tokens": 4, "cache_read_input_tokens": 0,
          "cache_creation_input_tokens": 0, "reasoning_output_tokens": 0},
     ]  # fmt: skip

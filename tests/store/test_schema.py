@@ -75,8 +75,11 @@ def _insert(store: Store, spans: list[dict]) -> None:
     store.insert_columns("otel_traces", [[r[n] for r in rows] for n in names], names)
 
 
+COUNTED_ALL = "{db}.llm_usage_counted(start = '1900-01-01 00:00:00', end = '2262-04-11 00:00:00')"
+
+
 def _usage(store: Store) -> list[dict]:
-    return store.query_dicts("SELECT * FROM {db}.llm_usage FINAL ORDER BY SpanId")
+    return store.query_dicts(f"SELECT * FROM {COUNTED_ALL} ORDER BY SpanId")
 
 
 def test_view_extracts_normalised_usage(store: Store) -> None:
@@ -132,29 +135,50 @@ def test_an_empty_attribute_counts_as_not_set(store: Store) -> None:
     )
 
 
-def test_an_older_database_gets_the_current_view(store: Store) -> None:
-    """Migration 3 swaps the view's query of a database made by an earlier version."""
-    from meterline.store import migrations
+def test_a_database_of_migrations_1_to_3_upgrades_with_its_data(engine_dir) -> None:
+    """Migration 4 rebuilds llm_usage (new keys and Version type) from the old rows: a
+    pair across a month boundary counted twice before counts once after; the old rank
+    (meterline's span) still decides; a too-large count is flagged; the view is new."""
+    from datetime import UTC, datetime
 
-    first_query = migrations.USAGE_MV_QUERY.replace(
-        "SpanAttributes['gen_ai.request.model']",
-        "multiIf(mapContains(SpanAttributes, 'gen_ai.request.model'), "
-        "SpanAttributes['gen_ai.request.model'], '')",
-    )
-    store.command("ALTER TABLE {db}.llm_usage_mv MODIFY QUERY " + first_query)
-    store.command(
-        "ALTER TABLE {db}.schema_migrations DELETE WHERE Version = 3 SETTINGS mutations_sync = 1"
-    )
-    assert store.migrate() == [3]
-    _, [(query,)] = store.query(
-        "SELECT as_select FROM system.tables WHERE database = {d:String} AND name = 'llm_usage_mv'",
-        {"d": store.database},
-    )
-    assert "mapContains(SpanAttributes, 'gen_ai.request.model')" not in query
-    assert "SpanAttributes['gen_ai.request.model']" in query
-    _insert(store, [{"SpanId": "a", "SpanAttributes": {"gen_ai.provider.name": "openai",
-                                                       "gen_ai.usage.input_tokens": "3"}}])  # fmt: skip
-    assert [r["InputTokens"] for r in _usage(store)] == [3]
+    from meterline.store import open_store
+    from meterline.store.migrations import SCOPE
+
+    old = open_store(data_dir=engine_dir, database="upgrade_" + str(time.time_ns()))
+    try:
+        assert old.migrate(upto=3) == [1, 2, 3]
+        b = int(datetime(2026, 4, 1, tzinfo=UTC).timestamp()) * 10**9
+        attrs = {"gen_ai.provider.name": "openai", "gen_ai.response.id": "r1",
+                 "meterline.consumer.id": "x", "gen_ai.usage.output_tokens": "1"}  # fmt: skip
+        _insert(old, [{"SpanId": "a", "Timestamp": b - 10**8, "ScopeName": "sdk",
+                       "SpanAttributes": {**attrs, "gen_ai.usage.input_tokens": "90"}}])  # fmt: skip
+        _insert(old, [{"SpanId": "b", "Timestamp": b + 10**8, "ScopeName": SCOPE,
+                       "SpanAttributes": {**attrs, "gen_ai.usage.input_tokens": "100"}}])  # fmt: skip
+        _insert(old, [{"SpanId": "c", "Timestamp": b + 10**12, "SpanAttributes": {
+            **attrs, "gen_ai.response.id": "r2", "gen_ai.usage.input_tokens": str(2**63)}}])  # fmt: skip
+        _, [(before,)] = old.query(  # as the reads of that release did
+            "SELECT count() FROM {db}.llm_usage FINAL",
+            settings={"do_not_merge_across_partitions_select_final": 1},
+        )
+        assert before == 3  # the pair across the boundary: counted in both months
+        assert old.migrate() == [4]
+        rows = _usage(old)
+        assert [(r["SpanId"], r["InputTokens"], r["UsageError"]) for r in rows] == [
+            ("b", 100, ""),
+            ("c", 0, "gen_ai.usage.input_tokens: above 1000000000"),  # flagged, not kept
+        ]
+        assert old.migrate() == []
+        _, [(tables,)] = old.query(
+            "SELECT groupArray(name) FROM system.tables WHERE database = {d:String}",
+            {"d": old.database},
+        )
+        assert "llm_usage_next" not in tables and "llm_usage_counted" in tables
+        _insert(old, [{"SpanId": "d", "SpanAttributes": {
+            "gen_ai.provider.name": "openai", "gen_ai.usage.input_tokens": "abc"}}])  # fmt: skip
+        [new] = [r for r in _usage(old) if r["SpanId"] == "d"]
+        assert new["UsageError"] == "gen_ai.usage.input_tokens: not a non-negative integer"
+    finally:
+        old.command("DROP DATABASE IF EXISTS {db}")
 
 
 def test_the_embedded_ingest_tables_merge_wider(store: Store) -> None:
