@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,8 @@ def test_panels_equal_the_api(store: Store) -> None:
     client = TestClient(create_app(ServerSettings(admin_key="k"), store))
     for start, end in ((boundary - 3600, boundary), (boundary, boundary + 3600),
                        (boundary - 3600, boundary + 3600)):  # fmt: skip
-        window = {"from": f"{start}", "to": f"{end}"}
+        window = {"from": datetime.fromtimestamp(start, UTC).isoformat(),
+                  "to": datetime.fromtimestamp(end, UTC).isoformat()}  # fmt: skip
         api = client.get("/v1/usage", params={**window, "group_by": "consumer,model"},
                          headers={"authorization": "Bearer k"}).json()["rows"]  # fmt: skip
         names, rows = store.query(expand(panels["Usage by consumer and model"], everyone,
