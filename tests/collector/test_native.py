@@ -237,9 +237,9 @@ def test_rows_match_the_python_path(store: Store, other: Store, keep_all: bool) 
     traces = table(store, "otel_traces", "TraceId, SpanId, SpanName, ServiceName")
     assert len(traces) == sum(written for written, _ in counts)
     assert traces == table(other, "otel_traces", "TraceId, SpanId, SpanName, ServiceName")
-    usage_rows = table(store, "llm_usage", "ConsumerId, DedupKey, TraceId, SpanId")
+    usage_rows = table(store, "llm_usage", "ConsumerId, DedupKey, TraceId, SpanId, Month")
     assert usage_rows
-    assert usage_rows == table(other, "llm_usage", "ConsumerId, DedupKey, TraceId, SpanId")
+    assert usage_rows == table(other, "llm_usage", "ConsumerId, DedupKey, TraceId, SpanId, Month")
 
 
 def test_scan_matches_decode() -> None:
