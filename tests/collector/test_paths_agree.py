@@ -139,7 +139,7 @@ def test_both_paths_store_the_same_rows(
     event(f"rows written: {min(len(rows), 3)}")
     for row in stored:
         assert 1970 <= row[0].year <= 2106  # nothing wrapped
-    usage_order = "ConsumerId, DedupKey, TraceId, SpanId, Timestamp"
+    usage_order = "ConsumerId, DedupKey, TraceId, SpanId, Timestamp, Month"
     assert table(native_store, "llm_usage", usage_order) == table(
         python_store, "llm_usage", usage_order
     )
