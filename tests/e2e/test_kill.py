@@ -47,7 +47,8 @@ _, [(missing, extra, traces)] = store.query(
     f"(SELECT count() FROM {{db}}.llm_usage WHERE DedupKey NOT IN (SELECT DedupKey FROM ({derived}))), "
     "(SELECT count() FROM {db}.otel_traces)"
 )
-_, ids = store.query("SELECT ResponseId, count() FROM {db}.llm_usage FINAL GROUP BY ResponseId")
+from meterline.store.usage_schema import COUNTED_ALL
+_, ids = store.query(f"SELECT ResponseId, count() FROM {COUNTED_ALL} GROUP BY ResponseId")
 print(json.dumps({"missing": missing, "extra": extra, "traces": traces,
                   "ids": {i: n for i, n in ids}}))
 """
