@@ -18,13 +18,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from meterline.instrumentation.attribution import consumer
-from meterline.instrumentation.delivery import MeterlineSpanExporter, Spool
+from meterline.instrumentation.delivery import MeterlineSpanExporter, Spool, SpoolingSpanProcessor
 from meterline.instrumentation.instrumentor import MeterlineInstrumentor
 
 __all__ = [
     "MeterlineInstrumentor",
     "MeterlineSpanExporter",
     "Spool",
+    "SpoolingSpanProcessor",
     "consumer",
     "instrument",
     "uninstrument",
@@ -37,8 +38,9 @@ def instrument(
     """Meter this process's LLM calls (idempotent).
 
     When the app has no SDK tracer provider, one is installed that exports over OTLP/HTTP
-    to ``OTEL_EXPORTER_OTLP_ENDPOINT`` or a local meterline (``http://127.0.0.1:4318``),
-    with retry and an on-disk spool.
+    to ``OTEL_EXPORTER_OTLP_ENDPOINT`` or a local meterline (``http://127.0.0.1:4318``)
+    through an on-disk spool (each span on disk within ~50 ms of its end), and SIGTERM /
+    SIGHUP flush it before the app stops as it would have.
 
     Args:
         tracer_provider: export usage through this provider instead (its sampler is

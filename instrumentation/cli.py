@@ -90,16 +90,43 @@ def register(app: typer.Typer) -> None:
         ] = None,
         directory: Annotated[Path | None, typer.Option("--dir", help="Spool directory.")] = None,
     ) -> None:
-        """Deliver spooled usage now (each batch deleted only after a 2xx)."""
-        from meterline.instrumentation.delivery import MeterlineSpanExporter, Spool
+        """Deliver spooled usage now (each batch deleted only once acknowledged).
+
+        Exits 1 if batches remain (the collector is down or failing). Batches the
+        collector refused as malformed are set aside as ``.rejected``, never resent.
+        """
+        from meterline.instrumentation.delivery.flush import flush_spool
+        from meterline.instrumentation.delivery.sender import OtlpHttpSender
+        from meterline.instrumentation.delivery.spool import Spool
 
         spool = Spool(directory)
-        exporter = MeterlineSpanExporter(
-            endpoint, spool=spool, retry_seconds=0, flush_on_start=False
+        try:
+            sender = OtlpHttpSender(endpoint)
+        except ValueError as exc:
+            typer.echo(f"meterline spool flush: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        try:
+            report = flush_spool(spool, sender)
+        finally:
+            sender.close()
+            spool.close()
+        typer.echo(
+            f"delivered {report.sent_files} batches to {sender.endpoint}; "
+            f"{report.remaining} remaining"
         )
-        sent, remaining = exporter.flush_spool()
-        typer.echo(f"delivered {sent} batches to {exporter.endpoint}; {remaining} remaining")
-        if remaining:
+        if report.rejected_spans:
+            typer.echo(f"the collector rejected {report.rejected_spans} invalid span(s)")
+        if report.rejected_files:
+            typer.echo(
+                f"{report.rejected_files} batch(es) refused by the collector, "
+                f"kept in {spool.directory} as *.rejected"
+            )
+        status = spool.status()
+        if status.corrupt:
+            typer.echo(f"{status.corrupt} torn file(s) set aside in {spool.directory} (*.corrupt)")
+        if report.failure is not None:
+            typer.echo(f"stopped: {report.failure.describe()}", err=True)
+        if report.remaining:
             raise typer.Exit(1)
 
     @spool_app.command("status")
@@ -107,9 +134,11 @@ def register(app: typer.Typer) -> None:
         directory: Annotated[Path | None, typer.Option("--dir", help="Spool directory.")] = None,
     ) -> None:
         """Show how much usage waits in the spool."""
-        from meterline.instrumentation.delivery import Spool
+        from meterline.instrumentation.delivery.spool import Spool
 
         spool = Spool(directory)
-        files = spool.pending()
-        size = sum(p.stat().st_size for p in files if p.exists())
-        typer.echo(f"{spool.directory}: {len(files)} batches, {size} bytes")
+        s = spool.status()
+        typer.echo(
+            f"{spool.directory}: {s.pending} batches, {s.pending_bytes} bytes; "
+            f"{s.in_flight} being sent, {s.rejected} rejected, {s.corrupt} corrupt"
+        )

@@ -1,13 +1,20 @@
-"""Billing-grade delivery of usage spans: sampling bypass, retry, on-disk spool.
+"""Billing-grade delivery of usage spans: sampling bypass, write-ahead spool, retry.
 
-* :mod:`.exporter` — :class:`MeterlineSpanExporter` (OTLP/HTTP, retry, spool);
-* :mod:`.spool` — the bounded on-disk queue and its exactly-once flush;
+* :mod:`.processor` — :class:`SpoolingSpanProcessor`: spans on disk within ~50 ms of their
+  end, delivered from there, deleted only once acknowledged;
+* :mod:`.spool` — the on-disk queue, shared safely by threads and processes;
+* :mod:`.flush` — delivering the spool (several files per POST, answers settled per file);
+* :mod:`.sender` — one OTLP/HTTP POST and what its answer means;
+* :mod:`.signals` — SIGTERM/SIGHUP (and a default SIGINT) flush, then stop the app as before;
+* :mod:`.exporter` — :class:`MeterlineSpanExporter` for apps with their own batch processor;
 * :mod:`.pipeline` — the tracer provider and the always-sampled usage tracer.
 """
 
 from __future__ import annotations
 
-from meterline.instrumentation.delivery.exporter import MeterlineSpanExporter, resolve_endpoint
+from meterline.instrumentation.delivery.exporter import MeterlineSpanExporter
+from meterline.instrumentation.delivery.processor import SpoolingSpanProcessor
+from meterline.instrumentation.delivery.sender import resolve_endpoint
 from meterline.instrumentation.delivery.spool import Spool
 
-__all__ = ["MeterlineSpanExporter", "Spool", "resolve_endpoint"]
+__all__ = ["MeterlineSpanExporter", "Spool", "SpoolingSpanProcessor", "resolve_endpoint"]

@@ -5,10 +5,15 @@
   decides about the app's spans, never about usage.
 * :func:`configure` — for ``instrument()`` and ``meterline instrument``: when the app has
   no SDK tracer provider, install one (resource from ``OTEL_*``, sampler from
-  ``OTEL_TRACES_SAMPLER``) exporting through :class:`MeterlineSpanExporter`.
+  ``OTEL_TRACES_SAMPLER``) delivering through :class:`SpoolingSpanProcessor`.
 * :func:`delivery_provider` — when no provider is given, usage goes through meterline's
   own exporter: the global provider if meterline configured it, else a dedicated
   (non-global) provider sharing the app's resource.
+
+Either way meterline's delivery is a :class:`SpoolingSpanProcessor` (spans on disk within
+~50 ms of their end, delivered from there) and the stop signals flush it
+(:mod:`.signals`). With an explicit ``tracer_provider``, usage goes through that
+provider's pipeline instead, and its durability is the app's.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-from meterline.instrumentation.delivery.exporter import MeterlineSpanExporter
+from meterline.instrumentation.delivery import signals
+from meterline.instrumentation.delivery.processor import SpoolingSpanProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +47,10 @@ def usage_tracer(provider: Any, scope: str, version: str) -> Any:
 
 
 def _add_delivery(provider: TracerProvider) -> None:
-    provider.add_span_processor(BatchSpanProcessor(MeterlineSpanExporter()))
+    processor = SpoolingSpanProcessor()
+    provider.add_span_processor(processor)
     setattr(provider, _OWNED, True)
+    signals.install(processor)
 
 
 def configure() -> TracerProvider:

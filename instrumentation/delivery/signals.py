@@ -1,0 +1,126 @@
+"""Stop signals flush usage first, and the app still stops exactly as it would have.
+
+:func:`install` (main thread only; elsewhere a no-op) hooks SIGTERM and SIGHUP — and
+SIGINT only when it is ``SIG_DFL`` (Python's own ``KeyboardInterrupt`` handler is left
+alone: an uncaught ``KeyboardInterrupt`` runs the exit hooks, which flush, and
+``asyncio.run`` looks for that very handler). For each signal, per its disposition when
+installing:
+
+* ``SIG_IGN`` (or a handler set outside Python): left untouched — an app that ignores
+  SIGTERM still ignores it;
+* ``SIG_DFL``: on the signal, every registered processor writes its in-memory spans to the
+  spool and delivers for at most its ``shutdown_timeout``; then the default disposition is
+  restored and the signal re-raised, so the process dies of that signal (the exit status
+  the parent sees is unchanged; exit hooks do not run, as without meterline);
+* the app's own handler (installed before meterline): in-memory spans are written to disk
+  (milliseconds), the sender thread is woken, and the app's handler is called — it decides
+  what happens next (``sys.exit`` runs the exit hooks, which deliver; ``os._exit`` leaves
+  the usage on disk for the next start).
+
+A handler the app installs *after* meterline replaces ours, as it would replace the
+default; usage is then on disk within ~50 ms anyway, and exit hooks deliver it.
+A second signal while the first is being handled skips the flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import weakref
+from types import FrameType
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Flushable(Protocol):
+    @property
+    def shutdown_timeout(self) -> float: ...
+
+    def persist(self, *, lock_timeout: float = 1.0) -> None: ...
+
+    def deliver_now(self, deadline: float) -> Any: ...
+
+    def wake_sender(self) -> None: ...
+
+
+_processors: weakref.WeakSet[Any] = weakref.WeakSet()
+_previous: dict[int, Any] = {}
+_handling = False
+
+
+def _signals() -> list[tuple[signal.Signals, bool]]:
+    """``(signal, only_if_default)`` pairs of this platform."""
+    out = [(signal.SIGTERM, False), (signal.SIGINT, True)]
+    if hasattr(signal, "SIGHUP"):
+        out.append((signal.SIGHUP, False))
+    return out
+
+
+def install(processor: Flushable) -> None:
+    """Flush ``processor`` on the stop signals (see the module docstring)."""
+    _processors.add(processor)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, only_if_default in _signals():
+        if sig in _previous:
+            continue
+        try:
+            current = signal.getsignal(sig)
+        except (ValueError, OSError):
+            continue
+        if current is None or current is signal.SIG_IGN:
+            continue
+        if only_if_default and current is not signal.SIG_DFL:
+            continue
+        try:
+            signal.signal(sig, _handler)
+        except (ValueError, OSError):
+            logger.debug("meterline: cannot handle signal %s", sig, exc_info=True)
+            continue
+        _previous[sig] = current
+
+
+def uninstall() -> None:
+    """Put back the dispositions :func:`install` replaced (where still ours)."""
+    for sig, previous in list(_previous.items()):
+        try:
+            if signal.getsignal(sig) is _handler:
+                signal.signal(sig, previous)
+        except (ValueError, OSError):
+            continue
+        del _previous[sig]
+
+
+def _handler(signum: int, frame: FrameType | None) -> Any:
+    global _handling
+    previous = _previous.get(signum, signal.SIG_DFL)
+    chained = callable(previous)
+    if not _handling:
+        _handling = True
+        try:
+            _flush(deliver=not chained)
+        except Exception:  # never fail the app's stop
+            logger.debug("meterline: flush on signal %s failed", signum, exc_info=True)
+        finally:
+            _handling = False
+    if chained:
+        return previous(signum, frame)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return None
+
+
+def _flush(*, deliver: bool) -> None:
+    processors = list(_processors)
+    for p in processors:
+        p.persist(lock_timeout=0.5)
+    if not deliver:
+        for p in processors:
+            p.wake_sender()
+        return
+    for p in processors:
+        p.deliver_now(time.monotonic() + p.shutdown_timeout)
