@@ -1,6 +1,6 @@
 """Billing-grade delivery of usage spans: sampling bypass, write-ahead spool, retry.
 
-* :mod:`.processor` — :class:`SpoolingSpanProcessor`: spans on disk within ~50 ms of their
+* :mod:`.processor` — :class:`SpoolingSpanProcessor`: spans on disk within ~25 ms of their
   end, delivered from there, deleted only once acknowledged;
 * :mod:`.spool` — the on-disk queue, shared safely by threads and processes;
 * :mod:`.flush` — delivering the spool (several files per POST, answers settled per file);

@@ -1,13 +1,15 @@
 """Deliver what the spool holds: claim, POST, and settle each file by the collector's answer.
 
-Several spooled requests go in one POST (up to ``max_request_bytes``): an
-``ExportTraceServiceRequest`` has one repeated field, so concatenated requests are the
-encoding of one request holding all their spans. Per answer (:mod:`.sender`):
+This process's open segment is sealed first. Several spooled files go in one POST (up to
+``max_request_bytes``): an ``ExportTraceServiceRequest`` has one repeated field, so
+concatenated requests are the encoding of one request holding all their spans. Per
+answer (:mod:`.sender`):
 
 * acknowledged → the files are deleted; a ``partial_success`` is logged (rejected count
   and message), never resent;
-* rejected (400/413) → each file is retried alone, to isolate the bad one, which is set
-  aside as ``….rejected`` (logged as an error); the others are delivered;
+* rejected (400/413) → each file, then each request of a refused file, is retried alone
+  to isolate the bad ones, which are set aside as ``….rejected`` (logged as an error);
+  the others are delivered;
 * failed → the files go back to the queue and flushing stops (the caller retries later).
 """
 
@@ -38,7 +40,7 @@ class FlushReport:
     failure: Outcome | None = None
     """Why flushing stopped before the queue was empty, if it did."""
     remaining: int = 0
-    """Files still queued afterwards."""
+    """Sealed files still queued afterwards (live processes' open segments not counted)."""
 
 
 def flush_spool(
@@ -47,6 +49,7 @@ def flush_spool(
     *,
     deadline: float | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
+    lock_timeout: float = -1,
 ) -> FlushReport:
     """Deliver queued files until the queue is empty, a POST fails, or ``deadline``.
 
@@ -56,8 +59,11 @@ def flush_spool(
         deadline: a ``time.monotonic()`` after which no new POST starts (each POST's
             timeout is cut to what is left).
         max_request_bytes: payload bytes per POST.
+        lock_timeout: how long to wait for this process's writer to seal its segment
+            (a signal handler passes a bound; unsealed records then wait for the next flush).
     """
     report = FlushReport()
+    spool.seal(lock_timeout=lock_timeout)
     while True:
         left = _left(deadline)
         if left is not None and left <= 0:
@@ -75,7 +81,7 @@ def flush_spool(
             spool.release(claims)
             report.failure = outcome
             break
-    report.remaining = len(spool.pending())
+    report.remaining = spool.queued()
     return report
 
 
@@ -103,20 +109,42 @@ def _isolate(
     report: FlushReport,
     deadline: float | None,
 ) -> bool:
-    """Resend a refused multi-file request file by file; False if a POST failed."""
-    if len(claims) == 1:
-        _reject(spool, claims, outcome, sender.endpoint, report)
-        return True
+    """Resend a refused request file by file, a refused file request by request.
+
+    Returns False if a POST failed (what is not settled goes back to the queue).
+    """
     for i, claim in enumerate(claims):
-        single = sender.post(claim.payload, timeout=_left(deadline))
-        if single.acked:
-            _settle_acked(spool, [claim], single, report)
-        elif single.status is Status.REJECTED:
+        single = outcome
+        if len(claims) > 1:
+            single = sender.post(claim.payload, timeout=_left(deadline))
+            if single.acked:
+                _settle_acked(spool, [claim], single, report)
+                continue
+            if single.status is not Status.REJECTED:
+                spool.release(claims[i:])
+                report.failure = single
+                return False
+        if len(claim.records) == 1:
             _reject(spool, [claim], single, sender.endpoint, report)
-        else:
-            spool.release(claims[i:])
-            report.failure = single
-            return False
+            continue
+        refused: list[tuple[bytes, Outcome]] = []
+        for record in claim.records:
+            one = sender.post(record, timeout=_left(deadline))
+            if one.status is Status.REJECTED:
+                refused.append((record, one))
+            elif not one.acked:
+                spool.release(claims[i:])  # its acked requests are resent: counted once
+                report.failure = one
+                return False
+            elif one.rejected_spans:
+                report.rejected_spans += one.rejected_spans
+        if refused:
+            kept = spool.write(b"".join(r for r, _ in refused), rejected=True)
+            report.rejected_files += 1
+            for _, why in refused:
+                _log_rejected(sender.endpoint, why, kept)
+        spool.ack([claim])
+        report.sent_files += 1
     return True
 
 
@@ -126,14 +154,17 @@ def _reject(
     spool.reject(claims)
     report.rejected_files += len(claims)
     for c in claims:
-        logger.error(
-            "meterline: the collector at %s refused a batch of usage (%s); it is kept as "
-            "%s%s and will not be resent",
-            endpoint,
-            outcome.describe(),
-            spool.directory / c.name,
-            REJECTED,
-        )
+        _log_rejected(endpoint, outcome, spool.directory / (c.name + REJECTED))
+
+
+def _log_rejected(endpoint: str, outcome: Outcome, kept: object) -> None:
+    logger.error(
+        "meterline: the collector at %s refused a batch of usage (%s); it is kept as %s "
+        "and will not be resent",
+        endpoint,
+        outcome.describe(),
+        kept,
+    )
 
 
 def _left(deadline: float | None) -> float | None:

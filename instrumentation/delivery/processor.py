@@ -1,15 +1,16 @@
-"""``SpoolingSpanProcessor``: every ended span on local disk within ~50 ms, delivered from there.
+"""``SpoolingSpanProcessor``: every ended span on local disk within ~25 ms, delivered from there.
 
 Contract:
 
 * ``on_end`` (the app's thread) only puts the span in an in-memory queue (a C
   ``SimpleQueue``: no lock, no I/O, no encoding) and wakes the writer when it was idle —
   at most one wake-up per write, not one per call.
-* The *writer* thread writes at most every ``write_interval`` (default 50 ms,
+* The *writer* thread writes at most every ``write_interval`` (default 25 ms,
   ``METERLINE_SPOOL_WRITE_INTERVAL_MS``): it drains the queue, OTLP-encodes up to 512
-  spans per request and stores each request in the :class:`~.spool.Spool` (page cache;
-  fsync with ``METERLINE_SPOOL_FSYNC=1``). A span is therefore on disk within
-  ``write_interval`` plus one write after it ends, the first after a quiet spell at once.
+  spans per request and appends each request to the :class:`~.spool.Spool`'s open
+  segment (one ``write``; page cache, fsync with ``METERLINE_SPOOL_FSYNC=1``). A span is
+  therefore on disk within ``write_interval`` plus one write after it ends, the first
+  after a quiet spell at once.
 * The *sender* thread delivers the spool's whole queue (files of earlier runs and of other
   processes sharing the directory included) at most every ``export_interval`` (default
   1 s, ``METERLINE_EXPORT_INTERVAL_MS``), deleting each file only once the collector
@@ -30,6 +31,7 @@ read-only), batches wait in memory (bounded, a warning) and are sent from there.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -92,7 +94,7 @@ class SpoolingSpanProcessor(SpanProcessor):
         self._write_interval = (
             write_interval
             if write_interval is not None
-            else _env_float(ENV_WRITE_INTERVAL_MS, 0.05, 0.001)
+            else _env_float(ENV_WRITE_INTERVAL_MS, 0.025, 0.001)
         )
         self._export_interval = (
             export_interval
@@ -113,7 +115,7 @@ class SpoolingSpanProcessor(SpanProcessor):
             os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
         if self.spool.has_pending():  # left by an earlier run: deliver it now
             self._start()
-            self._send_wake.put(None)
+            self.wake_sender()
 
     def _reset(self) -> None:
         self._spans: queue.SimpleQueue[ReadableSpan] = queue.SimpleQueue()
@@ -125,6 +127,7 @@ class SpoolingSpanProcessor(SpanProcessor):
         self._armed = False
         self._started = False
         self._posting = False
+        self._send_due = False
         self._last_write = 0.0
         self._failing = False
         self._writer: threading.Thread | None = None
@@ -203,23 +206,26 @@ class SpoolingSpanProcessor(SpanProcessor):
         locked = self._persist_lock.acquire(timeout=lock_timeout)
         try:
             self._armed = False
-            self._persist_locked()
+            self._persist_locked(lock_timeout)
         finally:
             if locked:
                 self._persist_lock.release()
 
-    def deliver_now(self, deadline: float) -> FlushReport | None:
+    def deliver_now(self, deadline: float, *, lock_timeout: float = 1.0) -> FlushReport | None:
         """Deliver the spool until ``deadline`` in the calling thread (after the sender's
         POST in flight, if any, finished); None if in-memory batches could not be sent."""
         while self._posting and time.monotonic() < deadline:
             time.sleep(0.005)
         if not self._deliver_unspooled(deadline):
             return None
-        return flush_spool(self.spool, self._urgent_sender, deadline=deadline)
+        return flush_spool(
+            self.spool, self._urgent_sender, deadline=deadline, lock_timeout=lock_timeout
+        )
 
     def wake_sender(self) -> None:
-        """Ask the sender thread to deliver soon (signal-safe)."""
-        if self._started:
+        """Ask the sender thread to deliver (signal-safe); one wake-up until it has."""
+        if not self._send_due:
+            self._send_due = True
             self._send_wake.put(None)
 
     @property
@@ -255,15 +261,14 @@ class SpoolingSpanProcessor(SpanProcessor):
             except Exception:  # never let the writer die
                 logger.warning("meterline: spool writer failed", exc_info=True)
             self._last_write = time.monotonic()
-            self._send_wake.put(None)
+            self.wake_sender()
 
     def _send_loop(self) -> None:
-        due = False
         next_at = 0.0
         backoff = _BACKOFF_FIRST
         while not self._closed:
-            now = time.monotonic()
-            if due and now >= next_at:
+            if self._send_due and time.monotonic() >= next_at:
+                self._send_due = False  # before sealing: records written after it wake us
                 self._posting = True
                 report: FlushReport | None = None
                 try:
@@ -276,19 +281,17 @@ class SpoolingSpanProcessor(SpanProcessor):
                 ok = report is not None and report.failure is None
                 self._note(report, ok)
                 if ok:
-                    due, backoff = False, _BACKOFF_FIRST
+                    backoff = _BACKOFF_FIRST
                     next_at = time.monotonic() + self._export_interval
                 else:
+                    self._send_due = True
                     failure = report.failure if report else None
                     wait = failure.retry_after if failure and failure.retry_after else backoff
                     next_at = time.monotonic() + wait
                     backoff = min(backoff * 2, _BACKOFF_MAX)
-            timeout = max(0.0, next_at - time.monotonic()) if due else None
-            try:
+            timeout = max(0.0, next_at - time.monotonic()) if self._send_due else None
+            with contextlib.suppress(queue.Empty):
                 self._send_wake.get(timeout=timeout)
-                due = True
-            except queue.Empty:
-                pass
 
     def _note(self, report: FlushReport | None, ok: bool) -> None:
         """Log state changes, not every attempt."""
@@ -323,7 +326,7 @@ class SpoolingSpanProcessor(SpanProcessor):
 
     # -- internals ----------------------------------------------------------------------
 
-    def _persist_locked(self) -> None:
+    def _persist_locked(self, lock_timeout: float) -> None:
         batch: list[ReadableSpan] = []
         spans = self._spans
         while True:
@@ -332,18 +335,18 @@ class SpoolingSpanProcessor(SpanProcessor):
             except queue.Empty:
                 break
             if len(batch) >= MAX_SPANS_PER_FILE:
-                self._write(batch)
+                self._write(batch, lock_timeout)
                 batch = []
         if batch:
-            self._write(batch)
+            self._write(batch, lock_timeout)
 
-    def _write(self, spans: Sequence[ReadableSpan]) -> None:
+    def _write(self, spans: Sequence[ReadableSpan], lock_timeout: float = -1) -> None:
         try:
             payload = encode_spans(spans).SerializeToString()
         except Exception:
             logger.warning("meterline: could not encode %d spans", len(spans), exc_info=True)
             return
-        if self.spool.write(payload) is not None:
+        if self.spool.write(payload, lock_timeout=lock_timeout) is not None:
             return
         if len(self._unspooled) >= MAX_UNSPOOLED:
             self._unspooled.popleft()

@@ -12,13 +12,11 @@ installing:
   spool and delivers for at most its ``shutdown_timeout``; then the default disposition is
   restored and the signal re-raised, so the process dies of that signal (the exit status
   the parent sees is unchanged; exit hooks do not run, as without meterline);
-* the app's own handler (installed before meterline): in-memory spans are written to disk
-  (milliseconds), the sender thread is woken, and the app's handler is called — it decides
-  what happens next (``sys.exit`` runs the exit hooks, which deliver; ``os._exit`` leaves
-  the usage on disk for the next start).
+* the app's own handler (installed before meterline): the same bounded flush, then the
+  app's handler is called — it decides what happens next (its exit code, or none).
 
 A handler the app installs *after* meterline replaces ours, as it would replace the
-default; usage is then on disk within ~50 ms anyway, and exit hooks deliver it.
+default; usage is then on disk within ~25 ms anyway, and exit hooks deliver it.
 A second signal while the first is being handled skips the flush.
 """
 
@@ -42,9 +40,7 @@ class Flushable(Protocol):
 
     def persist(self, *, lock_timeout: float = 1.0) -> None: ...
 
-    def deliver_now(self, deadline: float) -> Any: ...
-
-    def wake_sender(self) -> None: ...
+    def deliver_now(self, deadline: float, *, lock_timeout: float = 1.0) -> Any: ...
 
 
 _processors: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -98,29 +94,24 @@ def uninstall() -> None:
 def _handler(signum: int, frame: FrameType | None) -> Any:
     global _handling
     previous = _previous.get(signum, signal.SIG_DFL)
-    chained = callable(previous)
     if not _handling:
         _handling = True
         try:
-            _flush(deliver=not chained)
+            _flush()
         except Exception:  # never fail the app's stop
             logger.debug("meterline: flush on signal %s failed", signum, exc_info=True)
         finally:
             _handling = False
-    if chained:
+    if callable(previous):
         return previous(signum, frame)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     return None
 
 
-def _flush(*, deliver: bool) -> None:
+def _flush() -> None:
     processors = list(_processors)
     for p in processors:
         p.persist(lock_timeout=0.5)
-    if not deliver:
-        for p in processors:
-            p.wake_sender()
-        return
     for p in processors:
-        p.deliver_now(time.monotonic() + p.shutdown_timeout)
+        p.deliver_now(time.monotonic() + p.shutdown_timeout, lock_timeout=0.5)

@@ -1,29 +1,34 @@
-"""The on-disk queue of usage not yet acknowledged by the collector.
+r"""The on-disk queue of usage not yet acknowledged by the collector.
 
 Contract:
 
-* :meth:`Spool.write` stores one serialized ``ExportTraceServiceRequest`` as
-  ``<time_ns>-<token>-<n>.batch``: written under a temporary name, then renamed, so a
-  reader never sees a file being written. The page cache is enough against a killed
-  process (kill -9 included); ``METERLINE_SPOOL_FSYNC=1`` also syncs the file and the
-  directory, against power loss. Each file carries a header with the payload's length and
-  CRC-32: a file torn by a power cut (or garbage) is never sent — it is set aside as
-  ``….corrupt`` with a warning and the rest is delivered.
-* :meth:`Spool.claim` takes files oldest first by renaming each to
-  ``….batch.<token>.sending`` (atomic: two processes never send the same file at once).
-  :meth:`ack` deletes claimed files (only after the collector acknowledged them),
-  :meth:`release` puts them back, :meth:`reject` sets them aside as ``….rejected`` (the
-  collector refused them as malformed: kept for inspection, never resent).
-* Files claimed or half-written by a process that died (``_owners``: a lock the kernel
-  drops at death) are taken over by the next flush: claims go back to the queue, a
-  completed temporary file is queued, an incomplete one discarded. A crash between the ack
-  and the delete sends that file once more, byte for byte the same (same trace/span ids
-  and response ids), so the collector counts it once.
-* Bounded by ``max_bytes``: beyond it the set-aside files go first, then the oldest batches
-  (a warning each: usage is lost only when the operator's bound says so).
-* Files of the previous format (``*.otlp``: the raw payload, fsynced) are still read.
+* :meth:`Spool.write` appends one serialized ``ExportTraceServiceRequest`` as a record to
+  this process's open *segment*, ``<time_ns>-<token>-<n>.open`` (one ``write`` call: no
+  file is created per record — creating files is what costs here). The page cache is
+  enough against a killed process (kill -9 included); ``METERLINE_SPOOL_FSYNC=1`` also
+  syncs every record, against power loss. Each record has a header with its length and
+  CRC-32.
+* Delivery :meth:`seal`\ s the open segment first (renamed ``….batch``; the next record
+  opens a new one), and a segment is sealed once it holds 1 MiB. :meth:`claim` takes
+  sealed files oldest first by renaming each to ``….batch.<token>.sending`` (atomic: two
+  processes never send the same file at once); :meth:`ack` deletes claimed files (only
+  after the collector acknowledged them), :meth:`release` puts them back, :meth:`reject`
+  sets them aside as ``….rejected`` (refused by the collector as malformed: kept for
+  inspection, never resent).
+* A record torn by a kill during its write or by a power cut, or bytes that are not ours,
+  are never sent: the intact records of the file are delivered and the rest is set aside
+  as ``….corrupt`` with a warning; nothing blocks the files after it.
+* Segments, claims and half-written files of a process that died (``_owners``: a lock the
+  kernel drops at death) are taken over by the next flush: its open segment is sealed, its
+  claims go back to the queue. A crash between the ack and the delete sends that file once
+  more, byte for byte the same (same trace/span ids and response ids), so the collector
+  counts it once. A live process's open segment is its own to deliver.
+* Bounded by ``max_bytes``: beyond it the set-aside files go first, then the oldest sealed
+  batches (a warning each: usage is lost only when the operator's bound says so).
+* Files of the previous format (``*.otlp``: one raw payload, fsynced) are still read.
 
-Several threads and processes may share one directory.
+Several threads and processes may share one directory; every :class:`Spool` of a process
+shares that process's open segment in a directory.
 
 Directory: ``METERLINE_SPOOL_DIR``, else ``<user cache dir>/meterline/spool``
 (``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux, ``~/Library/Caches`` on macOS,
@@ -41,8 +46,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meterline.instrumentation.delivery import _owners
@@ -53,7 +57,9 @@ ENV_SPOOL_DIR = "METERLINE_SPOOL_DIR"
 ENV_SPOOL_MAX_BYTES = "METERLINE_SPOOL_MAX_BYTES"
 ENV_SPOOL_FSYNC = "METERLINE_SPOOL_FSYNC"
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+SEGMENT_MAX_BYTES = 1024 * 1024
 BATCH = ".batch"
+OPEN = ".open"
 LEGACY = ".otlp"
 CLAIM = ".sending"
 CORRUPT = ".corrupt"
@@ -90,30 +96,104 @@ def _env_flag(name: str) -> bool:
 
 
 def frame(payload: bytes) -> bytes:
-    """The file content for ``payload``: header (magic, length, CRC-32) and payload."""
+    """One record: header (magic, length, CRC-32) and payload."""
     return _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
+def records(data: bytes) -> tuple[list[bytes], bytes]:
+    """The intact records of a file, and the bytes that are not (torn or foreign).
+
+    After a bad stretch, reading resumes at the next header whose record is intact.
+    """
+    out: list[bytes] = []
+    bad = bytearray()
+    pos, end = 0, len(data)
+    while pos < end:
+        payload = _record_at(data, pos)
+        if payload is not None:
+            out.append(payload)
+            pos += _HEADER.size + len(payload)
+            continue
+        nxt = data.find(_MAGIC, pos + 1)
+        while nxt != -1 and _record_at(data, nxt) is None:
+            nxt = data.find(_MAGIC, nxt + 1)
+        stop = end if nxt == -1 else nxt
+        bad += data[pos:stop]
+        pos = stop
+    return out, bytes(bad)
+
+
 def unframe(data: bytes) -> bytes | None:
-    """The payload of a whole, intact file; None if it is torn or not ours."""
-    if len(data) < _HEADER.size:
+    """The payloads of a file, concatenated (one request); None if nothing is intact."""
+    good, _ = records(data)
+    return b"".join(good) if good else None
+
+
+def _record_at(data: bytes, pos: int) -> bytes | None:
+    if len(data) - pos < _HEADER.size:
         return None
-    magic, length, crc = _HEADER.unpack_from(data)
-    payload = data[_HEADER.size :]
+    magic, length, crc = _HEADER.unpack_from(data, pos)
+    start = pos + _HEADER.size
+    payload = data[start : start + length]
     if magic != _MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
         return None
     return payload
 
 
+class _Segment:
+    """A process's open segment in one directory (shared by its Spool objects)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.fd: int | None = None
+        self.path: Path | None = None
+        self.size = 0
+
+
+_segments: dict[str, _Segment] = {}
+_segments_lock = threading.Lock()
+_counter = itertools.count()
+
+
+def _segment(directory: Path) -> _Segment:
+    key = str(directory)
+    seg = _segments.get(key)
+    if seg is None:
+        with _segments_lock:
+            seg = _segments.setdefault(key, _Segment())
+    return seg
+
+
+def _after_fork_in_child() -> None:
+    """The parent's open segments are the parent's: the child starts its own."""
+    global _segments_lock
+    _segments_lock = threading.Lock()
+    for seg in _segments.values():
+        if seg.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(seg.fd)
+    _segments.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @dataclass
 class Claimed:
-    """A spooled request this process has claimed for sending."""
+    """A spooled file this process has claimed for sending."""
 
     path: Path
     """The claimed file (``….<token>.sending``)."""
     name: str
     """Its queued name, to put it back."""
-    payload: bytes
+    records: list[bytes] = field(default_factory=list)
+    """The requests it holds."""
+
+    @property
+    def payload(self) -> bytes:
+        """All its requests as one (an export request's only field is repeated)."""
+        return b"".join(self.records)
 
 
 @dataclass
@@ -140,56 +220,75 @@ class Spool:
             max_bytes if max_bytes is not None else _env_int(ENV_SPOOL_MAX_BYTES, DEFAULT_MAX_BYTES)
         )
         self.fsync = _env_flag(ENV_SPOOL_FSYNC) if fsync is None else fsync
-        self._counter = itertools.count()
-        self._room = threading.Lock()  # only ever tried without blocking (signal-safe)
+        self._room = threading.Lock()  # only ever tried without blocking
         self._approx_bytes: int | None = None
         self._scanned_at = 0.0
 
     # -- writing ------------------------------------------------------------------------
 
-    def write(self, payload: bytes, *, rejected: bool = False) -> Path | None:
+    def write(
+        self, payload: bytes, *, rejected: bool = False, lock_timeout: float = -1
+    ) -> Path | None:
         """Store one request; returns its file, or None if it could not be written.
 
-        Takes no lock a signal handler could find held by the thread it interrupted.
-        ``rejected=True`` stores it set aside (for inspection, never sent).
+        Args:
+            payload: a serialized ``ExportTraceServiceRequest``.
+            rejected: store it set aside (for inspection, never sent), in a file of its own.
+            lock_timeout: seconds to wait for another thread's write (-1: as long as it
+                takes); a signal handler passes a bound, as it may have interrupted that
+                very write.
         """
+        if rejected:
+            return self._write_file(frame(payload), REJECTED)
         data = frame(payload)
+        seg = _segment(self.directory)
+        if not seg.lock.acquire(timeout=lock_timeout):
+            return None
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            token = _owners.token_for(self.directory)
-            self._make_room(len(data))
-            name = f"{time.time_ns():020d}-{token}-{next(self._counter):06d}{BATCH}"
-            final = self.directory / (name + REJECTED if rejected else name)
-            tmp = self.directory / f".{name}{_TMP}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
+            if seg.fd is None:
+                self._open_segment(seg, len(data))
+            assert seg.fd is not None and seg.path is not None
+            view = memoryview(data)
+            while view:
+                view = view[os.write(seg.fd, view) :]
             if self.fsync:
-                self._sync_directory()
+                os.fsync(seg.fd)
+            seg.size += len(data)
+            path = seg.path
             if self._approx_bytes is not None:
                 self._approx_bytes += len(data)
-            return final
+            if seg.size >= SEGMENT_MAX_BYTES:
+                self._seal_locked(seg)
+                path = path.with_name(path.name[: -len(OPEN)] + BATCH)
+            return path
         except OSError:
             logger.warning("meterline: could not spool usage to %s", self.directory, exc_info=True)
+            self._drop_segment(seg)
             return None
+        finally:
+            seg.lock.release()
 
     put = write  # the name of the previous API
+
+    def seal(self, *, lock_timeout: float = -1) -> bool:
+        """Make this process's open segment deliverable; False if its lock was not had."""
+        seg = _segment(self.directory)
+        if not seg.lock.acquire(timeout=lock_timeout):
+            return False
+        try:
+            self._seal_locked(seg)
+            return True
+        finally:
+            seg.lock.release()
 
     # -- claiming and settling ----------------------------------------------------------
 
     def claim(self, *, max_bytes: int = 4 * 1024 * 1024, max_files: int = 1000) -> list[Claimed]:
-        """Claim queued files, oldest first, until ``max_bytes`` of payload (at least one).
+        """Claim sealed files, oldest first, until ``max_bytes`` of payload (at least one).
 
-        Torn files met on the way are set aside as ``….corrupt`` and skipped.
+        Torn records met on the way are set aside as ``….corrupt`` and skipped.
         """
-        self.recover()
+        names = self.recover()
         claimed: list[Claimed] = []
         total = 0
         try:
@@ -197,7 +296,7 @@ class Spool:
         except OSError:
             logger.warning("meterline: cannot use the spool %s", self.directory, exc_info=True)
             return claimed
-        for name in self._queued():
+        for name in sorted(n for n in names if _deliverable(n)):
             path = self.directory / f"{name}.{token}{CLAIM}"
             try:
                 os.rename(self.directory / name, path)
@@ -212,20 +311,17 @@ class Spool:
                 logger.debug("meterline: cannot read %s", name, exc_info=True)
                 self._rename(path, self.directory / name)
                 continue
-            payload = data if name.endswith(LEGACY) else unframe(data)
-            if not payload:
-                self._rename(path, self.directory / (name + CORRUPT))
-                logger.warning(
-                    "meterline: spooled batch %s is torn or not a spool file (%d bytes); "
-                    "set aside as %s%s, not sent",
-                    name,
-                    len(data),
-                    name,
-                    CORRUPT,
-                )
+            if name.endswith(LEGACY):
+                good, bad = ([data] if data else []), b""
+            else:
+                good, bad = records(data)
+            if not good:  # nothing intact (an empty file too): the whole file goes aside
+                self._set_aside_corrupt(name, bad, whole=True, claimed=path)
                 continue
-            claimed.append(Claimed(path, name, payload))
-            total += len(payload)
+            if bad:
+                self._set_aside_corrupt(name, bad, whole=False, claimed=path)
+            claimed.append(Claimed(path, name, good))
+            total += sum(len(r) for r in good)
             if total >= max_bytes or len(claimed) >= max_files:
                 break
         return claimed
@@ -251,21 +347,27 @@ class Spool:
     # -- reading the queue --------------------------------------------------------------
 
     def pending(self) -> list[Path]:
-        """Queued files, oldest first (not counting claimed or set-aside ones)."""
-        return [self.directory / n for n in self._queued()]
+        """Files waiting for delivery, oldest first: sealed ones and any open segment
+        (this process's or a dead one's; not those claimed or set aside)."""
+        names = self._names()
+        return [self.directory / n for n in sorted(names) if _deliverable(n) or n.endswith(OPEN)]
+
+    def queued(self) -> int:
+        """How many sealed files wait for delivery (not claimed, not set aside)."""
+        return sum(1 for n in self._names() if _deliverable(n))
 
     def has_pending(self) -> bool:
-        """Whether anything is queued or claimed (cheap: stops at the first match)."""
+        """Whether anything waits or is being sent (cheap: stops at the first match)."""
         try:
             with os.scandir(self.directory) as entries:
-                return any(_deliverable(e.name) or e.name.endswith(CLAIM) for e in entries)
+                return any(_deliverable(e.name) or e.name.endswith((CLAIM, OPEN)) for e in entries)
         except OSError:
             return False
 
     def status(self) -> SpoolStatus:
         out = SpoolStatus()
         for name in self._names():
-            if _deliverable(name):
+            if _deliverable(name) or name.endswith(OPEN):
                 out.pending += 1
                 out.pending_bytes += _size(self.directory / name)
             elif name.endswith(CLAIM):
@@ -276,35 +378,15 @@ class Spool:
                 out.corrupt += 1
         return out
 
-    def flush(self, post: Callable[[bytes], bool]) -> tuple[int, int]:
-        """Send queued files one by one with ``post`` (True = acknowledged).
-
-        Stops at the first failure. Returns ``(sent, remaining)`` file counts.
-        """
-        sent = 0
-        while True:
-            claims = self.claim(max_files=1)
-            if not claims:
-                return sent, len(self.pending())
-            try:
-                ok = post(claims[0].payload)
-            except Exception:
-                logger.debug("meterline: spool post failed", exc_info=True)
-                ok = False
-            if not ok:
-                self.release(claims)
-                return sent, len(self.pending())
-            self.ack(claims)
-            sent += 1
-
     def close(self) -> None:
-        """Drop this process's lock file in the directory (call when done with it)."""
+        """Seal the open segment and drop this process's lock file in the directory."""
+        self.seal(lock_timeout=1.0)
         _owners.release(self.directory)
 
     # -- recovery -----------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Take over claims and half-written files of processes that died."""
+    def recover(self) -> list[str]:
+        """Take over the files of processes that died; returns the directory's names."""
         names = self._names()
         alive: dict[str, bool] = {}
 
@@ -313,29 +395,40 @@ class Spool:
                 alive[token] = _owners.is_alive(self.directory, token)
             return alive[token]
 
+        changed = False
         for name in names:
-            if name.endswith(CLAIM):
+            if name.endswith(OPEN) and not name.startswith("."):
+                if not owner_alive(_writer_token(name)):
+                    self._rename(
+                        self.directory / name, self.directory / (name[: -len(OPEN)] + BATCH)
+                    )
+                    changed = True
+            elif name.endswith(CLAIM):
                 queued, _, token = name[: -len(CLAIM)].rpartition(".")
                 if queued and not owner_alive(token):
                     self._rename(self.directory / name, self.directory / queued)
-            elif name.startswith(".") and name.endswith(BATCH + _TMP):
-                queued = name[1 : -len(_TMP)]
-                if not owner_alive(_writer_token(queued)):
-                    self._finish_tmp(name, queued)
-            elif name.startswith(".") and name.endswith(_owners.OWNER_SUFFIX + _TMP):
+                    changed = True
+            elif name.startswith(".") and name.endswith(_TMP):
+                inner = name[1 : -len(_TMP)]
                 path = self.directory / name
-                token = name[1 : -len(_owners.OWNER_SUFFIX + _TMP)]
-                if _age(path) > 60 and not owner_alive(token):
-                    path.unlink(missing_ok=True)
+                if inner.endswith(_owners.OWNER_SUFFIX):
+                    token = inner[: -len(_owners.OWNER_SUFFIX)]
+                    if _age(path) > 60 and not owner_alive(token):
+                        path.unlink(missing_ok=True)
+                elif not owner_alive(_writer_token(inner)):
+                    self._finish_tmp(name, inner)
+                    changed = True
+        return self._names() if changed else names
 
-    def _finish_tmp(self, name: str, queued: str) -> None:
+    def _finish_tmp(self, name: str, final: str) -> None:
         path = self.directory / name
         try:
             data = path.read_bytes()
         except OSError:
             return
-        if unframe(data):
-            self._rename(path, self.directory / queued)  # written whole, not yet renamed
+        good, bad = records(data)
+        if good and not bad:
+            self._rename(path, self.directory / final)  # written whole, not yet renamed
             return
         path.unlink(missing_ok=True)
         logger.warning(
@@ -344,14 +437,75 @@ class Spool:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _open_segment(self, seg: _Segment, incoming: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        token = _owners.token_for(self.directory)
+        self._make_room(incoming)
+        name = f"{time.time_ns():020d}-{token}-{next(_counter):06d}{OPEN}"
+        path = self.directory / name
+        seg.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        seg.path = path
+        seg.size = 0
+        if self.fsync:
+            self._sync_directory()
+
+    def _seal_locked(self, seg: _Segment) -> None:
+        if seg.fd is None or seg.path is None:
+            return
+        path = seg.path
+        self._drop_segment(seg)
+        self._rename(path, path.with_name(path.name[: -len(OPEN)] + BATCH))
+        if self.fsync:
+            self._sync_directory()
+
+    @staticmethod
+    def _drop_segment(seg: _Segment) -> None:
+        if seg.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(seg.fd)
+        seg.fd, seg.path, seg.size = None, None, 0
+
+    def _write_file(self, data: bytes, suffix: str) -> Path | None:
+        """A file of its own, written under a temporary name, then renamed."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            token = _owners.token_for(self.directory)
+            name = f"{time.time_ns():020d}-{token}-{next(_counter):06d}{BATCH}"
+            final = self.directory / (name + suffix)
+            tmp = self.directory / f".{name}{_TMP}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            return final
+        except OSError:
+            logger.warning("meterline: could not write to %s", self.directory, exc_info=True)
+            return None
+
+    def _set_aside_corrupt(self, name: str, bad: bytes, *, whole: bool, claimed: Path) -> None:
+        target = self.directory / (name + CORRUPT)
+        if whole:
+            self._rename(claimed, target)
+        else:
+            try:
+                target.write_bytes(bad)
+            except OSError:
+                logger.debug("meterline: cannot write %s", target, exc_info=True)
+        logger.warning(
+            "meterline: %d byte(s) of spooled batch %s are torn or not a spool record; "
+            "set aside as %s, not sent",
+            len(bad),
+            name,
+            target.name,
+        )
+
     def _names(self) -> list[str]:
         try:
             return os.listdir(self.directory)
         except OSError:
             return []
-
-    def _queued(self) -> list[str]:
-        return sorted(n for n in self._names() if _deliverable(n))
 
     def _rename(self, src: Path, dst: Path) -> None:
         try:
@@ -386,12 +540,15 @@ class Spool:
             self._scanned_at = now
             files = []
             for name in self._names():
-                if _deliverable(name) or name.endswith((REJECTED, CORRUPT)):
-                    aside = not _deliverable(name)
-                    files.append((not aside, name, _size(self.directory / name)))
-            total = sum(size for _, _, size in files)
-            # Set-aside files first, then the oldest batches.
-            for _, name, size in sorted(files):
+                if _deliverable(name) or name.endswith((REJECTED, CORRUPT, OPEN)):
+                    files.append((name, _size(self.directory / name)))
+            total = sum(size for _, size in files)
+            # Set-aside files first, then the oldest sealed batches; never an open segment.
+            droppable = sorted(
+                ((not n.endswith((REJECTED, CORRUPT)), n, size) for n, size in files
+                 if not n.endswith(OPEN))
+            )  # fmt: skip
+            for _, name, size in droppable:
                 if total + incoming <= self.max_bytes:
                     break
                 try:
@@ -414,8 +571,8 @@ def _deliverable(name: str) -> bool:
     return not name.startswith(".") and name.endswith((BATCH, LEGACY))
 
 
-def _writer_token(queued: str) -> str:
-    parts = queued.split("-")
+def _writer_token(name: str) -> str:
+    parts = name.split("-")
     return parts[1] if len(parts) == 3 else ""
 
 

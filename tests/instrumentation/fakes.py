@@ -433,11 +433,20 @@ class LoopbackLLM:
 
 
 class OTLPReceiver:
-    """A loopback OTLP/HTTP receiver recording POSTs to /v1/traces (status settable)."""
+    """A loopback OTLP/HTTP receiver recording POSTs to /v1/traces.
+
+    ``statuses`` (then ``responses``: ``(status, body, headers)``) are served first, one per
+    request; then 200 with an empty body. ``bodies`` holds the acknowledged (2xx) bodies,
+    ``attempts`` every body received. Keeps connections alive, like a real collector.
+    """
 
     def __init__(self, port: int = 0) -> None:
         self.bodies: list[bytes] = []
-        self.statuses: list[int] = []  # served first, one per request; then 200
+        self.attempts: list[bytes] = []
+        self.statuses: list[int] = []
+        self.responses: list[tuple[int, bytes, dict[str, str]]] = []
+        self.drop_connections = False  # close each connection silently after its answer
+        self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -448,13 +457,26 @@ class OTLPReceiver:
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                if status == 200 and self.path == "/v1/traces":
-                    receiver.bodies.append(raw)
+                with receiver.lock:
+                    receiver.attempts.append(raw)
+                    body, headers = b"", {"content-type": "application/x-protobuf"}
+                    if receiver.statuses:
+                        status = receiver.statuses.pop(0)
+                    elif receiver.responses:
+                        status, body, extra = receiver.responses.pop(0)
+                        headers.update(extra)
+                    else:
+                        status = 200
+                    if 200 <= status < 300 and self.path == "/v1/traces":
+                        receiver.bodies.append(raw)
                 self.send_response(status)
-                self.send_header("content-type", "application/x-protobuf")
-                self.send_header("content-length", "0")
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("content-length", str(len(body)))
                 self.end_headers()
+                self.wfile.write(body)
+                if receiver.drop_connections:
+                    self.close_connection = True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True

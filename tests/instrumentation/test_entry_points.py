@@ -88,7 +88,7 @@ def test_meterline_instrument_spools_then_flush_delivers_once(tmp_path: Path) ->
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
     )
     assert "app done" in out.stdout
-    assert list((tmp_path / "spool").glob("*.otlp")), "collector down: usage must be spooled"
+    assert list((tmp_path / "spool").glob("*.batch")), "collector down: usage must be spooled"
     with OTLPReceiver(port) as receiver:
         run([meterline, "spool", "flush"], tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base)
         run([meterline, "spool", "flush"], tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base)

@@ -13,6 +13,7 @@ def test_all_is_pinned() -> None:
         "MeterlineInstrumentor",
         "MeterlineSpanExporter",
         "Spool",
+        "SpoolingSpanProcessor",
         "consumer",
         "instrument",
         "uninstrument",
