@@ -175,15 +175,16 @@ def measure(chat_port: int, otlp_url: str, calls: int, rounds: int, pause: float
             results[name]["tight"].append(block(name, calls, 0))
             results[name]["paced"].append(block(name, max(5, calls // 10), pause))
     lat = sorted(latencies)
+    medians = {n: {k: statistics.median(v) for k, v in m.items()} for n, m in results.items()}
     return {
-        "per_call_us": {n: {k: statistics.median(v) for k, v in m.items()} for n, m in results.items()},
+        "per_call_us": medians,
         "disk_latency_ms": {
             "n": len(lat),
             "p50": lat[len(lat) // 2],
             "p99": lat[int(len(lat) * 0.99)],
             "max": lat[-1],
         },
-    }  # fmt: skip
+    }
 
 
 def _start(kind: str) -> tuple[subprocess.Popen[bytes], int]:
