@@ -142,8 +142,8 @@ def measure(chat_port: int, otlp_url: str, calls: int, rounds: int, pause: float
     processor = spool_provider._active_span_processor._span_processors[0]
     original_write = processor._write
 
-    def timed_write(spans: Any) -> None:
-        original_write(spans)
+    def timed_write(spans: Any, *args: Any) -> None:
+        original_write(spans, *args)
         now = time.time_ns()
         latencies.extend((now - s.end_time) / 1e6 for s in spans)
 
@@ -230,7 +230,9 @@ def main() -> None:
         cmd += ["--calls", str(args.calls), "--rounds", str(args.rounds)]
         cmd += ["--pause-ms", str(args.pause_ms)]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METERLINE_"))}
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode:
+            raise SystemExit(f"the measuring process failed:\n{out.stderr}")
         results = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
         for proc in (chat, otlp):

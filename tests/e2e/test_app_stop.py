@@ -225,6 +225,23 @@ def test_kill_9_half_a_second_after_the_last_call(
 
 
 @pytest.mark.parametrize("collector_up", [True, False])
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_a_short_lived_job_exits_right_after_its_last_call(
+    app: App, wrapper: str, collector_up: bool
+) -> None:
+    app.collector_up = collector_up
+    (app.ready.parent / (app.ready.name + ".stop")).touch()  # exits as soon as it is done
+    proc = app.start("--calls", "3", wrapper=wrapper)
+    assert proc.wait(timeout=60) == 0, app.output()
+    if collector_up:
+        app.assert_exact()
+        assert not app.spooled()
+    else:
+        assert app.spooled()
+        app.deliver_rest_and_assert_exact()
+
+
+@pytest.mark.parametrize("collector_up", [True, False])
 def test_sigint(app: App, collector_up: bool) -> None:
     app.collector_up = collector_up
     proc = app.start("--calls", "3")

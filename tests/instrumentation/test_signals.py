@@ -134,3 +134,25 @@ def test_outside_the_main_thread_no_handler_is_installed(tmp_path: Path) -> None
         assert ready(proc)[0] == str(int(signal.SIG_DFL))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_a_hanging_collector_delays_the_stop_by_the_bounded_flush_only(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # accepts, never answers
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/traces"
+        proc = run("plain", url, tmp_path)
+        ready(proc)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == -signal.SIGTERM
+        took = time.monotonic() - sent
+    assert took < 4.0  # the 2 s flush bound, and the process's own teardown
+    with OTLPReceiver() as receiver:
+        from meterline.instrumentation.delivery.flush import flush_spool
+        from meterline.instrumentation.delivery.sender import OtlpHttpSender
+
+        flush_spool(Spool(tmp_path), OtlpHttpSender(receiver.url))
+    assert len(set(span_ids(receiver.bodies))) == 4  # nothing lost
