@@ -38,7 +38,9 @@ clickhouse-connect) allows every statement on POST; GET stays read-only, as on a
 ClickHouse server.
 
 Request bodies: at most ``max_bodies`` are read at once (others wait ``body_wait``
-seconds, then get 202 TOO_MANY_SIMULTANEOUS_QUERIES, HTTP 503); each is capped, decoded
+seconds, then get 202 TOO_MANY_SIMULTANEOUS_QUERIES, HTTP 503), each within
+``body_timeout`` seconds (else 209 SOCKET_TIMEOUT, so a trickling client cannot keep
+a slot); each is capped, decoded
 or not (1 MiB of query text when read-only, :data:`MAX_WRITABLE_BODY` when writable),
 and compressed ones are decoded with that budget (``_encoding``).
 
@@ -154,6 +156,7 @@ class _Config:
     limiter: anyio.CapacityLimiter
     bodies: anyio.Semaphore
     body_wait: float
+    body_timeout: float
 
 
 def create_app(
@@ -166,6 +169,7 @@ def create_app(
     limits: Limits | None = None,
     max_bodies: int = 16,
     body_wait: float = 10.0,
+    body_timeout: float = 60.0,
 ) -> Starlette:
     """Build the ClickHouse-compatible HTTP app over ``store`` (an embedded chdb store).
 
@@ -178,6 +182,7 @@ def create_app(
         limits: time, memory and result bounds of each read-only query.
         max_bodies: request bodies read (and held) at once.
         body_wait: seconds a request waits for a body slot before it is refused.
+        body_timeout: seconds a request's body may take to arrive.
 
     Raises:
         ValueError: ``store`` is not an embedded store.
@@ -205,6 +210,7 @@ def create_app(
         limiter=anyio.CapacityLimiter(workers),
         bodies=anyio.Semaphore(max_bodies),
         body_wait=body_wait,
+        body_timeout=body_timeout,
     )
 
     async def ping(request: Request) -> Response:
@@ -370,7 +376,15 @@ async def _handle(request: Request, config: _Config, query_id: str) -> Response:
         return await _respond(request, config, query_id, b"")
     async with _body_slot(config):
         read_only = not config.writable
-        body = await _read_body(request, MAX_READ_ONLY_BODY if read_only else MAX_WRITABLE_BODY)
+        limit = MAX_READ_ONLY_BODY if read_only else MAX_WRITABLE_BODY
+        body = b""
+        with anyio.move_on_after(config.body_timeout) as reading:
+            body = await _read_body(request, limit)
+        if reading.cancelled_caught:
+            raise ClickHouseError(
+                "SOCKET_TIMEOUT",
+                f"meterline: the request body did not arrive within {config.body_timeout:g} s",
+            )
         return await _respond(request, config, query_id, body)
 
 

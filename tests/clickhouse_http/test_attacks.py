@@ -80,10 +80,19 @@ ATTACKS = [
     A("SELECT * FROM format(LineAsString, “file”('{canary}'))", "format-of-file"),
     A("SELECT * FROM numbers(1) WHERE “file”('{canary}') != ''", "file-in-where-of-numbers"),
     # --- several statements: the second one would run -------------------------------------
+    A(
+        "; SELECT file('{canary}') --'",
+        "multi-statement-split-url-and-body",
+        params={"query": "SELECT ‘'’"},
+    ),
     A("SELECT ‘'’; SELECT file('{canary}') --'", "multi-statement-after-typographic-string"),
     A("SELECT 1 AS “'”; SELECT file('{canary}') --'", "multi-statement-after-typographic-ident"),
     A("SELECT ‘'’; KILL QUERY WHERE 1 SYNC --'", "multi-statement-kill"),
     # --- network ---------------------------------------------------------------------------
+    A("SELECT * FROM loop(“url”('{url}', 'CSV', 'a String')) LIMIT 1", "url-inside-loop"),
+    A("SELECT * FROM view(SELECT * FROM “url”('{url}', 'CSV', 'a String'))", "url-inside-view"),
+    A("SELECT 1 FROM system.one WHERE dummy IN “url”('{url}', 'CSV', 'a UInt8')", "url-as-in-set"),
+    A("SELECT 1 FROM system.one JOIN “url”('{url}', 'CSV', 'a UInt8') AS u ON 1", "url-in-join"),
     A("SELECT * FROM “url”('{url}', 'LineAsString')", "url-table-function"),
     A("DESCRIBE TABLE “url”('{url}', 'CSV')", "describe-url-schema-inference"),
     A("SELECT * FROM “s3”('http://{hostport}/bucket/key.csv', 'CSV')", "s3-table-function"),
@@ -211,6 +220,10 @@ ALSO_REFUSED_BEFORE = [
     A("SELECT ‘'’; DROP TABLE otel_traces --'", "hidden-drop"),
     A("SELECT ‘'’; INSERT INTO otel_traces (TraceId) VALUES ('x') --'", "hidden-insert"),
     A("KILL QUERY WHERE 1 SYNC", "kill-query"),
+    A("DESCRIBE TABLE otel_traces INTO OUTFILE '{out}'", "describe-into-outfile"),
+    A("EXISTS TABLE otel_traces INTO OUTFILE '{out}'", "exists-into-outfile"),
+    A("SHOW CREATE TABLE otel_traces INTO OUTFILE '{out}'", "show-create-into-outfile"),
+    A("SHOW PROCESSLIST INTO OUTFILE '{out}'", "show-processlist-into-outfile"),
     A("SELECT ‘'’; SYSTEM SHUTDOWN --'", "hidden-system-shutdown"),
 ]
 

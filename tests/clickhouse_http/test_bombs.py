@@ -173,6 +173,29 @@ def test_bodies_read_at_once_are_bounded(two_bodies: Endpoint) -> None:
     assert httpx.get(two_bodies.url, params={"query": "SELECT 4"}, auth=AUTH).text == "4\n"
 
 
+@pytest.fixture
+def one_body(ch_store: object) -> Iterator[Endpoint]:
+    """One body at a time, which must arrive within 0.5 s; others wait 0.2 s for the slot."""
+    yield from _endpoint(  # type: ignore[arg-type]
+        ch_store, password=PASSWORD, max_bodies=1, body_wait=0.2, body_timeout=0.5
+    )
+
+
+def test_a_trickling_body_loses_its_slot(one_body: Endpoint) -> None:
+    def trickle() -> Iterator[bytes]:
+        yield b"SELECT "
+        time.sleep(3)
+        yield b"1"
+
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.post, one_body.url, content=trickle(), auth=AUTH, timeout=30)
+        time.sleep(1.0)  # past body_timeout: the slot is free again
+        assert httpx.post(one_body.url, content=b"SELECT 2", auth=AUTH, timeout=30).text == "2\n"
+        response = slow.result()
+    assert response.status_code == 503, response.text
+    assert response.headers["X-ClickHouse-Exception-Code"] == "209"
+
+
 def _peak_rss(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
