@@ -12,6 +12,10 @@ invoice (usage of any kind in the period) has rows. ``status`` says what a row i
   tokens only: ``unit_price_per_million`` and ``amount`` are empty in CSV and ``null`` in
   JSON, never 0. Each such usage has its ``input`` and ``output`` rows even when they are
   0 tokens (so it is never invisible), and a row for each other token type it has.
+- ``invalid``: calls whose reported token counts the store rejected (docs/counting.md):
+  one row per (provider, model, reason) with ``token_type`` ``requests`` and the number
+  of calls as ``quantity`` (their tokens are not trusted, so none are shown); no price,
+  no amount.
 
 Quantities of every status are the same disjoint token types as invoice lines (``input``
 net of cache reads and writes, ``output`` net of reasoning). An invoice stored before the
@@ -53,6 +57,7 @@ class ExportStatus(StrEnum):
     ADJUSTMENT = "adjustment"
     UNPRICED = "unpriced"
     FAILED = "failed"
+    INVALID = "invalid"
 
 
 UNBILLED: tuple[tuple[ExportStatus, str], ...] = (
@@ -97,6 +102,10 @@ def export_rows(invoice: Any, *, adjustments: str | None = None) -> list[dict[st
                 row(status, **where, token_type=token, quantity=quantity)
                 for token, quantity in _quantities(usage)
             )
+    for usage in invoice.get("invalid") or ():
+        where = {"provider": usage["provider"], "model": usage["model"]}
+        rows.append(row(ExportStatus.INVALID, **where, token_type="requests",
+                        quantity=usage["requests"]))  # fmt: skip
     return rows
 
 
