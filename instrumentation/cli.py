@@ -100,11 +100,10 @@ def register(app: typer.Typer) -> None:
         from meterline.instrumentation.delivery.spool import Spool
 
         spool = Spool(directory)
-        try:
-            sender = OtlpHttpSender(endpoint)
-        except ValueError as exc:
-            typer.echo(f"meterline spool flush: {exc}", err=True)
-            raise typer.Exit(2) from exc
+        sender = OtlpHttpSender(endpoint)
+        if sender.invalid is not None:
+            typer.echo(f"meterline spool flush: {sender.invalid}; use --endpoint", err=True)
+            raise typer.Exit(2)
         try:
             report = flush_spool(spool, sender)
         finally:

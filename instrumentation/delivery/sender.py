@@ -11,7 +11,8 @@ Contract: :meth:`OtlpHttpSender.post` never raises; it returns an :class:`Outcom
 * ``FAILED`` — anything else: unreachable, a timeout, the OTLP retryable statuses (429,
   502, 503, 504; ``retry_after`` from ``Retry-After``), other 5xx, and the configuration
   errors 401/403/404/405/415 (logged as errors: a person must fix the token or endpoint).
-  The caller keeps the data and tries again later.
+  The caller keeps the data and tries again later. So does an endpoint that is not an
+  http(s) URL (``invalid``): usage is kept until the configuration is fixed.
 
 The connection is kept alive, one per thread (``http.client`` is not thread-safe); a
 reused connection the server closed while idle is retried once on a fresh one. Endpoint,
@@ -136,8 +137,10 @@ class OtlpHttpSender:
     ) -> None:
         self.endpoint = endpoint or resolve_endpoint()
         parts = urllib.parse.urlsplit(self.endpoint)
+        self.invalid: str | None = None
+        """Why the endpoint cannot be used (every POST then fails with it), else None."""
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) OTLP endpoint: {self.endpoint!r}")
+            self.invalid = f"{self.endpoint!r} is not an http(s) OTLP endpoint URL"
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port
@@ -151,6 +154,8 @@ class OtlpHttpSender:
 
     def post(self, payload: bytes, *, timeout: float | None = None) -> Outcome:
         """One POST (plus one retry on a stale kept-alive connection); never raises."""
+        if self.invalid is not None:
+            return Outcome(Status.FAILED, message=self.invalid)
         wait = self.timeout if timeout is None else max(0.05, min(timeout, self.timeout))
         for attempt in (0, 1):
             conn, reused = self._connection(wait)
@@ -228,7 +233,7 @@ class OtlpHttpSender:
 
 def is_config_error(outcome: Outcome) -> bool:
     """True for answers a person must fix (token, endpoint, content type)."""
-    return outcome.http_status in _CONFIG_ERRORS
+    return outcome.http_status in _CONFIG_ERRORS or "OTLP endpoint URL" in outcome.message
 
 
 def _error_text(exc: BaseException) -> str:

@@ -245,6 +245,13 @@ class Spool:
         if not seg.lock.acquire(timeout=lock_timeout):
             return None
         try:
+            if seg.fd is not None and os.fstat(seg.fd).st_nlink == 0:
+                logger.warning(
+                    "meterline: the spool segment %s was deleted while open (the directory "
+                    "removed?); writing a new one",
+                    seg.path,
+                )
+                self._drop_segment(seg)
             if seg.fd is None:
                 self._open_segment(seg, len(data))
             assert seg.fd is not None and seg.path is not None

@@ -232,3 +232,11 @@ def test_deadline_bounds_a_flush_against_a_hanging_collector(tmp_path: Path) -> 
         took = time.monotonic() - start
     assert took < 2.0
     assert report.failure is not None and report.remaining == 1
+
+
+def test_cli_flush_says_when_the_endpoint_is_not_a_url(tmp_path: Path) -> None:
+    from meterline.cli import app
+
+    result = CliRunner().invoke(app, ["spool", "flush", "--endpoint", "collector:4318"])
+    assert result.exit_code == 2
+    assert "is not an http(s) OTLP endpoint URL" in result.output

@@ -193,3 +193,29 @@ def test_a_forked_child_writes_its_own_spans(spool: Spool) -> None:
     os.waitpid(pid, 0)
     assert child_sid in span_ids(on_disk(spool.directory))
     processor.shutdown()
+
+
+def test_an_invalid_endpoint_keeps_usage_and_says_so(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    processor = SpoolingSpanProcessor("localhost:4318", spool=spool)  # no scheme
+    ids = end_spans(provider_with(processor), 2)
+    assert wait_for(lambda: "is not an http(s) OTLP endpoint URL" in caplog.text)
+    assert "check the endpoint" in caplog.text
+    processor.shutdown()
+    assert sorted(span_ids(on_disk(spool.directory))) == sorted(ids)
+
+
+def test_a_spool_directory_removed_while_running(tmp_path: Path) -> None:
+    import shutil
+
+    spool = Spool(tmp_path / "spool")
+    processor = SpoolingSpanProcessor(DEAD, spool=spool, export_interval=60)
+    provider = provider_with(processor)
+    end_spans(provider, 1)
+    processor.persist()
+    shutil.rmtree(spool.directory)
+    [sid] = end_spans(provider, 1)
+    processor.persist()
+    assert span_ids(on_disk(spool.directory)) == [sid]
+    processor.shutdown()
