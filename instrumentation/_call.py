@@ -6,6 +6,12 @@ do not parse) as soon as the headers arrive. Everything here is defensive: a par
 problem turns the call into a pass-through with whatever is known, never an exception in
 the app.
 
+Calls still in flight when the process is about to die (a stop signal with the default
+action, interpreter exit) are ended by :func:`interrupt_in_flight`, so their usage is not
+lost: after a 2xx as a stream cut short (an estimate, ``meterline.usage.estimated``);
+before any answer as a failed call (stored, not billed: the provider may never have seen
+it); both flagged ``meterline.call.interrupted``.
+
 The body is inspected as it passes: JSON bodies are kept as the transport's own chunks
 (no copy until the single join at the end), SSE bodies are split into events as they
 arrive and handed to the API shape's parser one event at a time.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +41,31 @@ _MODE_SSE = 2
 # A JSON response above this size is not parsed whole: only its tail, where OpenAI-style
 # embeddings put ``model`` and ``usage`` (avoids parsing megabytes of vectors).
 _MAX_JSON_PARSE = 1 << 20
+INTERRUPTED = "meterline.interrupted"
+
+_in_flight: weakref.WeakSet[Call] = weakref.WeakSet()
+
+
+def interrupt_in_flight() -> int:
+    """End every call still in flight (the process is about to die); returns how many."""
+    for _ in range(3):  # another thread may start or end a call meanwhile
+        try:
+            calls = list(_in_flight)
+            break
+        except RuntimeError:
+            continue
+    else:
+        return 0
+    ended = 0
+    for call in calls:
+        if call.done:
+            continue
+        call.interrupted = True
+        if not call.status:
+            call.error = INTERRUPTED
+        call.finish(complete=False)
+        ended += 1
+    return ended
 
 
 def error_type(exc: BaseException) -> str:
@@ -49,6 +81,7 @@ class Call:
     """State of one LLM call from request to the end of its response body."""
 
     __slots__ = (
+        "__weakref__",
         "_buf",
         "_chunks",
         "_decoder",
@@ -62,6 +95,7 @@ class Call:
         "finish_reasons",
         "input",
         "input_from_provider",
+        "interrupted",
         "output",
         "reasoning",
         "request_bytes",
@@ -82,6 +116,7 @@ class Call:
         self.request_bytes = request_bytes
         self.strip = strip
         self.done = False
+        self.interrupted = False
         self.status = 0
         self.error: str | None = None
         self.response_id: str | None = None
@@ -102,6 +137,7 @@ class Call:
         self._sep = b"\n\n"
         self._chunks: list[bytes] | None = None
         self._decoder: Any = None
+        _in_flight.add(self)
 
     # -- response headers -------------------------------------------------------------
 
@@ -255,6 +291,7 @@ class Call:
         if self.done:
             return
         self.done = True
+        _in_flight.discard(self)
         try:
             self._end()
         except Exception:
@@ -285,6 +322,8 @@ class Call:
                 self.input = self.input or 0
                 self.output = self.output or 0
         self._usage_attrs(attrs)
+        if self.interrupted:
+            attrs["meterline.call.interrupted"] = True
         span = self.span
         if self.error is not None:
             attrs["error.type"] = self.error

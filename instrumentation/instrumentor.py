@@ -8,10 +8,14 @@ importable) and ``_uninstrument`` unwraps exactly those. Keyword arguments:
   (:mod:`.delivery.pipeline`): retry, spool, always sampled.
 * ``provider_hosts`` — ``{"host[:port]": "provider"}``, overriding
   ``METERLINE_PROVIDER_HOSTS`` and the well-known hosts.
+
+Calls still in flight at interpreter exit, or when a stop signal is about to kill the
+process, are ended first (``_call.interrupt_in_flight``), so their usage is delivered too.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 from collections.abc import Collection, Mapping
@@ -25,7 +29,9 @@ from wrapt import wrap_function_wrapper
 
 from meterline import __version__
 from meterline.instrumentation import attribution
+from meterline.instrumentation._call import interrupt_in_flight
 from meterline.instrumentation._transport import Library, Meter, async_send, sync_send
+from meterline.instrumentation.delivery import signals
 from meterline.instrumentation.delivery.pipeline import delivery_provider, usage_tracer
 from meterline.instrumentation.package import _instruments
 from meterline.instrumentation.providers import ProviderResolver
@@ -35,6 +41,7 @@ logger = logging.getLogger(__name__)
 SCOPE = "meterline.instrumentation"
 _LIBRARIES = ("httpx", "httpx2")
 _PROCESSOR_ATTR = "_meterline_attribution"
+_exit_hook: list[bool] = []
 
 
 class MeterlineInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -57,6 +64,10 @@ class MeterlineInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._processors = []
         for provider in {id(p): p for p in (tracer_provider, trace.get_tracer_provider())}.values():
             self._attach_attribution(provider)
+        if not _exit_hook:  # after the providers' own exit hooks, so it runs before them
+            _exit_hook.append(True)
+            atexit.register(interrupt_in_flight)
+            signals.before_death(interrupt_in_flight)
         self._patched = []
         for name in _LIBRARIES:
             try:

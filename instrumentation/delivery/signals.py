@@ -8,10 +8,11 @@ installing:
 
 * ``SIG_IGN`` (or a handler set outside Python): left untouched — an app that ignores
   SIGTERM still ignores it;
-* ``SIG_DFL``: on the signal, every registered processor writes its in-memory spans to the
-  spool and delivers for at most its ``shutdown_timeout``; then the default disposition is
-  restored and the signal re-raised, so the process dies of that signal (the exit status
-  the parent sees is unchanged; exit hooks do not run, as without meterline);
+* ``SIG_DFL``: on the signal, calls still in flight are ended (:func:`before_death`), every
+  registered processor writes its in-memory spans to the spool and delivers for at most
+  its ``shutdown_timeout``; then the default disposition is restored and the signal
+  re-raised, so the process dies of that signal (the exit status the parent sees is
+  unchanged; exit hooks do not run, as without meterline);
 * the app's own handler (installed before meterline): the same bounded flush, then the
   app's handler is called — it decides what happens next (its exit code, or none).
 
@@ -28,6 +29,7 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol
 
@@ -45,7 +47,17 @@ class Flushable(Protocol):
 
 _processors: weakref.WeakSet[Any] = weakref.WeakSet()
 _previous: dict[int, Any] = {}
+_before_death: list[Callable[[], Any]] = []
 _handling = False
+
+
+def before_death(hook: Callable[[], Any]) -> None:
+    """Run ``hook`` first when a signal is about to kill the process (``SIG_DFL`` path).
+
+    The instrumentation ends its calls still in flight there, so they are written too.
+    """
+    if hook not in _before_death:
+        _before_death.append(hook)
 
 
 def _signals() -> list[tuple[signal.Signals, bool]]:
@@ -97,6 +109,9 @@ def _handler(signum: int, frame: FrameType | None) -> Any:
     if not _handling:
         _handling = True
         try:
+            if not callable(previous):
+                for hook in _before_death:
+                    hook()
             _flush()
         except Exception:  # never fail the app's stop
             logger.debug("meterline: flush on signal %s failed", signum, exc_info=True)

@@ -11,7 +11,9 @@ with 0, or with ``--exit-code`` if its own handler asked it to stop). Options:
   (``sys.exit(code)``), ``flag`` (the main loop returns ``code``), ``os-exit``
   (``os._exit(code)``) or ``default`` (restores ``SIG_DFL`` and re-raises, as uvicorn does);
 * ``--ignore-term`` — ``signal.signal(SIGTERM, SIG_IGN)`` after start-up;
-* ``--instrument-in-code`` — call ``meterline.instrumentation.instrument()`` itself.
+* ``--instrument-in-code`` — call ``meterline.instrumentation.instrument()`` itself;
+* ``--then-stream`` — after the calls, start a slow stream (tagged ``<consumer>-stream``)
+  and write READY once its first chunk arrived: the app is stopped mid-stream.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--exit-code", type=int, default=7)
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--instrument-in-code", action="store_true")
+    parser.add_argument("--then-stream", action="store_true")
     args = parser.parse_args(argv)
     stopping: list[int] = []
 
@@ -79,10 +82,26 @@ def main(argv: list[str]) -> int:
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    make_calls(args.calls, os.environ.get("METERLINE_CONSUMER_ID", ""))
+    tag = os.environ.get("METERLINE_CONSUMER_ID", "")
+    make_calls(args.calls, tag)
+    stream = None
+    if args.then_stream:
+        slow = {"x-simulator-chunk-delay-ms": "200", "x-simulator-output-tokens": "100"}
+        client = openai.OpenAI(default_headers={"x-simulator-tag": tag + "-stream"})
+        stream = iter(
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "a long answer"}],
+                stream=True,
+                extra_headers=slow,
+            )
+        )
+        next(stream)
     with open(args.ready + ".tmp", "w") as fh:
         json.dump({"pid": os.getpid(), "done": time.time()}, fh)
     os.replace(args.ready + ".tmp", args.ready)
+    for _ in stream or ():
+        pass
     while not stopping and not os.path.exists(args.ready + ".stop"):
         time.sleep(0.01)
     return stopping[0] if stopping else 0

@@ -224,6 +224,21 @@ def test_kill_9_half_a_second_after_the_last_call(
     assert not app.spooled()
 
 
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_sigterm_during_a_streamed_call_records_it(app: App, wrapper: str) -> None:
+    proc = app.start("--calls", "2", "--then-stream", wrapper=wrapper)
+    code, _ = app.stop_with(proc, signal.SIGTERM, after=0.3)  # mid-stream
+    assert code == -signal.SIGTERM, app.output()
+    done = app.stack.expected(app.consumer)
+    [cut] = app.stack.sim.ledger.entries(tag=app.consumer + "-stream")
+    assert not cut.completed
+    got = app.stack.delivered(app.consumer)
+    # The two finished calls exactly, plus the interrupted stream as an estimate.
+    assert got["requests"] == done["requests"] + 1, app.output()
+    assert got["input_tokens"] > done["input_tokens"]
+    assert got["output_tokens"] > done["output_tokens"]
+
+
 @pytest.mark.parametrize("collector_up", [True, False])
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 def test_a_short_lived_job_exits_right_after_its_last_call(
