@@ -42,6 +42,7 @@ def _serve(app: Any) -> Iterator[tuple[str, int]]:
     import uvicorn
 
     sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as meterline serve does
     sock.bind(("127.0.0.1", 0))
     host, port = sock.getsockname()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
