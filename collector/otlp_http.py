@@ -11,8 +11,10 @@ correctly:
   20 MiB, compressed or not), 415 (other content types), 404/405 for other
   paths/methods: a ``google.rpc.Status`` body in the request's encoding; not retried
   by exporters.
-- 503 with ``Retry-After`` when the store is behind, failing, or shutting down;
-  exporters retry.
+- 503 with ``Retry-After`` when the store is behind, failing, or shutting down, or
+  when more bytes of bodies are being read than :mod:`meterline.collector.budget`
+  allows; exporters retry. Bodies are read and gunzipped chunk by chunk within that
+  budget, so neither one large body nor many at once can take unbounded memory.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from meterline.collector.budget import BodyBudget, OverBudget, Reservation
 from meterline.collector.parse import MalformedRequest, read_json, read_protobuf
 from meterline.collector.writer import Closed, Overloaded, Writer
 
@@ -55,22 +58,46 @@ class _HTTPError(Exception):
         self.headers = headers or {}
 
 
-def _gunzip(body: bytes) -> bytes:
+_CHUNK = 1024 * 1024
+
+
+def _gunzip(body: bytes, held: Reservation) -> bytes:
+    """Decompress in 1 MiB steps, each held in the budget, up to :data:`MAX_BODY_BYTES`."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    chunks: list[bytes] = []
+    size = 0
+    data = body
     try:
-        out = inflater.decompress(body, MAX_BODY_BYTES + 1)
+        while True:
+            chunk = inflater.decompress(data, _CHUNK)
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _HTTPError(413, f"decompressed body exceeds {MAX_BODY_BYTES} bytes")
+            held.add(len(chunk))
+            chunks.append(chunk)
+            data = inflater.unconsumed_tail
+            if not data and (inflater.eof or not chunk):
+                break
     except zlib.error as exc:
         raise _HTTPError(400, f"cannot gunzip the body: {exc}") from exc
-    if len(out) > MAX_BODY_BYTES or inflater.unconsumed_tail:
-        raise _HTTPError(413, f"decompressed body exceeds {MAX_BODY_BYTES} bytes")
-    return out
+    if not inflater.eof:
+        raise _HTTPError(400, "cannot gunzip the body: it ends before the gzip stream does")
+    return b"".join(chunks)
 
 
 class OTLPHTTPApp:
     """The receiver as a bare ASGI app (no framework on the hot path)."""
 
-    def __init__(self, writer: Writer, *, token: str | None = None, keep_all: bool = False):
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        token: str | None = None,
+        keep_all: bool = False,
+        budget: BodyBudget | None = None,
+    ):
         self._writer = writer
+        self._budget = budget or BodyBudget()
         self._token = token.encode() if token else None
         self._keep_all = keep_all
         self.accepted = 0
@@ -118,20 +145,22 @@ class OTLPHTTPApp:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise _HTTPError(413, f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
-        body = await self._read_body(receive)
         encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding == "gzip":
-            body = _gunzip(body)
-        elif encoding not in ("", "identity"):
+        if encoding not in ("", "identity", "gzip"):
             raise _HTTPError(415, f"unsupported content encoding {encoding!r}; use gzip")
         try:
-            parsed = read_json(body) if content_type == JSON else read_protobuf(body)
-            rows = self._writer.decode(parsed, keep_all=self._keep_all)
-        except MalformedRequest as exc:
-            raise _HTTPError(400, str(exc)) from exc
-        try:
-            future = self._writer.submit(rows)
-        except Overloaded as exc:
+            with self._budget.reservation() as held:
+                body = await self._read_body(receive, held)
+                if encoding == "gzip":
+                    body = _gunzip(body, held)
+                try:
+                    parsed = read_json(body) if content_type == JSON else read_protobuf(body)
+                    rows = self._writer.decode(parsed, keep_all=self._keep_all)
+                except MalformedRequest as exc:
+                    raise _HTTPError(400, str(exc)) from exc
+                del parsed, body  # the writer holds what it needs (and counts it)
+                future = self._writer.submit(rows)
+        except (Overloaded, OverBudget) as exc:
             raise _HTTPError(503, str(exc), {"Retry-After": str(exc.retry_after)}) from exc
         except Closed as exc:
             raise _HTTPError(503, str(exc), {"Retry-After": "5"}) from exc
@@ -151,7 +180,7 @@ class OTLPHTTPApp:
         return response.SerializeToString()
 
     @staticmethod
-    async def _read_body(receive: Receive) -> bytes:
+    async def _read_body(receive: Receive, held: Reservation) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -162,6 +191,7 @@ class OTLPHTTPApp:
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 raise _HTTPError(413, f"body exceeds {MAX_BODY_BYTES} bytes")
+            held.add(len(chunk))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

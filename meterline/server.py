@@ -121,6 +121,7 @@ async def serve(
 ) -> None:
     """Run every listener until SIGTERM/SIGINT (or ``stop`` is set)."""
     from meterline.aggregator.app import create_app
+    from meterline.collector.budget import BodyBudget
     from meterline.collector.otlp_grpc import create_server as create_grpc_server
     from meterline.collector.otlp_http import OTLPHTTPApp
     from meterline.collector.writer import Writer
@@ -154,9 +155,12 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
+    bodies = BodyBudget()  # bytes being read by both receivers at once
     otlp = _uvicorn(
         "otlp-http",
-        OTLPHTTPApp(writer, token=settings.ingest_token, keep_all=settings.keep_all_spans),
+        OTLPHTTPApp(
+            writer, token=settings.ingest_token, keep_all=settings.keep_all_spans, budget=bodies
+        ),
         _bind(host, settings.otlp_http_port),
     )
     grpc_server, grpc_port = create_grpc_server(
@@ -165,6 +169,7 @@ async def serve(
         port=settings.otlp_grpc_port,
         token=settings.ingest_token,
         keep_all=settings.keep_all_spans,
+        budget=bodies,
     )
     api = _uvicorn(
         "api", create_app(settings, store, ready=lambda: listening), _bind(host, settings.api_port)
