@@ -69,6 +69,18 @@ def test_every_encoding_clients_use_is_supported() -> None:
     assert set(supported_encodings()) == {"gzip", "deflate", "zstd", "lz4", "br"}
 
 
+def test_a_zstd_frame_cannot_ask_for_a_huge_window(readonly: Endpoint) -> None:
+    """A frame header may declare up to a 2 GiB window, which the decoder would allocate."""
+    from backports import zstd
+
+    compressor = zstd.ZstdCompressor(options={zstd.CompressionParameter.window_log: 27})
+    body = compressor.compress(b"SELECT 1") + compressor.flush()
+    assert zstd.ZstdDecompressor().decompress(body) == b"SELECT 1"  # valid zstd
+    response = post_bomb(readonly, "zstd", body)
+    assert response.headers["X-ClickHouse-Exception-Code"] == "271", response.text
+    assert "too much memory" in response.text
+
+
 class _Peak:
     """Peak of traced Python allocations while the block runs."""
 
