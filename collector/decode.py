@@ -156,6 +156,10 @@ class Rows:
         """The rows at ``indexes`` (in that order), with no rejections."""
         return Rows(columns=[[column[i] for i in indexes] for column in self.columns])
 
+    def split(self, groups: Sequence[Sequence[int]]) -> list[Rows]:
+        """The rows of each group of indexes, with no rejections."""
+        return [self.select(group) for group in groups]
+
 
 def _any_value(value: Any) -> Any:
     """An AnyValue as a plain Python value (for JSON of arrays and maps)."""

@@ -24,10 +24,10 @@ Contract:
     answered "retry" rather than rejected on a guess.
 - By construction an insert never spans more partitions than the engine takes in one
   block (``max_partitions_per_insert_block``, 100 by default; ``otel_traces`` is
-  partitioned by day): requests are merged only while their start times fall within
-  ``limit - 1`` days of each other, and a request whose spans span more is split by
-  time into pieces that do (all written before its ack). Any time zone of the server
-  maps such a window to at most ``limit`` dates.
+  partitioned by day): requests are merged only while their spans' start times fall on
+  at most ``limit // 2`` distinct UTC days (:attr:`Writer.days_per_insert`; one UTC day
+  falls on at most two dates of any server time zone), and a request whose spans fall
+  on more is split into pieces that do (all written before its ack).
 - Back-pressure: when more than ``max_pending`` spans or ``max_pending_bytes`` bytes of
   request bodies wait, :meth:`submit` raises :class:`Overloaded` at once (the
   collector answers 503 / UNAVAILABLE with Retry-After); nothing is dropped silently.
@@ -108,11 +108,8 @@ class _Piece:
 
     request: _Request
     item: Batchable
-    first: int = field(default=0)
-    last: int = field(default=0)
-
-    def __post_init__(self) -> None:
-        self.first, self.last = self.item.first, self.item.last
+    days: frozenset[int] = field(default=frozenset())
+    """The UTC days of its spans' start times, or a superset (set for queued pieces)."""
 
 
 class Writer:
@@ -142,8 +139,8 @@ class Writer:
         """Whether the engine decodes the protobuf bodies (see the module docstring)."""
         self._linger = linger
         self._batch_min = batch_min
-        self.window_ns = _window_ns(store)
-        """Start times of one insert fall within this span (the partition limit, in days)."""
+        self.days_per_insert = _days_per_insert(store)
+        """Distinct UTC days the spans of one insert may start on (see the module doc)."""
         self._queue: deque[_Piece] = deque()
         self._pending = 0  # spans queued or being inserted: what back-pressure counts
         self._pending_bytes = 0  # bodies of requests not settled
@@ -193,10 +190,11 @@ class Writer:
             return future
         nbytes = rows.nbytes
         request = _Request(rows, future, nbytes)
-        if rows.last - rows.first >= self.window_ns:
-            pieces = [_Piece(request, item) for item in self._by_time(rows)]
+        first_day, last_day = rows.first // DAY_NS, rows.last // DAY_NS
+        if last_day - first_day >= self.days_per_insert:
+            pieces = self._by_day(request, rows)
         else:
-            pieces = [_Piece(request, rows)]
+            pieces = [_Piece(request, rows, frozenset(range(first_day, last_day + 1)))]
         request.pieces = len(pieces)
         with self._cond:
             if self._closing:
@@ -221,19 +219,24 @@ class Writer:
     def _retry_after(self) -> int:
         return max(1, min(30, round(self._pending / max(self._rate, 1.0))))
 
-    def _by_time(self, item: Batchable) -> list[Batchable]:
-        """``item`` split by start time into pieces that each fit :attr:`window_ns`."""
-        starts = item.starts()
-        order = sorted(range(len(starts)), key=starts.__getitem__)
-        groups: list[list[int]] = [[]]
-        group_first = starts[order[0]]
-        for index in order:
-            if starts[index] - group_first >= self.window_ns:
-                groups.append([])
-                group_first = starts[index]
-            groups[-1].append(index)
-        logger.info("a request's spans span %d windows of days: written in pieces", len(groups))
-        return [item.select(group) for group in groups]
+    def _by_day(self, request: _Request, item: Batchable) -> list[_Piece]:
+        """``item`` in pieces whose spans start on at most :attr:`days_per_insert` days."""
+        days = [start // DAY_NS for start in item.starts()]
+        by_day: dict[int, list[int]] = {}
+        for index, day in enumerate(days):
+            by_day.setdefault(day, []).append(index)
+        ordered = sorted(by_day)
+        chunks = [ordered[i : i + self.days_per_insert]
+                  for i in range(0, len(ordered), self.days_per_insert)]  # fmt: skip
+        if len(chunks) == 1:
+            return [_Piece(request, item, frozenset(ordered))]
+        logger.info("a request's spans start on %d days: written in %d pieces",
+                    len(ordered), len(chunks))  # fmt: skip
+        groups = [[index for day in chunk for index in by_day[day]] for chunk in chunks]
+        return [
+            _Piece(request, part, frozenset(chunk))
+            for part, chunk in zip(item.split(groups), chunks, strict=True)
+        ]
 
     def _take_batch(self) -> list[_Piece] | None:
         with self._cond:
@@ -253,20 +256,21 @@ class Writer:
                     break
             batch = [self._queue.popleft()]
             size, nbytes = len(batch[0].item), batch[0].item.nbytes
-            first, last = batch[0].first, batch[0].last
+            days = batch[0].days
             while self._queue:
                 piece = self._queue[0]
                 if size + len(piece.item) > self._batch_max:
                     break
                 if nbytes + piece.item.nbytes > self._batch_max_bytes:
                     break
-                low, high = min(first, piece.first), max(last, piece.last)
-                if high - low >= self.window_ns:
-                    break
+                if not piece.days <= days:
+                    union = days | piece.days
+                    if len(union) > self.days_per_insert:
+                        break
+                    days = union
                 batch.append(self._queue.popleft())
                 size += len(piece.item)
                 nbytes += piece.item.nbytes
-                first, last = low, high
             self._queued -= size
             self._inflight[threading.get_ident()] = time.time()
             return batch
@@ -337,7 +341,7 @@ class Writer:
             return False
         request.splits_left -= 1
         half = n // 2
-        left_item, right_item = piece.item.select(range(half)), piece.item.select(range(half, n))
+        left_item, right_item = piece.item.split([range(half), range(half, n)])
         with self._settle_lock:
             request.pieces += 1  # one piece becomes two
         wrote = self._write([_Piece(request, left_item)])
@@ -408,8 +412,8 @@ def _halves(pieces: list[_Piece]) -> tuple[list[_Piece], list[_Piece]]:
     return pieces[:-1], pieces[-1:]
 
 
-def _window_ns(store: Store) -> int:
-    """The time span one insert's start times may cover: ``limit - 1`` days (see module doc)."""
+def _days_per_insert(store: Store) -> int:
+    """Distinct UTC days one insert's spans may start on: half the partition limit."""
     try:
         _, [(limit,)] = store.query("SELECT getSetting('max_partitions_per_insert_block')")
         limit = int(limit)
@@ -417,5 +421,5 @@ def _window_ns(store: Store) -> int:
         logger.debug("cannot read max_partitions_per_insert_block", exc_info=True)
         limit = 100
     if limit <= 0:  # no limit
-        return 1 << 64
-    return max(limit - 1, 1) * DAY_NS
+        return 1 << 62
+    return max(limit // 2, 1)

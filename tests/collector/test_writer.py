@@ -186,7 +186,7 @@ def test_the_engine_refusing_a_block_isolates_the_request(store: Store, native: 
     """Without the partition window (as for an engine limit we do not know of), the
     engine's own TOO_MANY_PARTS is met by retrying in halves: all spans get written."""
     writer = lingering(store, native)
-    writer.window_ns = 1 << 64
+    writer.days_per_insert = 1 << 62
     inserts: list[int] = []
     real = writer._insert
     writer._insert = lambda items: (inserts.append(sum(map(len, items))), real(items))[1]  # type: ignore[method-assign]
@@ -265,3 +265,19 @@ def test_out_of_range_times_cost_nothing_else(store: Store, native: bool) -> Non
     assert outcomes[0][0].rejected == 1  # type: ignore[attr-defined]
     _, [(low, high)] = store.query("SELECT min(Timestamp), max(Timestamp) FROM {db}.otel_traces")
     assert low.year == high.year == 2026
+
+
+def test_sparse_days_over_decades_take_few_inserts(store: Store, native: bool) -> None:
+    """200 spans on 200 days spread over 55 years: pieces of at most 50 distinct days
+    (one UTC day falls on at most two dates of any server time zone), not one insert
+    per 99-day range (200 of them), and one parse of the body for all the pieces."""
+    writer = lingering(store, native)
+    inserts: list[int] = []
+    real = writer._insert
+    writer._insert = lambda items: (inserts.append(sum(map(len, items))), real(items))[1]  # type: ignore[method-assign]
+    starts = [DAY + i * 100 * DAY for i in range(200)]
+    outcomes = submit_all(writer, [body(starts), body([T0] * 3)])
+    writer.close()
+    assert [result for _, result in outcomes] == [200, 3]
+    assert len(inserts) <= 5 and sum(inserts) == 203
+    assert traces(store) == count(store) == 203
