@@ -270,7 +270,9 @@ class Spool:
             return path
         except OSError:
             logger.warning("meterline: could not spool usage to %s", self.directory, exc_info=True)
-            self._drop_segment(seg)
+            # Seal what the segment holds (a torn last record is set aside when read): the
+            # records before it stay deliverable, and the next write starts a new segment.
+            self._seal_locked(seg)
             return None
         finally:
             seg.lock.release()

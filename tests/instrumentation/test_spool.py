@@ -159,3 +159,24 @@ def test_fsync_option(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-u
     monkeypatch.setenv("METERLINE_SPOOL_FSYNC", "1")
     Spool(tmp_path / "b").write(b"x")
     assert len(synced) == 2  # the file, then the directory
+
+
+def test_a_failed_write_keeps_the_records_before_it_deliverable(
+    tmp_path: Path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    spool = Spool(tmp_path)
+    first = payload(1)
+    spool.write(first)
+    real = os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        real(fd, bytes(data)[:10])  # a torn record, then ENOSPC
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    assert spool.write(payload(2)) is None
+    monkeypatch.setattr(os, "write", real)
+    receiver, _ = deliver(Spool(tmp_path))
+    assert receiver.bodies == [first]
+    assert spool.status().corrupt == 1
