@@ -39,7 +39,7 @@ def instrument(
 
     When the app has no SDK tracer provider, one is installed that exports over OTLP/HTTP
     to ``OTEL_EXPORTER_OTLP_ENDPOINT`` or a local meterline (``http://127.0.0.1:4318``)
-    through an on-disk spool (each span on disk within ~25 ms of its end), and SIGTERM /
+    through an on-disk spool (each span on disk as it ends), and SIGTERM /
     SIGHUP flush it before the app stops as it would have.
 
     Args:

@@ -1,7 +1,8 @@
 """Billing-grade delivery of usage spans: sampling bypass, write-ahead spool, retry.
 
-* :mod:`.processor` — :class:`SpoolingSpanProcessor`: spans on disk within ~25 ms of their
-  end, delivered from there, deleted only once acknowledged;
+* :mod:`.processor` — :class:`SpoolingSpanProcessor`: each span on disk as it ends,
+  delivered from there, deleted only once acknowledged;
+* :mod:`.records` — the span record the spool keeps, and its OTLP encoding;
 * :mod:`.spool` — the on-disk queue, shared safely by threads and processes;
 * :mod:`.flush` — delivering the spool (several files per POST, answers settled per file);
 * :mod:`.sender` — one OTLP/HTTP POST and what its answer means;

@@ -1,9 +1,9 @@
 """``MeterlineSpanExporter``: an OTLP/HTTP span exporter that retries, then spools.
 
 For apps that wire their own ``BatchSpanProcessor``. meterline's own pipeline uses
-:class:`~.processor.SpoolingSpanProcessor` instead, which writes spans to disk within
-~25 ms of their end; with a batch processor, spans wait in its memory (5 s by default) and
-are lost if the process is killed meanwhile.
+:class:`~.processor.SpoolingSpanProcessor` instead, which writes each span to disk as it
+ends; with a batch processor, spans wait in its memory (5 s by default) and are lost if the
+process is killed meanwhile.
 
 Contract: ``export`` encodes the batch once (OTLP protobuf) and POSTs it (:mod:`.sender`).
 Transient failures (no answer, 429/502/503/504 with ``Retry-After``) are retried with

@@ -19,8 +19,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+from meterline.instrumentation.delivery.records import RecordError, to_request
 from meterline.instrumentation.delivery.sender import OtlpHttpSender, Outcome, Status
-from meterline.instrumentation.delivery.spool import REJECTED, Claimed, Spool
+from meterline.instrumentation.delivery.spool import REJECTED, Claimed, Record, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +69,22 @@ def flush_spool(
         left = _left(deadline)
         if left is not None and left <= 0:
             break
-        claims = spool.claim(max_bytes=max_request_bytes)
-        if not claims:
+        claimed = spool.claim(max_bytes=max_request_bytes)
+        if not claimed:
             break
-        outcome = sender.post(b"".join(c.payload for c in claims), timeout=left)
+        claims, bodies = [], []
+        for c in claimed:
+            body = _encode(spool, c)
+            if body is not None:
+                claims.append(c)
+                bodies.append(body)
+        if not claims:
+            continue  # only unreadable records this time: set aside, go on
+        outcome = sender.post(b"".join(bodies), timeout=left)
         if outcome.acked:
             _settle_acked(spool, claims, outcome, report)
         elif outcome.status is Status.REJECTED:
-            if not _isolate(spool, sender, claims, outcome, report, deadline):
+            if not _isolate(spool, sender, claims, bodies, outcome, report, deadline):
                 break
         else:
             spool.release(claims)
@@ -83,6 +92,26 @@ def flush_spool(
             break
     report.remaining = spool.queued()
     return report
+
+
+def _encode(spool: Spool, claim: Claimed) -> bytes | None:
+    """A claimed file as one request; a record that cannot be decoded is set aside."""
+    try:
+        return to_request(claim.records)
+    except RecordError:
+        pass
+    good: list[Record] = []
+    for record in claim.records:
+        try:
+            to_request([record])
+            good.append(record)
+        except RecordError:
+            spool.set_aside(claim, record)
+    claim.records = good
+    if good:
+        return to_request(good)
+    spool.ack([claim])  # every record set aside: nothing left to send
+    return None
 
 
 def _settle_acked(
@@ -105,6 +134,7 @@ def _isolate(
     spool: Spool,
     sender: OtlpHttpSender,
     claims: list[Claimed],
+    bodies: list[bytes],
     outcome: Outcome,
     report: FlushReport,
     deadline: float | None,
@@ -116,7 +146,7 @@ def _isolate(
     for i, claim in enumerate(claims):
         single = outcome
         if len(claims) > 1:
-            single = sender.post(claim.payload, timeout=_left(deadline))
+            single = sender.post(bodies[i], timeout=_left(deadline))
             if single.acked:
                 _settle_acked(spool, [claim], single, report)
                 continue
@@ -127,9 +157,9 @@ def _isolate(
         if len(claim.records) == 1:
             _reject(spool, [claim], single, sender.endpoint, report)
             continue
-        refused: list[tuple[bytes, Outcome]] = []
+        refused: list[tuple[Record, Outcome]] = []
         for record in claim.records:
-            one = sender.post(record, timeout=_left(deadline))
+            one = sender.post(to_request([record]), timeout=_left(deadline))
             if one.status is Status.REJECTED:
                 refused.append((record, one))
             elif not one.acked:
@@ -139,7 +169,7 @@ def _isolate(
             elif one.rejected_spans:
                 report.rejected_spans += one.rejected_spans
         if refused:
-            kept = spool.write(b"".join(r for r, _ in refused), rejected=True)
+            kept = spool.write_rejected([r for r, _ in refused])
             report.rejected_files += 1
             for _, why in refused:
                 _log_rejected(sender.endpoint, why, kept)

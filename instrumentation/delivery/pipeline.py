@@ -11,7 +11,7 @@
   (non-global) provider sharing the app's resource.
 
 Either way meterline's delivery is a :class:`SpoolingSpanProcessor` (spans on disk within
-~25 ms of their end, delivered from there) and the stop signals flush it
+as they end, delivered from there) and the stop signals flush it
 (:mod:`.signals`). With an explicit ``tracer_provider``, usage goes through that
 provider's pipeline instead, and its durability is the app's.
 """

@@ -1,31 +1,29 @@
-"""``SpoolingSpanProcessor``: every ended span on local disk within ~25 ms, delivered from there.
+"""``SpoolingSpanProcessor``: every ended span on local disk before its call returns.
 
 Contract:
 
-* ``on_end`` (the app's thread) only puts the span in an in-memory queue (a C
-  ``SimpleQueue``: no lock, no I/O, no encoding) and wakes the writer when it was idle —
-  at most one wake-up per write, not one per call.
-* The *writer* thread writes at most every ``write_interval`` (default 25 ms,
-  ``METERLINE_SPOOL_WRITE_INTERVAL_MS``): it drains the queue, OTLP-encodes up to 512
-  spans per request and appends each request to the :class:`~.spool.Spool`'s open
-  segment (one ``write``; page cache, fsync with ``METERLINE_SPOOL_FSYNC=1``). A span is
-  therefore on disk within ``write_interval`` plus one write after it ends, the first
-  after a quiet spell at once.
+* ``on_end`` (on the app's thread, as the span ends) makes the span's record
+  (:mod:`.records`: ~12 µs of JSON, no OTLP encoding) and appends it to the
+  :class:`~.spool.Spool`'s open segment with one ``write`` (page cache; fsync with
+  ``METERLINE_SPOOL_FSYNC=1``). So a finished call's usage is on disk before the call
+  returns to the app: no window in memory, no thread woken per call. (Appending to a file
+  the process holds open costs a few µs; the SDK's own call costs ~1–3 ms.)
 * The *sender* thread delivers the spool's whole queue (files of earlier runs and of other
-  processes sharing the directory included) at most every ``export_interval`` (default
-  1 s, ``METERLINE_EXPORT_INTERVAL_MS``), deleting each file only once the collector
-  acknowledged it (:mod:`.flush`); after a failure it backs off from 1 s to 60 s
-  (``Retry-After`` honoured). Files are left for the next start, ``force_flush`` or
-  ``meterline spool flush`` otherwise.
+  processes sharing the directory included): at once after a quiet spell, then at most
+  every ``export_interval`` (default 5 s, as the SDK's batch processor;
+  ``METERLINE_EXPORT_INTERVAL_MS``), deleting each file only once the collector
+  acknowledged it (:mod:`.flush`, which OTLP-encodes the records of a POST together).
+  After a failure it backs off from 1 s to 60 s (``Retry-After`` honoured). Files are left
+  for the next start, ``force_flush`` or ``meterline spool flush`` otherwise.
 * ``shutdown`` (the provider's, at interpreter exit), ``force_flush`` and the stop signals
-  (:mod:`.signals`) write what is in memory, then deliver for at most
-  ``shutdown_timeout`` (default 2 s, ``METERLINE_SHUTDOWN_TIMEOUT_SECONDS``); what is not
-  delivered by then stays on disk.
+  (:mod:`.signals`) deliver for at most ``shutdown_timeout`` (default 2 s,
+  ``METERLINE_SHUTDOWN_TIMEOUT_SECONDS``); what is not delivered by then stays on disk.
 * Only sampled spans are kept, as the SDK's batch processor does (usage spans always are).
 
-Known limits: a span still in memory when the process is killed (kill -9 or ``os._exit``
-within ``write_interval`` of its end) is lost; when the spool cannot be written (disk full,
-read-only), batches wait in memory (bounded, a warning) and are sent from there.
+Known limits: when the spool cannot be written (disk full, read-only) or its lock is not
+had in time (a signal handler that interrupted a write), records wait in memory (bounded,
+an error logged) and are sent from there; under heavy dirty-page writeback the kernel may
+make the app's thread wait in ``write``, as it would for any file it logs to.
 """
 
 from __future__ import annotations
@@ -38,24 +36,23 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from meterline.instrumentation.delivery import signals
 from meterline.instrumentation.delivery.flush import FlushReport, flush_spool
+from meterline.instrumentation.delivery.records import encode_records, span_record
 from meterline.instrumentation.delivery.sender import OtlpHttpSender, is_config_error
 from meterline.instrumentation.delivery.spool import Spool
 
 logger = logging.getLogger(__name__)
 
-ENV_WRITE_INTERVAL_MS = "METERLINE_SPOOL_WRITE_INTERVAL_MS"
 ENV_EXPORT_INTERVAL_MS = "METERLINE_EXPORT_INTERVAL_MS"
 ENV_SHUTDOWN_TIMEOUT = "METERLINE_SHUTDOWN_TIMEOUT_SECONDS"
-MAX_SPANS_PER_FILE = 512
-MAX_QUEUED_SPANS = 100_000
-MAX_UNSPOOLED = 64
+MAX_IN_MEMORY = 10_000
+_LOCK_TIMEOUT = 1.0
 _BACKOFF_FIRST = 1.0
 _BACKOFF_MAX = 60.0
 
@@ -69,7 +66,7 @@ def _env_float(name: str, default: float, scale: float = 1.0) -> float:
 
 
 class SpoolingSpanProcessor(SpanProcessor):
-    """Write-ahead span processor: memory → spool file → collector (see the module doc)."""
+    """Write-ahead span processor: span → spool file → collector (see the module doc)."""
 
     def __init__(
         self,
@@ -77,7 +74,6 @@ class SpoolingSpanProcessor(SpanProcessor):
         *,
         headers: Mapping[str, str] | None = None,
         spool: Spool | None = None,
-        write_interval: float | None = None,
         export_interval: float | None = None,
         shutdown_timeout: float | None = None,
         timeout: float = 10.0,
@@ -91,15 +87,10 @@ class SpoolingSpanProcessor(SpanProcessor):
             self._sender.endpoint, headers=headers, timeout=timeout
         )
         self.endpoint = self._sender.endpoint
-        self._write_interval = (
-            write_interval
-            if write_interval is not None
-            else _env_float(ENV_WRITE_INTERVAL_MS, 0.025, 0.001)
-        )
         self._export_interval = (
             export_interval
             if export_interval is not None
-            else _env_float(ENV_EXPORT_INTERVAL_MS, 1.0, 0.001)
+            else _env_float(ENV_EXPORT_INTERVAL_MS, 5.0, 0.001)
         )
         self._shutdown_timeout = (
             shutdown_timeout
@@ -118,19 +109,14 @@ class SpoolingSpanProcessor(SpanProcessor):
             self.wake_sender()
 
     def _reset(self) -> None:
-        self._spans: queue.SimpleQueue[ReadableSpan] = queue.SimpleQueue()
-        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._send_wake: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._persist_lock = threading.Lock()
         self._start_lock = threading.Lock()
-        self._unspooled: collections.deque[bytes] = collections.deque()
-        self._armed = False
+        self._in_memory: collections.deque[bytes] = collections.deque()
+        self._memory_lock = threading.Lock()
         self._started = False
         self._posting = False
         self._send_due = False
-        self._last_write = 0.0
         self._failing = False
-        self._writer: threading.Thread | None = None
         self._sending: threading.Thread | None = None
 
     # -- SpanProcessor ------------------------------------------------------------------
@@ -141,52 +127,43 @@ class SpoolingSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         if self._is_shutdown or not span.context.trace_flags.sampled:
             return
-        spans = self._spans
-        if spans.qsize() >= MAX_QUEUED_SPANS:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 10_000 == 0:
-                logger.error(
-                    "meterline: %d spans dropped: %d are waiting to be written to the spool %s",
-                    self.dropped,
-                    MAX_QUEUED_SPANS,
-                    self.spool.directory,
-                )
+        try:
+            record = span_record(span)
+        except Exception:
+            logger.warning("meterline: could not record span %r", span.name, exc_info=True)
             return
-        spans.put(span)
-        if not self._armed:
-            self._armed = True
-            if not self._started:
-                self._start()
-            self._wake.put(None)
+        # A signal handler may have interrupted this very thread inside a write: never
+        # wait for the lock there (the record then waits in memory for the handler).
+        timeout = 0.0 if signals.handling() else _LOCK_TIMEOUT
+        if self.spool.write_many([record], lock_timeout=timeout) is None:
+            self._keep_in_memory(record)
+        if not self._started:
+            self._start()
+        self.wake_sender()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Write what is in memory, then deliver; True if nothing is left undelivered."""
-        deadline = time.monotonic() + timeout_millis / 1000
-        self.persist()
-        report = self.deliver_now(deadline)
+        """Deliver now; True if nothing is left undelivered."""
+        report = self.deliver_now(time.monotonic() + timeout_millis / 1000)
         return report is not None and report.failure is None and not report.remaining
 
     def shutdown(self) -> None:
-        """Write what is in memory, deliver for at most ``shutdown_timeout``, stop."""
+        """Deliver for at most ``shutdown_timeout``, then stop."""
         if self._is_shutdown:
             return
         deadline = time.monotonic() + self._shutdown_timeout
-        self.persist()
         self._is_shutdown = True
         self._closed = True
-        self.persist()  # spans that ended while the first write ran
-        self._wake.put(None)
         self._send_wake.put(None)
         sending = self._sending
         if sending is not None and sending is not threading.current_thread():
             sending.join(max(0.0, deadline - time.monotonic()))
         report = self.deliver_now(deadline)
-        if report is not None and (report.failure is not None or report.remaining):
+        if report is None or report.failure is not None or report.remaining:
             logger.warning(
-                "meterline: %d batch(es) of usage not delivered at exit (%s); kept in %s for "
+                "meterline: %s batch(es) of usage not delivered at exit (%s); kept in %s for "
                 "the next start or `meterline spool flush`",
-                report.remaining,
-                report.failure.describe() if report.failure else "out of time",
+                report.remaining if report is not None else "some",
+                report.failure.describe() if report and report.failure else "out of time",
                 self.spool.directory,
             )
         if sending is None or not sending.is_alive():
@@ -197,26 +174,24 @@ class SpoolingSpanProcessor(SpanProcessor):
     # -- for the signal handlers and the exit hook --------------------------------------
 
     def persist(self, *, lock_timeout: float = 1.0) -> None:
-        """Write every span in memory to the spool now (in the calling thread).
-
-        Waits at most ``lock_timeout`` for a write in progress; a signal handler may have
-        interrupted that very write, so it then writes without the lock (the queue hands
-        each span to one taker only).
-        """
-        locked = self._persist_lock.acquire(timeout=lock_timeout)
+        """Write records that wait in memory (the spool was unwritable or busy) to disk."""
+        if not self._in_memory or not self._memory_lock.acquire(timeout=lock_timeout):
+            return
         try:
-            self._armed = False
-            self._persist_locked(lock_timeout)
+            pending = list(self._in_memory)
+            if self.spool.write_many(pending, lock_timeout=lock_timeout) is not None:
+                for _ in pending:
+                    self._in_memory.popleft()
         finally:
-            if locked:
-                self._persist_lock.release()
+            self._memory_lock.release()
 
     def deliver_now(self, deadline: float, *, lock_timeout: float = 1.0) -> FlushReport | None:
         """Deliver the spool until ``deadline`` in the calling thread (after the sender's
-        POST in flight, if any, finished); None if in-memory batches could not be sent."""
+        POST in flight, if any, finished); None if records in memory could not be sent."""
+        self.persist(lock_timeout=lock_timeout)
         while self._posting and time.monotonic() < deadline:
             time.sleep(0.005)
-        if not self._deliver_unspooled(deadline):
+        if not self._deliver_in_memory(deadline, lock_timeout=lock_timeout):
             return None
         return flush_spool(
             self.spool, self._urgent_sender, deadline=deadline, lock_timeout=lock_timeout
@@ -232,36 +207,17 @@ class SpoolingSpanProcessor(SpanProcessor):
     def shutdown_timeout(self) -> float:
         return self._shutdown_timeout
 
-    # -- the threads --------------------------------------------------------------------
+    # -- the sender thread --------------------------------------------------------------
 
     def _start(self) -> None:
         with self._start_lock:
             if self._started or self._closed:
                 return
-            self._writer = threading.Thread(
-                target=self._write_loop, name="meterline-spool-writer", daemon=True
-            )
             self._sending = threading.Thread(
                 target=self._send_loop, name="meterline-spool-sender", daemon=True
             )
-            self._writer.start()
             self._sending.start()
             self._started = True
-
-    def _write_loop(self) -> None:
-        while not self._closed:
-            self._wake.get()
-            if self._closed:
-                break
-            delay = self._last_write + self._write_interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            try:
-                self.persist(lock_timeout=-1)
-            except Exception:  # never let the writer die
-                logger.warning("meterline: spool writer failed", exc_info=True)
-            self._last_write = time.monotonic()
-            self.wake_sender()
 
     def _send_loop(self) -> None:
         next_at = 0.0
@@ -272,7 +228,8 @@ class SpoolingSpanProcessor(SpanProcessor):
                 self._posting = True
                 report: FlushReport | None = None
                 try:
-                    if self._deliver_unspooled(None):
+                    self.persist()
+                    if self._deliver_in_memory(None):
                         report = flush_spool(self.spool, self._sender)
                 except Exception:
                     logger.warning("meterline: delivering the spool failed", exc_info=True)
@@ -326,57 +283,57 @@ class SpoolingSpanProcessor(SpanProcessor):
 
     # -- internals ----------------------------------------------------------------------
 
-    def _persist_locked(self, lock_timeout: float) -> None:
-        batch: list[ReadableSpan] = []
-        spans = self._spans
-        while True:
-            try:
-                batch.append(spans.get_nowait())
-            except queue.Empty:
-                break
-            if len(batch) >= MAX_SPANS_PER_FILE:
-                self._write(batch, lock_timeout)
-                batch = []
-        if batch:
-            self._write(batch, lock_timeout)
+    def _keep_in_memory(self, record: bytes) -> None:
+        if len(self._in_memory) >= MAX_IN_MEMORY:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.error(
+                    "meterline: the spool %s cannot be written and %d spans wait in memory: "
+                    "%d dropped",
+                    self.spool.directory,
+                    MAX_IN_MEMORY,
+                    self.dropped,
+                )
+            return
+        self._in_memory.append(record)
 
-    def _write(self, spans: Sequence[ReadableSpan], lock_timeout: float = -1) -> None:
+    def _deliver_in_memory(self, deadline: float | None, *, lock_timeout: float = -1) -> bool:
+        """Send records the spool could not take; True when none are left."""
+        if not self._in_memory:
+            return True
+        if not self._memory_lock.acquire(timeout=lock_timeout):
+            return False
         try:
-            payload = encode_spans(spans).SerializeToString()
-        except Exception:
-            logger.warning("meterline: could not encode %d spans", len(spans), exc_info=True)
-            return
-        if self.spool.write(payload, lock_timeout=lock_timeout) is not None:
-            return
-        if len(self._unspooled) >= MAX_UNSPOOLED:
-            self._unspooled.popleft()
-            logger.error(
-                "meterline: the spool %s cannot be written and %d batches wait in memory: "
-                "dropped the oldest",
-                self.spool.directory,
-                MAX_UNSPOOLED,
-            )
-        self._unspooled.append(payload)
-
-    def _deliver_unspooled(self, deadline: float | None) -> bool:
-        """Send batches the spool could not take; True when none are left."""
-        while self._unspooled:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
+            pending = list(self._in_memory)
             try:
-                payload = self._unspooled.popleft()
-            except IndexError:
-                break
+                payload = encode_records(pending)
+            except Exception:
+                logger.warning("meterline: could not encode %d spans", len(pending), exc_info=True)
+                self._in_memory.clear()
+                return True
             sender = self._sender if deadline is None else self._urgent_sender
             outcome = sender.post(payload, timeout=left)
             if not outcome.acked and outcome.retryable:
-                self._unspooled.appendleft(payload)
                 return False
-        return True
+            if not outcome.acked:
+                logger.error(
+                    "meterline: the collector at %s refused %d spans (%s); the spool cannot "
+                    "be written, so they are not kept",
+                    self.endpoint,
+                    len(pending),
+                    outcome.describe(),
+                )
+            for _ in pending:
+                self._in_memory.popleft()
+            return True
+        finally:
+            self._memory_lock.release()
 
     def _after_fork_in_child(self) -> None:
-        """The parent's threads are gone and its queued spans are the parent's to write."""
+        """The parent's thread is gone; what it keeps in memory is the parent's to send."""
         self._reset()
         timeout = self._sender.timeout
         self._sender = OtlpHttpSender(self.endpoint, headers=self._headers, timeout=timeout)

@@ -8,16 +8,16 @@ installing:
 
 * ``SIG_IGN`` (or a handler set outside Python): left untouched — an app that ignores
   SIGTERM still ignores it;
-* ``SIG_DFL``: on the signal, calls still in flight are ended (:func:`before_death`), every
-  registered processor writes its in-memory spans to the spool and delivers for at most
-  its ``shutdown_timeout``; then the default disposition is restored and the signal
-  re-raised, so the process dies of that signal (the exit status the parent sees is
-  unchanged; exit hooks do not run, as without meterline);
+* ``SIG_DFL``: on the signal, calls still in flight are ended (:func:`before_death`), and
+  every registered processor delivers its spool for at most its ``shutdown_timeout``;
+  then the default disposition is restored and the signal re-raised, so the process dies
+  of that signal (the exit status the parent sees is unchanged; exit hooks do not run, as
+  without meterline);
 * the app's own handler (installed before meterline): the same bounded flush, then the
   app's handler is called — it decides what happens next (its exit code, or none).
 
 A handler the app installs *after* meterline replaces ours, as it would replace the
-default; usage is then on disk within ~25 ms anyway, and exit hooks deliver it.
+default; usage is on disk already, and exit hooks deliver it.
 A second signal while the first is being handled skips the flush.
 """
 
@@ -49,6 +49,11 @@ _processors: weakref.WeakSet[Any] = weakref.WeakSet()
 _previous: dict[int, Any] = {}
 _before_death: list[Callable[[], Any]] = []
 _handling = False
+
+
+def handling() -> bool:
+    """Whether the calling thread is running the stop-signal handler (the main thread)."""
+    return _handling and threading.current_thread() is threading.main_thread()
 
 
 def before_death(hook: Callable[[], Any]) -> None:

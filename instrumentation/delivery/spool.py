@@ -65,8 +65,14 @@ CLAIM = ".sending"
 CORRUPT = ".corrupt"
 REJECTED = ".rejected"
 _TMP = ".tmp"
-_MAGIC = b"MLS1"
-_HEADER = struct.Struct(">4sII")  # magic, payload length, CRC-32 of the payload
+OTLP = b"MLS1"
+"""Record kind: one serialized ``ExportTraceServiceRequest``."""
+SPAN = b"MLS2"
+"""Record kind: one span record (:func:`~.records.span_record`)."""
+_KINDS = (OTLP, SPAN)
+_HEADER = struct.Struct(">4sII")  # kind, payload length, CRC-32 of the payload
+Record = tuple[bytes, bytes]
+"""``(kind, payload)``."""
 _RESCAN_SECONDS = 10.0
 
 
@@ -95,28 +101,28 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def frame(payload: bytes) -> bytes:
-    """One record: header (magic, length, CRC-32) and payload."""
-    return _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+def frame(payload: bytes, kind: bytes = OTLP) -> bytes:
+    """One record: header (kind, length, CRC-32) and payload."""
+    return _HEADER.pack(kind, len(payload), zlib.crc32(payload)) + payload
 
 
-def records(data: bytes) -> tuple[list[bytes], bytes]:
+def records(data: bytes) -> tuple[list[Record], bytes]:
     """The intact records of a file, and the bytes that are not (torn or foreign).
 
     After a bad stretch, reading resumes at the next header whose record is intact.
     """
-    out: list[bytes] = []
+    out: list[Record] = []
     bad = bytearray()
     pos, end = 0, len(data)
     while pos < end:
-        payload = _record_at(data, pos)
-        if payload is not None:
-            out.append(payload)
-            pos += _HEADER.size + len(payload)
+        record = _record_at(data, pos)
+        if record is not None:
+            out.append(record)
+            pos += _HEADER.size + len(record[1])
             continue
-        nxt = data.find(_MAGIC, pos + 1)
+        nxt = data.find(b"MLS", pos + 1)
         while nxt != -1 and _record_at(data, nxt) is None:
-            nxt = data.find(_MAGIC, nxt + 1)
+            nxt = data.find(b"MLS", nxt + 1)
         stop = end if nxt == -1 else nxt
         bad += data[pos:stop]
         pos = stop
@@ -124,20 +130,22 @@ def records(data: bytes) -> tuple[list[bytes], bytes]:
 
 
 def unframe(data: bytes) -> bytes | None:
-    """The payloads of a file, concatenated (one request); None if nothing is intact."""
+    """A file's records as one OTLP request; None if nothing in it is intact."""
+    from meterline.instrumentation.delivery.records import to_request
+
     good, _ = records(data)
-    return b"".join(good) if good else None
+    return to_request(good) if good else None
 
 
-def _record_at(data: bytes, pos: int) -> bytes | None:
+def _record_at(data: bytes, pos: int) -> Record | None:
     if len(data) - pos < _HEADER.size:
         return None
-    magic, length, crc = _HEADER.unpack_from(data, pos)
+    kind, length, crc = _HEADER.unpack_from(data, pos)
     start = pos + _HEADER.size
     payload = data[start : start + length]
-    if magic != _MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+    if kind not in _KINDS or len(payload) != length or zlib.crc32(payload) != crc:
         return None
-    return payload
+    return kind, payload
 
 
 class _Segment:
@@ -148,6 +156,7 @@ class _Segment:
         self.fd: int | None = None
         self.path: Path | None = None
         self.size = 0
+        self.checked = 0.0
 
 
 _segments: dict[str, _Segment] = {}
@@ -187,13 +196,12 @@ class Claimed:
     """The claimed file (``….<token>.sending``)."""
     name: str
     """Its queued name, to put it back."""
-    records: list[bytes] = field(default_factory=list)
-    """The requests it holds."""
+    records: list[Record] = field(default_factory=list)
+    """What it holds."""
 
     @property
-    def payload(self) -> bytes:
-        """All its requests as one (an export request's only field is repeated)."""
-        return b"".join(self.records)
+    def size(self) -> int:
+        return sum(len(payload) for _, payload in self.records)
 
 
 @dataclass
@@ -227,37 +235,55 @@ class Spool:
     # -- writing ------------------------------------------------------------------------
 
     def write(
-        self, payload: bytes, *, rejected: bool = False, lock_timeout: float = -1
+        self,
+        payload: bytes,
+        *,
+        kind: bytes = OTLP,
+        rejected: bool = False,
+        lock_timeout: float = -1,
     ) -> Path | None:
-        """Store one request; returns its file, or None if it could not be written.
+        """Store one record; returns its file, or None if it could not be written.
 
         Args:
-            payload: a serialized ``ExportTraceServiceRequest``.
+            payload: a serialized ``ExportTraceServiceRequest`` (``kind=OTLP``) or a span
+                record (``kind=SPAN``).
             rejected: store it set aside (for inspection, never sent), in a file of its own.
             lock_timeout: seconds to wait for another thread's write (-1: as long as it
                 takes); a signal handler passes a bound, as it may have interrupted that
                 very write.
         """
         if rejected:
-            return self._write_file(frame(payload), REJECTED)
-        data = frame(payload)
+            return self.write_rejected([(kind, payload)])
+        return self.write_many([payload], kind=kind, lock_timeout=lock_timeout)
+
+    def write_many(
+        self, payloads: list[bytes], *, kind: bytes = SPAN, lock_timeout: float = -1
+    ) -> Path | None:
+        """Append several records of one kind with a single ``write`` call."""
+        data = b"".join(frame(p, kind) for p in payloads)
         seg = _segment(self.directory)
         if not seg.lock.acquire(timeout=lock_timeout):
             return None
         try:
-            if seg.fd is not None and os.fstat(seg.fd).st_nlink == 0:
-                logger.warning(
-                    "meterline: the spool segment %s was deleted while open (the directory "
-                    "removed?); writing a new one",
-                    seg.path,
-                )
-                self._drop_segment(seg)
+            now = time.monotonic()
+            if seg.fd is not None and now - seg.checked > 1.0:
+                seg.checked = now  # at most once a second: a syscall the write can skip
+                if os.fstat(seg.fd).st_nlink == 0:
+                    logger.warning(
+                        "meterline: the spool segment %s was deleted while open (the "
+                        "directory removed?); writing a new one",
+                        seg.path,
+                    )
+                    self._drop_segment(seg)
             if seg.fd is None:
                 self._open_segment(seg, len(data))
+                seg.checked = now
             assert seg.fd is not None and seg.path is not None
-            view = memoryview(data)
-            while view:
-                view = view[os.write(seg.fd, view) :]
+            written = os.write(seg.fd, data)
+            if written < len(data):  # a short write (rare, e.g. a signal): the rest
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(seg.fd, view) :]
             if self.fsync:
                 os.fsync(seg.fd)
             seg.size += len(data)
@@ -276,6 +302,10 @@ class Spool:
             return None
         finally:
             seg.lock.release()
+
+    def write_rejected(self, refused: list[Record]) -> Path | None:
+        """Keep records the collector refused in a ``….rejected`` file of their own."""
+        return self._write_file(b"".join(frame(p, k) for k, p in refused), REJECTED)
 
     put = write  # the name of the previous API
 
@@ -321,7 +351,7 @@ class Spool:
                 self._rename(path, self.directory / name)
                 continue
             if name.endswith(LEGACY):
-                good, bad = ([data] if data else []), b""
+                good, bad = ([(OTLP, data)] if data else []), b""
             else:
                 good, bad = records(data)
             if not good:  # nothing intact (an empty file too): the whole file goes aside
@@ -329,8 +359,9 @@ class Spool:
                 continue
             if bad:
                 self._set_aside_corrupt(name, bad, whole=False, claimed=path)
-            claimed.append(Claimed(path, name, good))
-            total += sum(len(r) for r in good)
+            claim = Claimed(path, name, good)
+            claimed.append(claim)
+            total += claim.size
             if total >= max_bytes or len(claimed) >= max_files:
                 break
         return claimed
@@ -341,7 +372,13 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(c.path)
             if self._approx_bytes is not None:
-                self._approx_bytes -= len(c.payload)
+                self._approx_bytes -= c.size
+
+    def set_aside(self, claim: Claimed, record: Record) -> None:
+        """Keep an intact but unreadable record (not a span record of this version) as
+        ``….corrupt``, with a warning."""
+        self._set_aside_corrupt(claim.name, frame(record[1], record[0]), whole=False,
+                                claimed=claim.path)  # fmt: skip
 
     def release(self, claims: list[Claimed]) -> None:
         """Put claimed files back in the queue (not delivered)."""
@@ -499,7 +536,8 @@ class Spool:
             self._rename(claimed, target)
         else:
             try:
-                target.write_bytes(bad)
+                with open(target, "ab") as fh:
+                    fh.write(bad)
             except OSError:
                 logger.debug("meterline: cannot write %s", target, exc_info=True)
         logger.warning(

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from meterline.instrumentation import MeterlineInstrumentor, MeterlineSpanExporter, Spool
 from meterline.instrumentation.delivery.flush import flush_spool
+from meterline.instrumentation.delivery.records import to_request
 from meterline.instrumentation.delivery.sender import OtlpHttpSender, Status
 
 from .fakes import FakeLLM, OTLPReceiver, free_port
@@ -100,7 +101,8 @@ def test_only_an_ack_deletes_a_spooled_batch_and_files_go_in_one_request(tmp_pat
             receiver.url, spool=spool, retry_seconds=0, flush_on_start=False
         )
         assert exporter.flush_spool() == (0, 2)
-        assert [spool.claim(max_files=1)[0].payload for _ in range(2)] == [first, second]
+        claimed = [spool.claim(max_files=1)[0] for _ in range(2)]
+        assert [to_request(c.records) for c in claimed] == [first, second]
         for path in tmp_path.glob("*.sending"):
             path.rename(path.with_name(path.name.rsplit(".", 2)[0]))  # back to the queue
         assert exporter.flush_spool() == (2, 0)
