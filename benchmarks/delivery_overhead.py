@@ -16,12 +16,11 @@ the sender and the batch processor count) per non-streamed chat completion throu
 * ``meterline-batch`` — meterline's span, ``BatchSpanProcessor`` + ``MeterlineSpanExporter``
   (the delivery before the spool);
 * ``meterline-spool`` — meterline's span and its own ``SpoolingSpanProcessor`` (every span
-  written to a spool file within ~50 ms, delivered from there, deleted on the ack).
+  written ahead to the spool as it ends, delivered from there, deleted on the ack).
 
 Each block runs back to back (``tight``: a call every ~3 ms) and ``paced`` (a pause of
 ``--pause-ms`` between calls, so each call is alone in its write and its POST: the worst
-case per call). For ``meterline-spool`` it also reports how long after each span's end its
-file was on disk (p50 / p99 / max over all calls).
+case per call).
 """
 
 from __future__ import annotations
@@ -136,18 +135,6 @@ def measure(chat_port: int, otlp_url: str, calls: int, rounds: int, pause: float
     configs = {n: _config(n, otlp_url, spool_dir) for n in names}
     client = openai.OpenAI(api_key="k", base_url=f"http://127.0.0.1:{chat_port}/v1", max_retries=0)
     messages: Any = [{"role": "user", "content": "Say hello."}]
-    latencies: list[float] = []
-
-    spool_provider = configs["meterline-spool"][0]
-    processor = spool_provider._active_span_processor._span_processors[0]
-    original_write = processor._write
-
-    def timed_write(spans: Any, *args: Any) -> None:
-        original_write(spans, *args)
-        now = time.time_ns()
-        latencies.extend((now - s.end_time) / 1e6 for s in spans)
-
-    processor._write = timed_write
 
     def block(name: str, n: int, gap: float) -> float:
         provider, enable, disable = configs[name]
@@ -168,23 +155,13 @@ def measure(chat_port: int, otlp_url: str, calls: int, rounds: int, pause: float
 
     for name in names:  # warm-up: imports, connections, every code path
         block(name, 20, 0)
-    latencies.clear()
     results: dict[str, dict[str, list[float]]] = {n: {"tight": [], "paced": []} for n in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             results[name]["tight"].append(block(name, calls, 0))
             results[name]["paced"].append(block(name, max(5, calls // 10), pause))
-    lat = sorted(latencies)
     medians = {n: {k: statistics.median(v) for k, v in m.items()} for n, m in results.items()}
-    return {
-        "per_call_us": medians,
-        "disk_latency_ms": {
-            "n": len(lat),
-            "p50": lat[len(lat) // 2],
-            "p99": lat[int(len(lat) * 0.99)],
-            "max": lat[-1],
-        },
-    }
+    return {"per_call_us": medians}
 
 
 def _start(kind: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -261,11 +238,6 @@ def _report(results: dict[str, Any]) -> None:
             f"(target <= 1.2x) {'OK' if ours <= 1.2 * otel else 'MISSED'}; "
             f"/ meterline-batch added: {ours / batch:.2f}x"
         )
-    lat = results["disk_latency_ms"]
-    print(
-        f"span end -> on disk (meterline-spool, {lat['n']} spans): p50 {lat['p50']:.1f} ms, "
-        f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms (target <= 100 ms)"
-    )
 
 
 if __name__ == "__main__":
