@@ -52,11 +52,13 @@ def _register_all() -> None:
     try:  # the simulator and the demo need the server extra (starlette, uvicorn)
         from meterline.demo import cli as demo_cli
         from meterline.simulator import cli as simulator_cli
+        from meterline.stripe_standin import cli as stripe_standin_cli
     except ImportError:
         pass
     else:
         simulator_cli.register(app)
         demo_cli.register(app)
+        stripe_standin_cli.register(app)
     aggregator_cli.register(app)
 
 
