@@ -30,7 +30,8 @@ concurrent call per customer and meter; v2 meter event sessions (15 minutes) and
 (≤ 100 events, validated asynchronously); cancellations within 24 h; meters; customers,
 invoice items and draft/finalised invoices. Faults on demand: 429 (``rate_limit``,
 ``lock_timeout``), 500 before or after applying, connections dropped before or after
-applying. Its clock is settable (``Clock``).
+applying, answers held back (``stall_before`` / ``stall_after``, to kill a client
+mid-request). Its clock is settable (``Clock``).
 
 Not covered (do not test these against it): Stripe's real rate limits (only injected or
 per-customer-meter overlaps answer 429); meter event summaries, meter updates and

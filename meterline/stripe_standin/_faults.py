@@ -18,6 +18,10 @@ Kinds, in the order a request meets them:
 ``drop_after``
     the request was applied and its answer saved under the idempotency key, then the
     connection is closed with no answer.
+``stall_before`` / ``stall_after``
+    the answer is held back ``delay`` seconds, before or after the request was applied
+    (then sent normally): a window in which to kill the client with a real signal while
+    its request is in flight, applied or not.
 
 ``retry_after`` adds a ``Retry-After`` header (seconds); ``should_retry`` sets
 ``Stripe-Should-Retry`` explicitly (``None``: the kind's default).
@@ -35,6 +39,8 @@ KINDS = (
     "server_error",
     "server_error_after",
     "drop_after",
+    "stall_before",
+    "stall_after",
 )
 
 
@@ -47,6 +53,8 @@ class Fault:
     method: str | None = None
     retry_after: int | None = None
     should_retry: bool | None = None
+    delay: float = 30.0
+    """Seconds a ``stall_*`` fault holds the answer back."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -78,8 +86,9 @@ class Faults:
         method: str | None = None,
         retry_after: int | None = None,
         should_retry: bool | None = None,
+        delay: float = 30.0,
     ) -> Fault:
-        fault = Fault(kind, times, path, method, retry_after, should_retry)
+        fault = Fault(kind, times, path, method, retry_after, should_retry, delay)
         with self._lock:
             self._pending.append(fault)
         return fault

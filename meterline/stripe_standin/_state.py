@@ -254,6 +254,12 @@ class Standin:
                     out[key] = out.get(key, 0) + value
         return out
 
+    def seen(self, identifier: str, now: float) -> bool:
+        """Whether ``identifier`` was received within the de-duplication window."""
+        with self.lock:
+            event = self.by_identifier.get(identifier)
+            return event is not None and event.created >= now - self.config.dedup_window
+
     def events(self, *, include_canceled: bool = True) -> list[MeterEvent]:
         with self.lock:
             return [e for e in self.meter_events if include_canceled or not e.canceled]
@@ -262,13 +268,19 @@ class Standin:
         """Forget identifiers and idempotency keys older than their windows."""
         now = self.clock.now()
         with self.lock:
+            # Both dicts are in arrival order: drop from the oldest end (O(1) per request).
             cutoff = now - self.config.dedup_window
-            stale = [k for k, e in self.by_identifier.items() if e.created < cutoff]
-            for key in stale:
-                del self.by_identifier[key]
+            while self.by_identifier:
+                oldest = next(iter(self.by_identifier))
+                if self.by_identifier[oldest].created >= cutoff:
+                    break
+                del self.by_identifier[oldest]
             cutoff = now - self.config.idempotency_ttl
-            for key in [k for k, s in self.idempotency.items() if s.created < cutoff]:
-                del self.idempotency[key]
+            while self.idempotency:
+                oldest_key = next(iter(self.idempotency))
+                if self.idempotency[oldest_key].created >= cutoff:
+                    break
+                del self.idempotency[oldest_key]
 
     def snapshot(self) -> dict[str, Any]:
         """All state as JSON-ready data (``GET /_standin/state``)."""

@@ -252,8 +252,11 @@ class _Pipeline:
             if fault is not None and fault.kind == "drop_after":
                 standin.requests.append((request.method, request.url.path, 0))
                 return _Drop(dropper)
-            if fault is not None:  # a 500 on the way back; the saved answer stays
+            if fault is not None and fault.kind.startswith("server_error"):
+                # a 500 on the way back; the saved answer stays
                 return self._fail(request, rid, _fault_failure(fault, endpoint.api_mode))
+            if fault is not None:  # stall_*
+                await asyncio.sleep(fault.delay)
             assert slot.status is not None
             headers = {
                 **slot.headers,
@@ -262,6 +265,8 @@ class _Pipeline:
             }
             return self._answer(request, rid, slot.status, slot.body, headers)
         call = Call(standin, params, dict(request.path_params), endpoint.api_mode, livemode, now)
+        if fault is not None and fault.kind == "stall_before":
+            await asyncio.sleep(fault.delay)
         try:
             if fault is not None and fault.kind == "server_error":
                 raise _fault_failure(fault, endpoint.api_mode)
@@ -281,6 +286,8 @@ class _Pipeline:
             self._settle(slot, 500, failure, rid)
             return self._fail(request, rid, failure)
         self._settle(slot, 200, result, rid)
+        if fault is not None and fault.kind == "stall_after":
+            await asyncio.sleep(fault.delay)
         if fault is not None and fault.kind == "drop_after":
             standin.requests.append((request.method, request.url.path, 0))
             return _Drop(dropper)
@@ -305,6 +312,9 @@ class _Pipeline:
         with standin.lock:
             standin.prune()
             saved = standin.idempotency.get((livemode, key))
+            if saved is not None and saved.created < now - standin.config.idempotency_ttl:
+                del standin.idempotency[(livemode, key)]  # pruned: the key is new again
+                saved = None
             if saved is None:
                 standin.idempotency[(livemode, key)] = Saved(fingerprint, rid, now)
                 return (livemode, key)

@@ -185,6 +185,7 @@ def _process(call: Call, event: MeterEvent) -> None:
             )
             return
         standin.meter_events.append(event)
+        standin.by_identifier.pop(event.identifier, None)  # keep arrival order for prune()
         standin.by_identifier[event.identifier] = event
 
 
@@ -244,7 +245,7 @@ async def create_meter_event(call: Call) -> dict[str, Any]:
         )
         with standin.lock:
             standin.prune()
-            if event.identifier in standin.by_identifier:
+            if standin.seen(event.identifier, call.now):
                 standin.duplicates.append(event.v1(call.livemode) | {"api": "v1"})
                 if standin.config.duplicate_identifier == "error":
                     raise invalid_request(
@@ -391,7 +392,7 @@ def meter_event_stream(call: Call) -> dict[str, Any]:
     with standin.lock:
         standin.prune()
         for event in parsed:
-            if event.identifier in standin.by_identifier:
+            if standin.seen(event.identifier, call.now):
                 standin.duplicates.append(event.v1(call.livemode) | {"api": "v2"})
                 continue
             _process(call, event)

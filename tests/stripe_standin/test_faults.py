@@ -104,3 +104,43 @@ def test_v2_server_errors_are_not_saved_so_a_retry_runs_again(fake, client):
 def test_an_unknown_fault_kind_is_refused(fake):
     with pytest.raises(ValueError, match="unknown fault kind 'explode'"):
         fake.state.faults.inject("explode")
+
+
+def test_stall_after_applies_then_holds_the_answer_back(fake):
+    """A window to kill a client whose request was applied but not yet answered."""
+    import threading
+    import time
+
+    client = client_for(fake)
+    fake.state.faults.inject("stall_after", path="/v1/billing/meter_events", delay=1.0)
+    answered = threading.Event()
+
+    def send() -> None:
+        client.v1.billing.meter_events.create(event("3"))
+        answered.set()
+
+    thread = threading.Thread(target=send)
+    started = time.monotonic()
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not fake.state.events() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.state.totals() == {("cus_acme", "llm_input_tokens"): 3}
+    assert not answered.is_set()
+    thread.join(5)
+    assert answered.is_set()
+    assert time.monotonic() - started >= 1.0
+
+
+def test_stall_before_holds_the_request_back_unapplied(fake):
+    import threading
+    import time
+
+    client = client_for(fake)
+    fake.state.faults.inject("stall_before", path="/v1/billing/meter_events", delay=0.6)
+    thread = threading.Thread(target=lambda: client.v1.billing.meter_events.create(event("3")))
+    thread.start()
+    time.sleep(0.3)
+    assert fake.state.events() == []
+    thread.join(5)
+    assert fake.state.totals() == {("cus_acme", "llm_input_tokens"): 3}
