@@ -6,6 +6,7 @@ engine path; isolation comes from a fresh *database* per test instead.
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,20 @@ import pytest
 
 if TYPE_CHECKING:
     from meterline.store import Store
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the apps the tests start the signal dispositions a shell gives them.
+
+    pytest-xdist's workers ignore SIGINT, and an ignored signal stays ignored across
+    ``exec``: every app a worker started would ignore Ctrl-C, and meterline rightly keeps
+    an ignored signal ignored, so the stop tests would test the wrong thing.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(
+                sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler
+            )
 
 
 @pytest.fixture(scope="session")
