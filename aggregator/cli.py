@@ -1,10 +1,12 @@
 """CLI commands of the aggregator: ``invoice``, ``export``, ``prices show|update``,
-``finalize``, ``reprice``. Imports stay light (server modules load inside commands).
+``finalize``, ``reprice``, ``keys create|list|revoke`` (:mod:`.cli_keys`). Imports stay
+light (server modules load inside commands).
 
 Each command talks to a running server when ``METERLINE_API_URL`` is set (key in
 ``METERLINE_API_KEY``), otherwise opens the store itself (``--data-dir`` or
 ``--clickhouse-url``; the same ``METERLINE_*`` variables as ``serve``). Output is a
-readable table, or ``--format json|csv``.
+readable table, or ``--format json|csv``. A 401 from the server while
+``METERLINE_API_KEY`` is unset says so (and that ``METERLINE_ADMIN_KEY`` is not read).
 """
 
 from __future__ import annotations
@@ -38,14 +40,23 @@ class _Remote:
         self.url = url.rstrip("/")
         self.key = key
 
-    def call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
         import urllib.error
         import urllib.parse
         import urllib.request
 
         query = {k: v for k, v in (params or {}).items() if v is not None and v is not False}
         url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        data = None if method in ("GET", "HEAD") else json.dumps(body or {}).encode()
+        request = urllib.request.Request(url, method=method, data=data)
+        if data is not None:  # the open API refuses state changes of any other type
+            request.add_header("Content-Type", "application/json")
         if self.key:
             request.add_header("Authorization", f"Bearer {self.key}")
         try:
@@ -58,9 +69,18 @@ class _Remote:
                 detail = exc.reason
             if isinstance(detail, list):  # FastAPI's validation errors
                 detail = "; ".join(str(d.get("msg", d)) for d in detail)
+            if exc.code == 401 and not self.key:
+                detail += _missing_key_hint()
             raise CommandError(f"{method} {url}: {exc.code} {detail}") from None
         except urllib.error.URLError as exc:
             raise CommandError(f"cannot reach the server at {self.url}: {exc.reason}") from None
+
+
+def _missing_key_hint() -> str:
+    if os.environ.get("METERLINE_ADMIN_KEY"):
+        return (" (METERLINE_API_KEY is not set: the CLI sends that variable's key, "
+                "not METERLINE_ADMIN_KEY; set METERLINE_API_KEY)")  # fmt: skip
+    return " (set METERLINE_API_KEY to the server's admin key or a consumer key)"
 
 
 class _Local:
@@ -272,9 +292,10 @@ def register(app: typer.Typer) -> None:
 
         def local(b: _Local) -> dict[str, Any]:
             from meterline.aggregator.invoices import get_invoices, resolve_period
+            from meterline.aggregator.tenancy import Scope
 
             view = get_invoices(b.store, b.pricing, resolve_period(period, from_, to),
-                                consumer=consumer)[consumer]  # fmt: skip
+                                scope=Scope.ALL, consumer=consumer)[consumer]  # fmt: skip
             return view.invoice.to_dict()
 
         data = _run((data_dir, clickhouse_url, database, config), remote, local)
@@ -301,8 +322,10 @@ def register(app: typer.Typer) -> None:
 
         def local(b: _Local) -> list[dict[str, Any]]:
             from meterline.aggregator.invoices import get_invoices, iter_export_rows, resolve_period
+            from meterline.aggregator.tenancy import Scope
 
-            views = get_invoices(b.store, b.pricing, resolve_period(period, from_, to))
+            views = get_invoices(b.store, b.pricing, resolve_period(period, from_, to),
+                                 scope=Scope.ALL)  # fmt: skip
             return list(iter_export_rows(views.values()))
 
         rows = _run((data_dir, clickhouse_url, database, config), remote, local)
@@ -456,6 +479,10 @@ def register(app: typer.Typer) -> None:
             return head + "\n\n" + table(d["consumers"], columns)
 
         _emit(data, fmt, render, lambda d: (d["consumers"], columns))
+
+    from meterline.aggregator import cli_keys
+
+    cli_keys.register(app)
 
 
 def _nonzero(text: str) -> bool:

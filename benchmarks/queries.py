@@ -28,6 +28,7 @@ import time
 
 from meterline.aggregator.invoices import compute_invoices, month
 from meterline.aggregator.pricing import load_pricing
+from meterline.aggregator.tenancy import Scope
 from meterline.store import open_store
 from meterline.store.usage_schema import COUNTED_VIEW, MONTHS_SQL
 
@@ -165,9 +166,14 @@ def main() -> None:
         {"s": period.start, "e": period.end},
     )
     pricing = load_pricing(args.config)
-    compute_invoices(store, pricing, period, consumer="c42")  # warm caches
-    one, _ = timed(lambda: compute_invoices(store, pricing, period, consumer="c42"), args.repeat)
-    every, invoices = timed(lambda: compute_invoices(store, pricing, period), args.repeat)
+    compute_invoices(store, pricing, period, scope=Scope.ALL, consumer="c42")  # warm caches
+    one, _ = timed(
+        lambda: compute_invoices(store, pricing, period, scope=Scope.ALL, consumer="c42"),
+        args.repeat,
+    )
+    every, invoices = timed(
+        lambda: compute_invoices(store, pricing, period, scope=Scope.ALL), args.repeat
+    )
     lines = sum(len(i.lines) for i in invoices.values())  # type: ignore[union-attr]
     print()
     print(f"rows in store: {total:,}; rows in {period.label}: {in_month:,}")

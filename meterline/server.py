@@ -34,11 +34,16 @@ from typing import Any
 
 import uvicorn
 
+from meterline.errors import MeterlineError
 from meterline.settings import ServerSettings
 from meterline.store import Store, open_store
 from meterline.store.reconcile import Checkpointer, reconcile_at_start
 
 logger = logging.getLogger(__name__)
+
+
+class ServeRefused(MeterlineError):
+    """The configuration is unsafe to serve as it is (the message says what to do)."""
 
 
 def open_configured_store(settings: ServerSettings) -> Store:
@@ -121,11 +126,15 @@ async def serve(
 ) -> None:
     """Run every listener until SIGTERM/SIGINT (or ``stop`` is set)."""
     from meterline.aggregator.app import create_app
+    from meterline.aggregator.auth import OPEN_WARNING, open_api_refusal
     from meterline.collector.budget import BodyBudget
     from meterline.collector.otlp_grpc import create_server as create_grpc_server
     from meterline.collector.otlp_http import OTLPHTTPApp
     from meterline.collector.writer import Writer
 
+    refusal = open_api_refusal(settings)
+    if refusal is not None:
+        raise ServeRefused(refusal)
     store = open_configured_store(settings)
     applied = store.migrate()
     if applied:
@@ -171,9 +180,10 @@ async def serve(
         keep_all=settings.keep_all_spans,
         budget=bodies,
     )
-    api = _uvicorn(
-        "api", create_app(settings, store, ready=lambda: listening), _bind(host, settings.api_port)
-    )
+    api_sock = _bind(host, settings.api_port)
+    address = (host, api_sock.getsockname()[1])
+    api = _uvicorn("api", create_app(settings, store, ready=lambda: listening, address=address),
+                   api_sock)  # fmt: skip
     listeners = [otlp, api]
     ch_http = _clickhouse_http(settings, store)
     if ch_http is not None:
@@ -193,6 +203,8 @@ async def serve(
     )
     for name, url in endpoints.urls().items():
         logger.info("%s listening on %s", name, url)
+    if not settings.admin_keys:
+        logger.warning(OPEN_WARNING)
     if ready_file is not None:
         tmp = ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({**endpoints.__dict__, "urls": endpoints.urls()}))
@@ -237,7 +249,9 @@ def _clickhouse_http(settings: ServerSettings, store: Store) -> _UvicornListener
     except ImportError:
         logger.warning("the ClickHouse-HTTP endpoint is not available in this build")
         return None
-    password = settings.clickhouse_http_password or settings.admin_key
+    # admin only: any admin key is the password (a consumer key never is)
+    password = (settings.clickhouse_http_password,) if settings.clickhouse_http_password else (
+        settings.admin_keys or None)  # fmt: skip
     app = create_ch_app(store, password=password, writable=settings.clickhouse_http_writable)
     sock = _bind(settings.host, settings.clickhouse_http_port)
     # accepted sockets inherit it: without it the body, written after the headers, waits

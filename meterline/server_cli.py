@@ -47,6 +47,13 @@ def serve(
     ready_file: Annotated[
         Path | None, typer.Option(help="Write the endpoints as JSON here once listening.")
     ] = None,
+    allow_open_api: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-open-api",
+            help="Serve the API without METERLINE_ADMIN_KEY on a non-loopback --host.",
+        ),
+    ] = None,
 ) -> None:
     """Run the collector, the API and the ClickHouse-HTTP endpoint (0 = any free port)."""
     from meterline.server import serve as run
@@ -63,8 +70,15 @@ def serve(
         clickhouse_http_port=clickhouse_http_port,
         keep_all_spans=keep_all_spans,
         fsync=fsync,
+        allow_open_api=allow_open_api,
     )
-    asyncio.run(run(settings, ready_file=ready_file))
+    from meterline.server import ServeRefused
+
+    try:
+        asyncio.run(run(settings, ready_file=ready_file))
+    except ServeRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def migrate(

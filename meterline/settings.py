@@ -34,7 +34,12 @@ class ServerSettings(BaseSettings):
     clickhouse_http_port: int = Field(8123, ge=0, le=65535)
 
     admin_key: str | None = None
-    """When set, every ``/v1`` API route requires ``Authorization: Bearer <key>``."""
+    """The admin key, or several separated by commas (to rotate one without downtime).
+    When set, every ``/v1`` route requires ``Authorization: Bearer <key>`` (an admin key
+    or a consumer key); unset, the API is open to anyone who reaches it (loopback only,
+    unless ``allow_open_api``)."""
+    allow_open_api: bool = False
+    """Serve the API without an admin key on an address other than loopback."""
     ingest_token: str | None = None
     """When set, OTLP requests require ``Authorization: Bearer <token>``."""
     clickhouse_http_password: str | None = None
@@ -60,6 +65,11 @@ class ServerSettings(BaseSettings):
     """Inserts running at once (one engine insert is mostly single-threaded)."""
     fsync: bool = False
     """fsync each insert's parts (survives power loss; slower)."""
+
+    @property
+    def admin_keys(self) -> tuple[str, ...]:
+        """The admin keys of ``admin_key`` (comma-separated, blanks around them dropped)."""
+        return tuple(k.strip() for k in (self.admin_key or "").split(",") if k.strip())
 
 
 def settings_from_flags(**given: object) -> ServerSettings:

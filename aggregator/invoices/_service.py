@@ -4,6 +4,8 @@ Contract:
 - An *open* period's invoices are computed from the counted usage (each response once,
   :func:`~meterline.aggregator.queries.usage.counted_usage`) with the prices in force
   at each call's timestamp; invalid usage is listed in ``invalid``, never priced.
+- Every read takes a :class:`~meterline.aggregator.tenancy.Scope` (no default): whose
+  invoices it may see. Finalisation and re-pricing are the admin's and read them all.
 - A *finalised* period's invoices are the stored documents (latest revision); a later
   price change never alters them silently. :func:`reprice` computes them afresh, shows
   the difference and records it as an adjustment (``force``: issues a new revision).
@@ -35,6 +37,7 @@ from meterline.aggregator.queries import READ_SETTINGS
 from meterline.aggregator.queries import invoices as sql
 from meterline.aggregator.queries.rating import rating_sql
 from meterline.aggregator.queries.usage import UsageFilter
+from meterline.aggregator.tenancy import Scope
 from meterline.errors import MeterlineError
 from meterline.store import Store
 
@@ -86,11 +89,17 @@ def rate_usage(
 
 
 def compute_invoices(
-    store: Store, pricing: Pricing, period: Period, *, consumer: str | None = None
+    store: Store, pricing: Pricing, period: Period, *, scope: Scope, consumer: str | None = None
 ) -> dict[str, Invoice]:
-    """Invoices computed from usage (ignores finalisation); a requested consumer without
-    usage gets an empty invoice."""
-    f = UsageFilter(start=period.start, end=period.end, consumer=consumer)
+    """Invoices computed from usage (ignores finalisation) of the consumers ``scope``
+    admits; a requested consumer without usage gets an empty invoice.
+
+    Raises:
+        NotVisible: ``consumer`` is outside ``scope``.
+    """
+    if consumer is not None:
+        scope.check(consumer)
+    f = UsageFilter(start=period.start, end=period.end, consumer=consumer, scope=scope)
     grid, _, rows = _rating_rows(store, pricing, f)
     valid, invalid = [], {}
     for row in rows:
@@ -155,17 +164,20 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _stored(store: Store, period: str, consumer: str | None) -> dict[str, tuple[int, Invoice]]:
+def _stored(
+    store: Store, period: str, consumer: str | None, scope: Scope
+) -> dict[str, tuple[int, Invoice]]:
     _, rows = store.query(
-        sql.LATEST_INVOICES_SQL, sql.scope(period, consumer), settings=READ_SETTINGS
+        sql.LATEST_INVOICES_SQL, sql.scope(period, consumer, tenancy=scope), settings=READ_SETTINGS
     )
     return {str(c): (int(rev), Invoice.from_dict(json.loads(doc))) for c, rev, doc in rows}
 
 
 def _adjusted(
-    store: Store, period: str, consumer: str | None, revisions: dict[str, int]
+    store: Store, period: str, consumer: str | None, revisions: dict[str, int], scope: Scope
 ) -> dict[str, Decimal]:
-    _, rows = store.query(sql.ADJUSTMENTS_SQL, sql.scope(period, consumer), settings=READ_SETTINGS)
+    params = sql.scope(period, consumer, tenancy=scope)
+    _, rows = store.query(sql.ADJUSTMENTS_SQL, params, settings=READ_SETTINGS)
     sums: dict[str, Decimal] = {}
     with localcontext(MONEY_CONTEXT):
         for c, revision, _at, currency, amount, _reason in rows:
@@ -181,15 +193,23 @@ def _empty(consumer: str, period: str, currency: str) -> Invoice:
 
 
 def get_invoices(
-    store: Store, pricing: Pricing, period: Period, *, consumer: str | None = None
+    store: Store, pricing: Pricing, period: Period, *, scope: Scope, consumer: str | None = None
 ) -> dict[str, InvoiceView]:
-    """The period's invoices: stored ones when it is finalised, else computed."""
+    """The period's invoices of the consumers ``scope`` admits: stored ones when it is
+    finalised, else computed.
+
+    Raises:
+        NotVisible: ``consumer`` is outside ``scope``.
+    """
+    if consumer is not None:
+        scope.check(consumer)
     final = finalization(store, period.label) if period.is_month else None
     if final is None:
-        computed = compute_invoices(store, pricing, period, consumer=consumer)
+        computed = compute_invoices(store, pricing, period, scope=scope, consumer=consumer)
         return {c: InvoiceView(inv) for c, inv in computed.items()}
-    stored = _stored(store, period.label, consumer)
-    adjustments = _adjusted(store, period.label, consumer, {c: r for c, (r, _) in stored.items()})
+    stored = _stored(store, period.label, consumer, scope)
+    revisions = {c: r for c, (r, _) in stored.items()}
+    adjustments = _adjusted(store, period.label, consumer, revisions, scope)
     views = {
         c: InvoiceView(inv, final, rev, adjustments.get(c, Decimal(0)))
         for c, (rev, inv) in stored.items()
@@ -234,7 +254,7 @@ def finalize(store: Store, pricing: Pricing, label: str) -> tuple[Finalization, 
             f"period {period.label} was finalised at {existing.finalized_at.isoformat()} "
             f"(revision {existing.revision}); use 'meterline reprice --period {period.label}'"
         )
-    invoices = compute_invoices(store, pricing, period)
+    invoices = compute_invoices(store, pricing, period, scope=Scope.ALL)
     now = datetime.now(UTC)
     _insert_rows(
         store, "invoices", sql.INVOICE_COLUMNS, [_invoice_row(i, 1, now) for i in invoices.values()]
@@ -315,10 +335,10 @@ def reprice(
             f"period {period.label} is not finalised; run 'meterline finalize --period "
             f"{period.label}' first (open periods are always priced afresh)"
         )
-    stored = _stored(store, period.label, None)
+    stored = _stored(store, period.label, None, Scope.ALL)
     revisions = {c: r for c, (r, _) in stored.items()}
-    adjustments = _adjusted(store, period.label, None, revisions)
-    fresh = compute_invoices(store, pricing, period)
+    adjustments = _adjusted(store, period.label, None, revisions, Scope.ALL)
+    fresh = compute_invoices(store, pricing, period, scope=Scope.ALL)
     lines: list[RepriceLine] = []
     with localcontext(MONEY_CONTEXT):
         for consumer in sorted(set(stored) | set(fresh)):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from meterline.aggregator.tenancy import Scope
+
 PERIOD_SQL = """
 SELECT Revision, FinalizedAt, Currency, CatalogueSource
 FROM {db}.billing_periods FINAL
@@ -19,6 +21,7 @@ LATEST_INVOICES_SQL = """
 SELECT ConsumerId, argMax(Revision, Revision) AS revision, argMax(Document, Revision) AS document
 FROM {db}.invoices FINAL
 WHERE Period = {period:String} AND ({all:UInt8} OR ConsumerId = {consumer:String})
+    AND ({scope_all:UInt8} OR ConsumerId = {scope_consumer:String})
 GROUP BY ConsumerId
 ORDER BY ConsumerId
 """
@@ -28,6 +31,7 @@ ADJUSTMENTS_SQL = """
 SELECT ConsumerId, Revision, CreatedAt, Currency, Amount, Reason
 FROM {db}.invoice_adjustments
 WHERE Period = {period:String} AND ({all:UInt8} OR ConsumerId = {consumer:String})
+    AND ({scope_all:UInt8} OR ConsumerId = {scope_consumer:String})
 ORDER BY ConsumerId, CreatedAt
 """
 """Adjustments recorded by ``reprice`` (each against one invoice revision)."""
@@ -64,6 +68,13 @@ ADJUSTMENT_COLUMNS = (
 CATALOGUE_COLUMNS = ("FetchedAt", "Source", "Data")
 
 
-def scope(period: str, consumer: str | None) -> dict[str, Any]:
-    """Parameters selecting a period's rows, for one consumer or all."""
-    return {"period": period, "all": int(consumer is None), "consumer": consumer or ""}
+def scope(period: str, consumer: str | None, *, tenancy: Scope) -> dict[str, Any]:
+    """Parameters selecting a period's rows, for one consumer or all, within ``tenancy``
+    (whose rows may be read at all: :mod:`meterline.aggregator.tenancy`)."""
+    return {
+        "period": period,
+        "all": int(consumer is None),
+        "consumer": consumer or "",
+        "scope_all": int(tenancy.consumer is None),
+        "scope_consumer": tenancy.consumer or "",
+    }

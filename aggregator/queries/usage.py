@@ -5,8 +5,9 @@ view ``llm_usage_counted``, :data:`~meterline.store.usage_schema.COUNTED_SELECT`
 which yields each response once, at its winning report, wherever its reports' timestamps
 fall (docs/counting.md); filters apply to that winning report. Invalid usage (a
 ``UsageError``) is counted in ``invalid_requests`` and in no token total; sums are
-``UInt128``, so they cannot wrap. Filters and the time range are bound parameters;
-group keys come from a fixed table, so no user text reaches the SQL.
+``UInt128``, so they cannot wrap. Every read is scoped (``UsageFilter.scope``, required):
+a consumer key's scope is a condition of the query itself. Filters and the time range are
+bound parameters; group keys come from a fixed table, so no user text reaches the SQL.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from meterline.aggregator.tenancy import Scope
 from meterline.store.usage_schema import COUNTED_SELECT
 
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
@@ -64,14 +66,19 @@ class UsageFilter:
     model: str | None = None
     """Matches the response model or, failing that, the request model."""
     group_by: tuple[str, ...] = field(default=())
+    scope: Scope = field(kw_only=True)
+    """Whose usage may be read at all (required: :mod:`meterline.aggregator.tenancy`);
+    ANDed with ``consumer``, so a filter outside the scope selects nothing."""
 
 
 def counted_usage(f: UsageFilter) -> tuple[str, str, dict[str, Any]]:
     """The source (each response once, in ``[f.start, f.end)``), the WHERE clause
-    (possibly ``1``) of ``f``'s other filters, and their parameters."""
+    of ``f``'s scope and other filters, and their parameters."""
     params: dict[str, Any] = {"start": f.start or EARLIEST, "end": f.end or LATEST}
     source = f"(\n{COUNTED_SELECT}\n)"
     conditions: list[str] = []
+    if f.scope.consumer is not None:
+        conditions.append(f.scope.condition(params))
     for name, column in (
         ("consumer", "ConsumerId"),
         ("feature", "Feature"),

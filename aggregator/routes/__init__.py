@@ -2,16 +2,18 @@
 
 from fastapi import APIRouter, Depends
 
-from meterline.aggregator.deps import require_api_key
-from meterline.aggregator.routes import export, health, invoices, periods, prices, usage
+from meterline.aggregator.auth import get_principal
+from meterline.aggregator.routes import export, health, invoices, keys, periods, prices, usage
 
-api_router = APIRouter(dependencies=[Depends(require_api_key)])
-"""Every ``/v1`` route: guarded by the admin key when one is set."""
+api_router = APIRouter(dependencies=[Depends(get_principal)])
+"""Every ``/v1`` route: the caller is resolved (401 without a valid key when one is set);
+each route also declares what it needs (:data:`~meterline.aggregator.auth.REQUIREMENTS`)."""
 api_router.include_router(usage.router)
 api_router.include_router(invoices.router)
 api_router.include_router(periods.router)
 api_router.include_router(export.router)
 api_router.include_router(prices.router)
+api_router.include_router(keys.router)
 
 public_router = APIRouter()
 public_router.include_router(health.router)

@@ -4,7 +4,8 @@ Columns: :data:`~meterline.aggregator.invoices.EXPORT_COLUMNS` (money as decimal
 strings). ``status`` says what a row is (``priced``, ``markup``, ``adjustment``,
 ``unpriced``, ``failed``); rows without a price or an amount have them empty (CSV) or
 ``null`` (JSON), never 0 — see :mod:`meterline.aggregator._export`. The body is streamed
-one consumer at a time; a finalised month exports the stored invoices.
+one consumer at a time; a finalised month exports the stored invoices. A consumer key
+exports its own consumer's rows only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
+from meterline.aggregator.auth import ScopeDep
 from meterline.aggregator.deps import StoreDep
 from meterline.aggregator.invoices import (
     EXPORT_COLUMNS,
@@ -63,6 +65,7 @@ def _json(rows: Iterator[dict[str, object]]) -> Iterator[str]:
 def get_export(
     store: StoreDep,
     pricing: PricingDep,
+    scope: ScopeDep,
     period: Annotated[str | None, Query(description="UTC month, YYYY-MM")] = None,
     from_: Annotated[From | None, Query(alias="from", description="ISO-8601")] = None,
     to: Annotated[To | None, Query(description="ISO-8601, exclusive")] = None,
@@ -72,7 +75,7 @@ def get_export(
         resolved = resolve_period(period, from_, to)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    views = get_invoices(store, pricing, resolved)
+    views = get_invoices(store, pricing, resolved, scope=scope)
     rows = iter_export_rows(views.values())
     name = resolved.label.replace("/", "_").replace(":", "")
     if format is ExportFormat.csv:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
+from meterline.aggregator.auth import ScopeDep
 from meterline.aggregator.deps import StoreDep
 from meterline.aggregator.invoices import InvoiceView, get_invoices, resolve_period
 from meterline.aggregator.pricing import money_str
@@ -37,15 +38,21 @@ def get_invoice(
     store: StoreDep,
     pricing: PricingDep,
     response: Response,
+    scope: ScopeDep,
     period: Annotated[str | None, Query(description="UTC month, YYYY-MM")] = None,
     from_: Annotated[From | None, Query(alias="from", description="ISO-8601")] = None,
     to: Annotated[To | None, Query(description="ISO-8601, exclusive")] = None,
 ) -> dict[str, Any]:
-    """The consumer's invoice: lines, subtotal, markup, total, unpriced usage."""
+    """The consumer's invoice: lines, subtotal, markup, total, unpriced usage.
+
+    A consumer key asking for another consumer gets 404, the same answer whether that
+    consumer exists or not."""
+    if not scope.admits(consumer):
+        raise HTTPException(status_code=404, detail="Not Found")
     try:
         resolved = resolve_period(period, from_, to)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    view = get_invoices(store, pricing, resolved, consumer=consumer)[consumer]
+    view = get_invoices(store, pricing, resolved, scope=scope, consumer=consumer)[consumer]
     response.headers[STATUS_HEADER] = status_value(view)
     return view.invoice.to_dict()

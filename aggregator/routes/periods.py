@@ -2,14 +2,16 @@
 
 ``GET /v1/periods/{YYYY-MM}`` (open or final), ``POST …/finalize`` (store every
 invoice), ``POST …/reprice?force=&dry_run=`` (difference as adjustments, or re-issue).
+Reading a period's state needs ``read``; finalising and re-pricing need the admin key.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 
+from meterline.aggregator.auth import require_admin, require_read
 from meterline.aggregator.deps import StoreDep
 from meterline.aggregator.invoices import InvoiceError, finalization, finalize, month, reprice
 from meterline.aggregator.routes._pricing import PricingDep
@@ -24,7 +26,7 @@ def _month(period: str) -> str:
         raise HTTPException(status_code=422, detail=str(exc)) from None
 
 
-@router.get("/{period}")
+@router.get("/{period}", dependencies=[Depends(require_read)])
 def get_period(period: str, store: StoreDep) -> dict[str, Any]:
     label = _month(period)
     final = finalization(store, label)
@@ -40,7 +42,7 @@ def get_period(period: str, store: StoreDep) -> dict[str, Any]:
     }
 
 
-@router.post("/{period}/finalize")
+@router.post("/{period}/finalize", dependencies=[Depends(require_admin)])
 def post_finalize(period: str, store: StoreDep, pricing: PricingDep) -> dict[str, Any]:
     try:
         final, invoices = finalize(store, pricing, _month(period))
@@ -53,7 +55,7 @@ def post_finalize(period: str, store: StoreDep, pricing: PricingDep) -> dict[str
     }
 
 
-@router.post("/{period}/reprice")
+@router.post("/{period}/reprice", dependencies=[Depends(require_admin)])
 def post_reprice(
     period: str, store: StoreDep, pricing: PricingDep, force: bool = False, dry_run: bool = False
 ) -> dict[str, Any]:

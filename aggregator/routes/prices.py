@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
+from meterline.aggregator.auth import require_admin, require_read
 from meterline.aggregator.deps import StoreDep
 from meterline.aggregator.invoices import PriceUpdateError, update_catalogue
 from meterline.aggregator.pricing import price_table
@@ -21,7 +22,7 @@ from meterline.aggregator.routes._pricing import PricingDep, reset_pricing
 router = APIRouter(prefix="/v1/prices", tags=["prices"])
 
 
-@router.get("")
+@router.get("", dependencies=[Depends(require_read)])
 def get_prices(
     pricing: PricingDep,
     provider: str | None = None,
@@ -33,7 +34,7 @@ def get_prices(
     return price_table(pricing, at=when, provider=provider, model=model, source=source)
 
 
-@router.post("/update")
+@router.post("/update", dependencies=[Depends(require_admin)])
 def post_update(
     request: Request, store: StoreDep, pricing: PricingDep, url: str | None = None
 ) -> dict[str, Any]:

@@ -8,12 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from meterline.aggregator.auth import ScopeDep
 from meterline.aggregator.deps import StoreDep
 from meterline.aggregator.invoices import usage_costs
 from meterline.aggregator.queries import READ_SETTINGS
 from meterline.aggregator.queries.usage import GROUP_KEYS, UsageFilter, usage_sql
 from meterline.aggregator.routes._params import From, To
 from meterline.aggregator.routes._pricing import PricingDep
+from meterline.aggregator.tenancy import Scope
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 
@@ -39,7 +41,7 @@ class UsageQuery(BaseModel):
                 raise ValueError(f"unknown group_by {key!r}, allowed: {', '.join(GROUP_KEYS)}")
         return value
 
-    def to_filter(self) -> UsageFilter:
+    def to_filter(self, scope: Scope) -> UsageFilter:
         keys = tuple(dict.fromkeys(k.strip() for k in self.group_by.split(",") if k.strip()))
         return UsageFilter(
             start=self.from_,
@@ -49,6 +51,7 @@ class UsageQuery(BaseModel):
             provider=self.provider,
             model=self.model,
             group_by=keys,
+            scope=scope,
         )
 
 
@@ -60,15 +63,16 @@ def _jsonable(key: str, value: Any) -> Any:
 
 @router.get("")
 def get_usage(
-    query: Annotated[UsageQuery, Query()], store: StoreDep, pricing: PricingDep
+    query: Annotated[UsageQuery, Query()], store: StoreDep, pricing: PricingDep, scope: ScopeDep
 ) -> dict[str, Any]:
     """Usage totals, one row per group (no group: one row for everything), with the
     exact ``cost`` (decimal string), its ``currency`` and ``unpriced_requests``.
     ``invalid_requests`` are calls whose reported usage the store rejected: in no token
-    total and no cost."""
+    total and no cost. A consumer key reads only its consumer's usage (any ``consumer``
+    filter is ANDed with it)."""
     if query.from_ and query.to and query.to <= query.from_:
         raise HTTPException(status_code=422, detail="'to' must be after 'from'")
-    f = query.to_filter()
+    f = query.to_filter(scope)
     sql, params = usage_sql(f)
     # The same read settings as invoices, so usage and invoice totals always agree.
     names, rows = store.query(sql, params, settings=READ_SETTINGS)

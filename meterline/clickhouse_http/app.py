@@ -26,6 +26,9 @@ Authentication (when a password is configured): HTTP basic, ``X-ClickHouse-User`
 ``X-ClickHouse-Key``, or ``user`` / ``password`` URL parameters — one method per
 request; wrong credentials → 516 AUTHENTICATION_FAILED (403), none → 194
 REQUIRED_PASSWORD (401). With no password configured, requests are not authenticated.
+``meterline serve`` makes every admin key a password of user ``meterline`` (or
+``METERLINE_CLICKHOUSE_HTTP_PASSWORD``): this endpoint is the admin's, and a consumer key
+(``/v1/keys``) never authenticates here.
 
 Read-only by default, and the engine is the boundary: a read-only request runs in a
 session with ``readonly = 1`` after meterline has set its limits (time, memory, result
@@ -60,11 +63,12 @@ import binascii
 import contextlib
 import email.parser
 import email.policy
+import hashlib
 import hmac
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -147,7 +151,7 @@ _CONTENT_TYPES = {
 class _Config:
     engine: ChdbEngine
     database: str
-    password: str | None
+    passwords: tuple[str, ...] | None
     user: str
     writable: bool
     version: str
@@ -162,7 +166,7 @@ class _Config:
 def create_app(
     store: Store,
     *,
-    password: str | None,
+    password: str | Sequence[str] | None,
     writable: bool = False,
     user: str = "meterline",
     workers: int = 4,
@@ -175,7 +179,8 @@ def create_app(
 
     Args:
         store: the open store; its ``database`` is the default database.
-        password: the password of ``user``; ``None`` disables authentication.
+        password: the password of ``user``, or several (any is accepted: the admin keys
+            while one is rotated); ``None`` disables authentication.
         writable: allow every statement on POST (never the default: tests only).
         user: the one user name accepted.
         workers: engine calls running at once (each in a worker thread).
@@ -201,7 +206,9 @@ def create_app(
     config = _Config(
         engine=engine,
         database=store.database,
-        password=password,
+        passwords=None
+        if password is None
+        else ((password,) if isinstance(password, str) else tuple(password)),
         user=user,
         writable=writable,
         version=version,
@@ -246,7 +253,7 @@ def create_app(
         "ClickHouse-HTTP app over %r (%s, auth %s)",
         store,
         "writable" if writable else "read-only",
-        "on" if password is not None else "off",
+        "on" if config.passwords is not None else "off",
     )
     return app
 
@@ -300,7 +307,7 @@ def _authenticate(request: Request, config: _Config) -> None:
             "meterline: Authentication failed: use one authentication method at a time "
             "(basic authorization, X-ClickHouse-User/Key headers or user/password parameters)",
         )
-    if config.password is None:
+    if config.passwords is None:
         return
     if not given:
         raise ClickHouseError(
@@ -309,7 +316,10 @@ def _authenticate(request: Request, config: _Config) -> None:
         )
     user, password = given[0]
     user_ok = hmac.compare_digest(user.encode(), config.user.encode())
-    password_ok = hmac.compare_digest(password.encode(), config.password.encode())
+    given_digest = hashlib.sha256(password.encode()).digest()
+    password_ok = False
+    for expected in config.passwords:  # every one, whatever matched
+        password_ok |= hmac.compare_digest(given_digest, hashlib.sha256(expected.encode()).digest())
     if not (user_ok and password_ok):
         raise ClickHouseError(
             "AUTHENTICATION_FAILED",

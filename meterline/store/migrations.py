@@ -260,6 +260,26 @@ MIGRATIONS += (
     ),
 )
 
+# Consumer-scoped API keys (issue 9): one row per key and state. A key is written once
+# as active (Version 0) and at most once more as revoked (Version 1, terminal); reads use
+# FINAL, so a revoke is seen by the next read on any replica that sees the insert.
+API_KEYS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.api_keys (
+    KeyId String,
+    KeyHash String,
+    ConsumerId String,
+    Scopes Array(LowCardinality(String)),
+    Name String,
+    CreatedAt DateTime64(3, 'UTC'),
+    ExpiresAt Nullable(DateTime64(3, 'UTC')),
+    RevokedAt Nullable(DateTime64(3, 'UTC')),
+    Version UInt8
+) ENGINE = ReplacingMergeTree(Version)
+ORDER BY KeyId
+"""
+
+MIGRATIONS += (Migration(5, "api_keys: consumer-scoped API keys (hashes only)", (API_KEYS_DDL,)),)
+
 EMBEDDED_TUNING: tuple[str, ...] = (
     f"ALTER TABLE {{db}}.{TRACES_TABLE} MODIFY SETTING merge_selector_base = 20, "
     "min_bytes_for_wide_part = 33554432",

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from meterline.aggregator.app import create_app
 from meterline.aggregator.invoices import export_rows, get_invoices, load_store_pricing, month
+from meterline.aggregator.tenancy import Scope
 from meterline.settings import ServerSettings
 from meterline.store import Store
 from tests.aggregator._calls import Call, insert_calls, utc
@@ -128,7 +129,7 @@ def march_invoices(store: Store, config_path) -> dict[str, dict[str, Any]]:
     """Every consumer's March invoice, from the function behind ``/v1/invoices`` (the
     unattributed consumer ``""`` has no route of its own)."""
     pricing = load_store_pricing(store, config_path)
-    views = get_invoices(store, pricing, month("2026-03"))
+    views = get_invoices(store, pricing, month("2026-03"), scope=Scope.ALL)
     return {c: v.invoice.to_dict() for c, v in views.items()}
 
 

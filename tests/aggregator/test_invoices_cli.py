@@ -142,4 +142,4 @@ def test_commands_talk_to_a_running_server(server: str, monkeypatch: pytest.Monk
     assert "0 changed" in invoke("reprice", "--period", "2026-03", "--dry-run")
     monkeypatch.setenv("METERLINE_API_KEY", "wrong")
     result = runner.invoke(app, ["invoice", "acme", "--period", "2026-03"])
-    assert result.exit_code == 1 and "401 missing or invalid API key" in result.output
+    assert result.exit_code == 1 and "401 invalid API key" in result.output

@@ -92,6 +92,7 @@ def test_update_stores_reports_and_applies(store: Store, published: str) -> None
 
 def test_api_update(store: Store, published: str) -> None:
     client = TestClient(create_app(ServerSettings(), store))
+    client.headers["content-type"] = "application/json"  # the open API's guard
     bad = client.post("/v1/prices/update", params={"url": "http://127.0.0.1:9/x.json"})
     assert bad.status_code == 502 and "prices unchanged" in bad.json()["detail"]
     before = client.get("/v1/prices", params={"provider": "openai", "model": "gpt-4o"}).json()

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from meterline.aggregator.invoices import compute_invoices, month
 from meterline.aggregator.pricing import Catalogue, load_pricing
+from meterline.aggregator.tenancy import Scope
 from meterline.store import Store
 from tests.aggregator.pricing_config import write_config
 
@@ -132,7 +133,7 @@ def test_invoice_total_is_the_sum_of_per_call_costs(store: Store, tmp_path_facto
     store.command("TRUNCATE TABLE {db}.llm_usage")
     insert_rows(store, batch)
     pricing = load_pricing(write_config(tmp_path_factory.mktemp("cfg")), catalogue=CATALOGUE)
-    invoices = compute_invoices(store, pricing, month("2026-03"))
+    invoices = compute_invoices(store, pricing, month("2026-03"), scope=Scope.ALL)
     cent = Decimal("0.01")
     for consumer in ("acme", "beta"):
         mine = [r for r in batch if r.consumer == consumer]

@@ -9,13 +9,16 @@ from meterline.aggregator.invoices import compute_invoices, month
 from meterline.aggregator.pricing import Catalogue, RatingGrid, load_pricing
 from meterline.aggregator.queries.rating import rating_sql
 from meterline.aggregator.queries.usage import UsageFilter
+from meterline.aggregator.tenancy import Scope
 from meterline.store import Store
 from meterline.store.usage_schema import COUNTED_SELECT
 from tests.aggregator._calls import Call, insert_calls, utc
 
 
 def test_sql_binds_every_value_and_reads_final() -> None:
-    f = UsageFilter(start=utc(2026, 3, 1), end=utc(2026, 4, 1), consumer="x'; DROP TABLE t; --")
+    f = UsageFilter(
+        start=utc(2026, 3, 1), end=utc(2026, 4, 1), consumer="x'; DROP TABLE t; --", scope=Scope.ALL
+    )
     grid = RatingGrid(
         change_points=(utc(2026, 2, 1), utc(2026, 3, 16), utc(2026, 5, 1)),
         thresholds=(128000, 200000),
@@ -48,7 +51,7 @@ def test_time_of_day_prices_and_flagged_subsets(store: Store) -> None:
         Call(utc(2026, 3, 3), model="gpt-4o", input=100, cache_read=40, output=10),
     ])  # fmt: skip
     pricing = load_pricing(None, catalogue=Catalogue.bundled())
-    invoice = compute_invoices(store, pricing, month("2026-03"))["acme"]
+    invoice = compute_invoices(store, pricing, month("2026-03"), scope=Scope.ALL)["acme"]
     deepseek = [(x.quantity, x.unit_price_per_million) for x in invoice.lines
                 if x.model == "deepseek-chat"]  # fmt: skip
     model = pricing.catalogue.find("deepseek", "deepseek-chat")
@@ -70,12 +73,12 @@ def test_grid_learns_new_models(store: Store) -> None:
     changes inside the period makes it run again with the needed split."""
     pricing = load_pricing(None, catalogue=Catalogue.bundled())
     insert_calls(store, [Call(utc(2026, 3, 2), model="gpt-4o", input=1000)])
-    compute_invoices(store, pricing, month("2026-03"))
+    compute_invoices(store, pricing, month("2026-03"), scope=Scope.ALL)
     assert pricing.book.seen == {("openai", "gpt-4o", "gpt-4o")}
     # claude-sonnet-4-6's catalogue price changes on 2026-03-13 (tiers dropped)
     sonnet = dict(provider="anthropic", model="claude-sonnet-4-6", input=300_000)
     insert_calls(store, [Call(utc(2026, 3, 12), **sonnet), Call(utc(2026, 3, 14), **sonnet)])
-    invoice = compute_invoices(store, pricing, month("2026-03"))["acme"]
+    invoice = compute_invoices(store, pricing, month("2026-03"), scope=Scope.ALL)["acme"]
     prices = sorted(x.unit_price_per_million for x in invoice.lines
                     if x.model == "claude-sonnet-4-6" and x.token_type == "input")  # fmt: skip
     assert prices == [Decimal("3"), Decimal("6")]

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from meterline.aggregator.app import create_app
 from meterline.aggregator.queries.usage import UsageFilter, usage_sql
+from meterline.aggregator.tenancy import Scope
 from meterline.settings import ServerSettings
 from meterline.store import Store
 from meterline.store.usage_schema import COUNTED_SELECT
@@ -16,7 +17,7 @@ from meterline.store.usage_schema import COUNTED_SELECT
 
 def test_sql_binds_every_value_and_reads_final() -> None:
     sql, params = usage_sql(
-        UsageFilter(start=datetime(2026, 1, 1, tzinfo=UTC), consumer="x'; DROP TABLE t; --",
+        UsageFilter(start=datetime(2026, 1, 1, tzinfo=UTC), consumer="x'; DROP TABLE t; --", scope=Scope.ALL,
                     model="gpt-4o", group_by=("consumer", "hour"))
     )  # fmt: skip
     assert f"FROM (\n{COUNTED_SELECT}\n)" in sql
@@ -27,7 +28,7 @@ def test_sql_binds_every_value_and_reads_final() -> None:
     assert "GROUP BY `consumer`, `hour`" in sql
     assert params["consumer"] == "x'; DROP TABLE t; --"
     with pytest.raises(ValueError, match="unknown group_by 'colour'"):
-        usage_sql(UsageFilter(group_by=("colour",)))
+        usage_sql(UsageFilter(group_by=("colour",), scope=Scope.ALL))
 
 
 def _insert(store: Store, consumer: str, model: str, tokens: int, ts: int) -> None:

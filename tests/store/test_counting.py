@@ -21,6 +21,7 @@ from meterline.aggregator.app import create_app
 from meterline.aggregator.invoices import compute_invoices, month
 from meterline.aggregator.pricing import Catalogue, load_pricing
 from meterline.aggregator.queries import READ_SETTINGS
+from meterline.aggregator.tenancy import Scope
 from meterline.settings import ServerSettings
 from meterline.store import Store
 from meterline.store.usage_schema import SCOPE, SKEW
@@ -124,7 +125,7 @@ def test_a_pair_across_a_boundary_counts_once(
         billed = [
             line.quantity
             for m in months
-            for inv in compute_invoices(store, pricing, m).values()
+            for inv in compute_invoices(store, pricing, m, scope=Scope.ALL).values()
             for line in inv.lines
             if line.token_type == "input"
         ]

@@ -21,6 +21,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from meterline.aggregator.app import create_app
 from meterline.aggregator.invoices import compute_invoices, month
 from meterline.aggregator.pricing import Catalogue, load_pricing
+from meterline.aggregator.tenancy import Scope
 from meterline.collector import native
 from meterline.collector.decode import COLUMNS, parse_protobuf, to_rows
 from meterline.settings import ServerSettings
@@ -155,7 +156,7 @@ def test_each_invalid_count_is_flagged_and_never_billed(store: Store, path: str)
     assert total["output_tokens"] == 10 * len(VALID)  # an invalid span's counts are not summed
 
     pricing = load_pricing(None, catalogue=Catalogue.bundled())
-    invoice = compute_invoices(store, pricing, month("2026-03"))["acme"]
+    invoice = compute_invoices(store, pricing, month("2026-03"), scope=Scope.ALL)["acme"]
     assert invoice.invalid_requests == len(INVALID)
     reasons = {u.reason: u.requests for u in invoice.invalid}
     assert reasons == {NOT_INT: sum(r == NOT_INT for _, r in INVALID),
@@ -206,7 +207,7 @@ def test_huge_counts_cannot_wrap_a_total(store: Store) -> None:
     huge.append(("ok", {INPUT: "1000"}))
     _python_path(store, _request(huge))
     pricing = load_pricing(None, catalogue=Catalogue.bundled())
-    invoice = compute_invoices(store, pricing, month("2026-03"))["acme"]
+    invoice = compute_invoices(store, pricing, month("2026-03"), scope=Scope.ALL)["acme"]
     assert {x.token_type: x.quantity for x in invoice.lines} == {"input": 1000, "output": 10}
     assert invoice.invalid_requests == 4
     assert all(x.quantity >= 0 for x in invoice.lines)
