@@ -32,7 +32,7 @@ def status_value(view: InvoiceView) -> str:
     return value
 
 
-@router.get("/{consumer}")
+@router.get("/{consumer:path}")  # a consumer id may hold "/" (sent as %2F)
 def get_invoice(
     consumer: str,
     store: StoreDep,
