@@ -69,7 +69,7 @@ class Keys:
 
 
 def make_keys(store: Store) -> Keys:
-    acme, acme_secret = create_key(store, consumer="acme", scopes=["read"], name="acme-prod")
+    _, acme_secret = create_key(store, consumer="acme", scopes=["read"], name="acme-prod")
     _, reserve = create_key(store, consumer="acme", scopes=["reserve"])
     _, other = create_key(store, consumer="zz-other", scopes=["read", "reserve"])
     gone, revoked = create_key(store, consumer="acme", scopes=["read"])

@@ -39,7 +39,7 @@ def test_create_returns_the_key_once_and_stores_only_its_hash(api, store: Store)
                                             "name": "acme-prod", "expires_at": None})  # fmt: skip
     assert response.status_code == 201
     created = response.json()
-    assert FIELDS <= set(created)
+    assert set(created) >= FIELDS
     secret = created["key"]
     assert secret.startswith(KEY_PREFIX) and len(secret) == len(KEY_PREFIX) + 43
     assert created["consumer"] == "acme" and created["scopes"] == ["read", "reserve"]
@@ -47,7 +47,7 @@ def test_create_returns_the_key_once_and_stores_only_its_hash(api, store: Store)
     assert created["id"].startswith("key_")
     # the store: the hash, never the secret
     raw = store.query("SELECT * FROM {db}.api_keys")[1]
-    assert secret not in repr(raw) and secret[len(KEY_PREFIX):] not in repr(raw)
+    assert secret not in repr(raw) and secret[len(KEY_PREFIX) :] not in repr(raw)
     assert key_hash(secret) == hashlib.sha256(secret.encode()).hexdigest() in repr(raw)
     # listed without secrets or hashes; the key works
     listed = admin.get("/v1/keys").json()["keys"]
@@ -211,7 +211,7 @@ def running(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_cli_through_the_api(running: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METERLINE_API_KEY", ADMIN_KEYS[1])
     created = json.loads(_invoke("keys", "create", "--consumer", "zz-other", "--format", "json"))
-    assert FIELDS <= set(created) and created["scopes"] == ["read"]
+    assert set(created) >= FIELDS and created["scopes"] == ["read"]
     assert created["id"] in _invoke("keys", "list")
     monkeypatch.setenv("METERLINE_API_KEY", created["key"])  # the consumer's own key
     invoice = json.loads(_invoke("invoice", "zz-other", "--period", "2026-03", "--format", "json"))

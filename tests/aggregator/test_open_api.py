@@ -72,8 +72,9 @@ def test_a_host_other_than_the_served_address_is_refused(open_api, host: str) ->
     c = client(open_api, base_url=BASE)
     for method, path in [("GET", "/v1/usage?group_by=consumer"), ("GET", "/docs"),
                          ("GET", "/openapi.json"), *CHANGES]:  # fmt: skip
-        response = c.request(method, path, headers={"host": host,
-                                                    "content-type": "application/json"})
+        response = c.request(
+            method, path, headers={"host": host, "content-type": "application/json"}
+        )
         assert response.status_code == 403, (host, path)
         assert "Host" in response.json()["detail"]
         assert "acme" not in response.text

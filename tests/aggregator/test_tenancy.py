@@ -135,7 +135,8 @@ def test_no_valid_key_is_401_everywhere(setup, kind: str) -> None:
     for method, path in READS + ADMIN_ONLY:
         if kind == "query-param":
             path += ("&" if "?" in path else "?") + urllib.parse.urlencode(
-                {"api_key": ADMIN_KEYS[0], "key": keys.acme})
+                {"api_key": ADMIN_KEYS[0], "key": keys.acme}
+            )
         response = _call(c, method, path)
         assert response.status_code == 401, (path, response.status_code)
         assert response.headers["www-authenticate"] == "Bearer"
