@@ -60,6 +60,7 @@ def test_v1_takes_form_encoding_with_nested_brackets_not_json(fake):
     )
     assert as_json.status_code == 400
     assert as_json.json()["error"]["type"] == "invalid_request_error"
+    assert "application/x-www-form-urlencoded" in as_json.json()["error"]["message"]
     assert fake.state.events() == []
 
     # urlencoded brackets (what strict encoders send) decode like the SDK's literal ones

@@ -62,3 +62,15 @@ def test_identifiers_are_remembered_per_account_not_per_meter(fake, client):
             event("5", identifier="w", event_name="llm_output_tokens")
         )
     assert fake.state.totals() == {("cus_acme", "llm_input_tokens"): 5}
+
+
+def test_the_window_is_each_identifiers_own_even_when_the_clock_moves_back(fake, client):
+    t0 = fake.state.clock.now()
+    client.v1.billing.meter_events.create(event("5", identifier="late"))
+    fake.state.clock.set(t0 - 10 * DAY)
+    client.v1.billing.meter_events.create(event("5", identifier="early"))
+    fake.state.clock.set(t0 - 10 * DAY + DAY + 60)
+    client.v1.billing.meter_events.create(event("5", identifier="early"))  # 24 h later
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.billing.meter_events.create(event("5", identifier="late"))
+    assert fake.state.totals() == {("cus_acme", "llm_input_tokens"): 15}
