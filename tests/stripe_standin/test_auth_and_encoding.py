@@ -111,3 +111,30 @@ def test_live_keys_answer_livemode_true(make_standin):
     fake = make_standin(api_keys=("sk_live_standin",))
     live = client_for(fake)
     assert live.v1.billing.meter_events.create(event()).livemode is True
+
+
+# stripe's async client passes its body to httpx as data=, which httpx deprecates
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+def test_the_async_client_works_too_drops_included(fake):
+    import asyncio
+
+    async def main() -> None:
+        client = client_for(fake)
+        await client.v1.billing.meter_events.create_async(event("2", identifier="a"))
+        session = await client.v2.billing.meter_event_session.create_async()
+        stream = client_for(fake, session.authentication_token)
+        await stream.v2.billing.meter_event_stream.create_async(
+            {"events": [event("3", identifier="b")]}
+        )
+        fake.state.faults.inject("drop_after", path="/v1/billing/meter_events")
+        with pytest.raises(stripe.APIConnectionError):
+            await client.v1.billing.meter_events.create_async(
+                event("4", identifier="c"), {"idempotency_key": "k"}
+            )
+        replay = await client.v1.billing.meter_events.create_async(
+            event("4", identifier="c"), {"idempotency_key": "k"}
+        )
+        assert replay.last_response.headers["Idempotent-Replayed"] == "true"
+
+    asyncio.run(main())
+    assert fake.state.totals() == {("cus_acme", "llm_input_tokens"): 9}

@@ -94,3 +94,16 @@ def test_the_cli_serves_a_standin_the_sdk_reaches():
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_answers_go_out_without_waiting_for_the_clients_delayed_ack(fake):
+    """TCP_NODELAY on accepted connections; without it every answer took ~40 ms (Nagle)."""
+    import socket
+
+    with httpx.Client() as http:
+        http.get(fake.api_base + "/_standin/health")
+        connections = list(fake._server.server_state.connections)
+        assert connections
+        for connection in connections:
+            sock = connection.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
