@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import threading
 import time
@@ -40,6 +39,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from meterline.aggregator.deps import SettingsDep, StoreDep
 from meterline.aggregator.keys import ApiKey, find_key
 from meterline.aggregator.tenancy import Scope
+from meterline.hosts import host_allowed, is_loopback
 from meterline.settings import ServerSettings
 from meterline.store import Store
 
@@ -120,65 +120,6 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 # --- the open API's guard against forged browser requests ------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_unspecified
-    except ValueError:
-        return host == ""
-
-
-def _split_host(value: str) -> tuple[str, int | None] | None:
-    """``host[:port]`` of a Host header (``[v6]:port`` too), or ``None`` if malformed."""
-    value = value.strip()
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0:
-            return None
-        host, rest = value[1:end], value[end + 1 :]
-    else:
-        host, sep, rest = value.partition(":")
-        rest = sep + rest
-    if not rest:
-        return host.lower(), None
-    if not rest.startswith(":") or not rest[1:].isdigit() or len(rest) > 6:
-        return None
-    return host.lower(), int(rest[1:])
-
-
-def host_allowed(header: str | None, served: tuple[str, int]) -> bool:
-    """Whether a request's ``Host`` names the address served (see the module docstring)."""
-    if not header:
-        return False
-    parsed = _split_host(header)
-    if parsed is None:
-        return False
-    host, port = parsed
-    served_host, served_port = served
-    if (port or 80) != served_port:
-        return False
-    served_host = served_host.strip("[]").lower()
-    if host == served_host:
-        return True
-    if (is_loopback(served_host) or _is_unspecified(served_host)) and is_loopback(host):
-        return True
-    if _is_unspecified(served_host):  # every address of the machine: IP literals only
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return True
-    return False
 
 
 def _refuse_forgeable(request: Request, has_key: bool) -> None:

@@ -252,8 +252,9 @@ def _clickhouse_http(settings: ServerSettings, store: Store) -> _UvicornListener
     # admin only: any admin key is the password (a consumer key never is)
     password = (settings.clickhouse_http_password,) if settings.clickhouse_http_password else (
         settings.admin_keys or None)  # fmt: skip
-    app = create_ch_app(store, password=password, writable=settings.clickhouse_http_writable)
     sock = _bind(settings.host, settings.clickhouse_http_port)
+    app = create_ch_app(store, password=password, writable=settings.clickhouse_http_writable,
+                        address=(settings.host, sock.getsockname()[1]))  # fmt: skip
     # accepted sockets inherit it: without it the body, written after the headers, waits
     # for the client's delayed ACK (~40 ms per response); asyncio sets it only on sockets
     # created with proto=IPPROTO_TCP

@@ -17,6 +17,7 @@ from meterline.aggregator.invoices import InvoiceView, get_invoices, resolve_per
 from meterline.aggregator.pricing import money_str
 from meterline.aggregator.routes._params import From, To
 from meterline.aggregator.routes._pricing import PricingDep
+from meterline.aggregator.tenancy import NotVisible
 
 router = APIRouter(prefix="/v1/invoices", tags=["invoices"])
 
@@ -53,6 +54,9 @@ def get_invoice(
         resolved = resolve_period(period, from_, to)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    view = get_invoices(store, pricing, resolved, scope=scope, consumer=consumer)[consumer]
+    try:
+        view = get_invoices(store, pricing, resolved, scope=scope, consumer=consumer)[consumer]
+    except NotVisible:
+        raise HTTPException(status_code=404, detail="Not Found") from None
     response.headers[STATUS_HEADER] = status_value(view)
     return view.invoice.to_dict()

@@ -28,7 +28,8 @@ request; wrong credentials → 516 AUTHENTICATION_FAILED (403), none → 194
 REQUIRED_PASSWORD (401). With no password configured, requests are not authenticated.
 ``meterline serve`` makes every admin key a password of user ``meterline`` (or
 ``METERLINE_CLICKHOUSE_HTTP_PASSWORD``): this endpoint is the admin's, and a consumer key
-(``/v1/keys``) never authenticates here.
+(``/v1/keys``) never authenticates here. Without a password (no admin key, loopback), a
+request whose ``Host`` is not the address served is refused (DNS rebinding).
 
 Read-only by default, and the engine is the boundary: a read-only request runs in a
 session with ``readonly = 1`` after meterline has set its limits (time, memory, result
@@ -84,6 +85,7 @@ from meterline.clickhouse_http._errors import ClickHouseError
 from meterline.clickhouse_http._native import reframe
 from meterline.clickhouse_http._settings import Limits
 from meterline.clickhouse_http._sql import parse
+from meterline.hosts import host_allowed
 
 if TYPE_CHECKING:
     from meterline.store import Store
@@ -161,6 +163,7 @@ class _Config:
     bodies: anyio.Semaphore
     body_wait: float
     body_timeout: float
+    address: tuple[str, int] | None
 
 
 def create_app(
@@ -174,6 +177,7 @@ def create_app(
     max_bodies: int = 16,
     body_wait: float = 10.0,
     body_timeout: float = 60.0,
+    address: tuple[str, int] | None = None,
 ) -> Starlette:
     """Build the ClickHouse-compatible HTTP app over ``store`` (an embedded chdb store).
 
@@ -188,6 +192,8 @@ def create_app(
         max_bodies: request bodies read (and held) at once.
         body_wait: seconds a request waits for a body slot before it is refused.
         body_timeout: seconds a request's body may take to arrive.
+        address: the (host, port) served; without a password, a request whose ``Host``
+            names another address is refused (DNS rebinding: :mod:`meterline.hosts`).
 
     Raises:
         ValueError: ``store`` is not an embedded store.
@@ -218,6 +224,7 @@ def create_app(
         bodies=anyio.Semaphore(max_bodies),
         body_wait=body_wait,
         body_timeout=body_timeout,
+        address=address,
     )
 
     async def ping(request: Request) -> Response:
@@ -308,6 +315,14 @@ def _authenticate(request: Request, config: _Config) -> None:
             "(basic authorization, X-ClickHouse-User/Key headers or user/password parameters)",
         )
     if config.passwords is None:
+        if config.address is not None and not host_allowed(
+            request.headers.get("host"), config.address
+        ):
+            raise ClickHouseError(
+                "AUTHENTICATION_FAILED",
+                "meterline: refused: the Host header does not name this server's address "
+                "(without a password it answers only requests addressed to it)",
+            )
         return
     if not given:
         raise ClickHouseError(

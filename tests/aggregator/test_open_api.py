@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from meterline.aggregator.auth import host_allowed, open_api_refusal
+from meterline.aggregator.auth import open_api_refusal
+from meterline.hosts import host_allowed
 from meterline.settings import ServerSettings
 from meterline.store import Store
 from tests.aggregator._tenants import ADMIN_KEYS, client, make_keys, tenant_app
@@ -136,3 +137,21 @@ def test_serve_refuses_an_open_api_beyond_loopback() -> None:
     for blank in ("", " ", ",", " , "):
         refusal = open_api_refusal(ServerSettings(admin_key=blank))
         assert refusal == "METERLINE_ADMIN_KEY is set but holds no key: set a key, or unset it"
+
+
+def test_clickhouse_http_without_a_password_checks_the_host_too(store: Store) -> None:
+    """:8123 without an admin key answers reads to anyone local: a rebinding page must
+    not read everyone's usage there either."""
+    pytest.importorskip("chdb")
+    from fastapi.testclient import TestClient
+
+    from tests.aggregator.test_keys import _ch_app
+
+    app = _ch_app(store, ServerSettings(clickhouse_http_port=0))
+    port = app.state.clickhouse_http.address[1]
+    ch = TestClient(app, base_url=f"http://127.0.0.1:{port}")
+    assert ch.post("/", content="SELECT 1").text == "1\n"
+    assert ch.post("/", content="SELECT 1", headers={"host": f"localhost:{port}"}).text == "1\n"
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}"):
+        response = ch.post("/", content="SELECT 1", headers={"host": host})
+        assert response.status_code == 403 and "Host" in response.text, host

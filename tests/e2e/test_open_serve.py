@@ -46,6 +46,11 @@ def test_open_serve_says_so_and_refuses_forged_requests(open_server: RunningServ
     assert plain.status_code == 415
     made = httpx.post(f"{api}/v1/keys", json={"consumer": "acme"})
     assert made.status_code == 201
+    ch = open_server.clickhouse_http_url
+    assert ch is not None
+    assert httpx.post(ch, content="SELECT 1").text == "1\n"
+    evil = httpx.post(ch, content="SELECT 1", headers={"host": "evil.example"})
+    assert evil.status_code == 403
     assert httpx.get(f"{api}/v1/usage", headers={"authorization": f"Bearer {made.json()['key']}"}
                      ).status_code == 200  # fmt: skip
 
