@@ -46,12 +46,12 @@ def register(app: typer.Typer) -> None:
         consumer: Annotated[str, typer.Option("--consumer", help="The consumer the key reads.")],
         scope: Annotated[
             list[str] | None,
-            typer.Option("--scope", help="read or reserve; repeat for both [read]."),
+            typer.Option("--scope", help="read or reserve; repeat for both (default: read)."),
         ] = None,
         name: Annotated[str, typer.Option("--name", help="A label for people.")] = "",
         expires_at: Annotated[
             datetime | None,
-            typer.Option("--expires-at", parser=_instant, help="ISO 8601 [never]."),
+            typer.Option("--expires-at", parser=_instant, help="ISO 8601 (default: never)."),
         ] = None,
         fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
         data_dir: DataDir = None,
