@@ -32,6 +32,7 @@ READS = [
     ("GET", "/v1/export?period=2026-03"),
     ("GET", "/v1/periods/2026-03"),
     ("GET", "/v1/prices?provider=openai&model=gpt-4o"),
+    ("GET", "/v1/prices"),
 ]
 ADMIN_ONLY = [
     ("POST", "/v1/periods/2026-03/finalize"),
