@@ -377,24 +377,24 @@ def register(app: typer.Typer) -> None:
 
     @prices.command("update")
     def prices_update(
-        url: Annotated[str | None, typer.Option("--url", help="Data URL.")] = None,
         fmt: Annotated[str, typer.Option("--format", help=_FORMAT_HELP)] = "table",
         data_dir: DataDir = None,
         clickhouse_url: ClickhouseUrl = None,
         database: Database = None,
         config: Config = None,
     ) -> None:
-        """Fetch genai-prices' published prices, store them, report what changed."""
+        """Fetch genai-prices' published prices (from the configuration's catalogue.url),
+        store them, report what changed."""
 
         def local(b: _Local) -> dict[str, Any]:
             from meterline.aggregator.invoices import update_catalogue
 
-            kwargs = {"url": url} if url else {}
-            return update_catalogue(b.store, b.pricing.catalogue, **kwargs).to_dict()
+            url = b.pricing.config.catalogue_url
+            return update_catalogue(b.store, b.pricing.catalogue, url=url).to_dict()
 
         data = _run(
             (data_dir, clickhouse_url, database, config),
-            lambda api: api.call("POST", "/v1/prices/update", {"url": url}),
+            lambda api: api.call("POST", "/v1/prices/update"),
             local,
         )
         rows = [

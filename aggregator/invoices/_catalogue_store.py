@@ -1,8 +1,10 @@
 """Price catalogue snapshots in the store, and ``prices update``.
 
-``prices update`` fetches genai-prices' published data, compares it with the catalogue
-in use, and stores it (table ``price_catalogue``) so every later rating uses it. Nothing
-is fetched at start-up: without a stored snapshot the bundled data is used.
+``prices update`` fetches genai-prices' published data from the configuration's
+``catalogue.url`` (never from a URL a request names: the server would fetch whatever an
+API caller asked for), compares it with the catalogue in use, and stores it (table
+``price_catalogue``) so every later rating uses it. Nothing is fetched at start-up:
+without a stored snapshot the bundled data is used.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from meterline.aggregator.pricing import Catalogue, Pricing, load_pricing_config
+from meterline.aggregator.pricing import (
+    DEFAULT_CATALOGUE_URL,
+    Catalogue,
+    Pricing,
+    load_pricing_config,
+)
 from meterline.aggregator.queries import invoices as sql
 from meterline.errors import MeterlineError
 from meterline.store import Store
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PRICES_URL = (
-    "https://raw.githubusercontent.com/pydantic/genai-prices/refs/heads/main/"
-    "prices/new_data/v2/data.json"
-)
+DEFAULT_PRICES_URL = DEFAULT_CATALOGUE_URL
 """Where genai-prices publishes its data (its own auto-update URL)."""
 
 

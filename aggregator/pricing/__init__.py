@@ -21,12 +21,15 @@ from meterline.aggregator.pricing._catalogue import (
     canonical_provider,
 )
 from meterline.aggregator.pricing._config import (
+    DEFAULT_CATALOGUE_URL,
+    DEFAULT_GRACE,
     MINOR_UNITS,
     Plan,
     PriceEntry,
     PricingConfig,
     PricingConfigError,
     load_pricing_config,
+    parse_duration,
     parse_pricing_config,
 )
 from meterline.aggregator.pricing._prices import TOKEN_TYPES, PriceSet, Tier, money_str
@@ -42,6 +45,8 @@ from meterline.aggregator.pricing._rating import (
 from meterline.aggregator.pricing._table import price_table
 
 __all__ = [
+    "DEFAULT_CATALOGUE_URL",
+    "DEFAULT_GRACE",
     "MINOR_UNITS",
     "MONEY_CONTEXT",
     "PROVIDER_ALIASES",
@@ -67,6 +72,7 @@ __all__ = [
     "load_pricing",
     "load_pricing_config",
     "money_str",
+    "parse_duration",
     "parse_pricing_config",
     "price_table",
     "round_money",

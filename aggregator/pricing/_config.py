@@ -1,10 +1,12 @@
-"""The ``currency``, ``models`` and ``plans`` sections of meterline's YAML configuration.
+"""The ``currency``, ``models``, ``plans`` and ``catalogue`` sections of meterline's YAML
+configuration, and ``stripe.grace`` (when a month may be finalised).
 
 Contract (docs/pricing.md): amounts are decimal strings (YAML floats are refused so no
 binary rounding sneaks in); ``effective_from`` is a date or a UTC datetime; each model
 entry names a ``provider`` and exactly one of ``model`` (exact id) or ``match`` (a
-regular expression, searched in the model id). Other top-level sections belong to other
-features and are ignored here.
+regular expression, searched in the model id). ``catalogue.url`` is the only place
+``prices update`` fetches from (a request cannot name another). Other top-level sections
+(and the rest of ``stripe``) belong to other features and are ignored here.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,19 @@ MINOR_UNITS: dict[str, int] = {
     "VND": 0,
 }
 """Currencies whose minor unit is not the cent (ISO 4217); any other has 2 decimals."""
+
+DEFAULT_CATALOGUE_URL = (
+    "https://raw.githubusercontent.com/pydantic/genai-prices/refs/heads/main/"
+    "prices/new_data/v2/data.json"
+)
+"""Where genai-prices publishes its data (its own auto-update URL): ``catalogue.url``'s
+default."""
+
+DEFAULT_GRACE = timedelta(hours=1)
+"""``stripe.grace``'s default: how long after a month's end late usage is waited for
+before the month may be finalised (Stripe's own invoices wait 1 h by default)."""
+
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
 
 
 class PricingConfigError(MeterlineError, ValueError):
@@ -84,6 +99,10 @@ class PricingConfig:
     """``plans.default``."""
     consumer_plans: Mapping[str, Plan] = field(default_factory=dict)
     """``plans.consumers``: consumer id → plan."""
+    catalogue_url: str = DEFAULT_CATALOGUE_URL
+    """``catalogue.url``: where ``prices update`` fetches published prices from."""
+    grace: timedelta = DEFAULT_GRACE
+    """``stripe.grace``: a month may be finalised once it ended this long ago."""
 
     @property
     def minor_units(self) -> int:
@@ -206,6 +225,53 @@ def _plan(raw: Any, where: str, base: Plan) -> Plan:
     return Plan(markup_percent=markup, bill_failed_requests=bill_failed)
 
 
+def _catalogue_url(raw: Any) -> str:
+    if raw is None:
+        return DEFAULT_CATALOGUE_URL
+    if not isinstance(raw, Mapping):
+        raise PricingConfigError("catalogue: expected a mapping with 'url'")
+    unknown = sorted(set(raw) - {"url"})
+    if unknown:
+        raise PricingConfigError(f"catalogue: unknown key {unknown[0]!r}, allowed: url")
+    url = raw.get("url", DEFAULT_CATALOGUE_URL)
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PricingConfigError(
+            f"catalogue.url: {url!r} is not an http(s) URL of genai-prices data "
+            f"(default {DEFAULT_CATALOGUE_URL})"
+        )
+    return url
+
+
+def parse_duration(value: Any, where: str) -> timedelta:
+    """A duration such as ``1h``, ``90m``, ``1h30m``, ``2d`` or ``0`` (units d, h, m, s).
+
+    Raises:
+        PricingConfigError: anything else (a bare number other than 0 has no unit).
+    """
+    if value == 0 and not isinstance(value, bool | float):
+        return timedelta(0)
+    found = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
+    if found is None or not any(found.groups()):
+        raise PricingConfigError(
+            f"{where}: {value!r} is not a duration such as '1h', '30m' or '1h30m'"
+        )
+    days, hours, minutes, seconds = (int(g or 0) for g in found.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def _grace(stripe: Any) -> timedelta:
+    if stripe is None:
+        return DEFAULT_GRACE
+    if not isinstance(stripe, Mapping):
+        raise PricingConfigError("stripe: expected a mapping")
+    if stripe.get("grace") is None:
+        return DEFAULT_GRACE
+    return parse_duration(stripe["grace"], "stripe.grace")
+
+
 def parse_pricing_config(data: Mapping[str, Any] | None) -> PricingConfig:
     """Build the pricing configuration from the parsed YAML document.
 
@@ -233,7 +299,12 @@ def parse_pricing_config(data: Mapping[str, Any] | None) -> PricingConfig:
         str(c): _plan(p, f"plans.consumers.{c}", default) for c, p in consumers_raw.items()
     }
     return PricingConfig(
-        currency=currency, entries=entries, default_plan=default, consumer_plans=consumers
+        currency=currency,
+        entries=entries,
+        default_plan=default,
+        consumer_plans=consumers,
+        catalogue_url=_catalogue_url(data.get("catalogue")),
+        grace=_grace(data.get("stripe")),
     )
 
 

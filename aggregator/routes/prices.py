@@ -1,4 +1,5 @@
-"""``GET /v1/prices``: the prices in use; ``POST /v1/prices/update``: fetch published ones.
+"""``GET /v1/prices``: the prices in use; ``POST /v1/prices/update``: fetch published ones
+from the configuration's ``catalogue.url`` (a request cannot name the URL: 422).
 
 Without ``model`` it lists the configuration entries and the catalogue's models (their
 prices in force at ``at``, default now); with ``provider`` and ``model`` it shows which
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from meterline.aggregator.auth import require_admin, require_read
 from meterline.aggregator.deps import StoreDep
@@ -35,12 +37,18 @@ def get_prices(
 
 
 @router.post("/update", dependencies=[Depends(require_admin)])
-def post_update(
-    request: Request, store: StoreDep, pricing: PricingDep, url: str | None = None
-) -> dict[str, Any]:
+async def post_update(request: Request, store: StoreDep, pricing: PricingDep) -> dict[str, Any]:
+    body = (await request.body()).strip()
+    if request.query_params or body not in (b"", b"{}", b"null"):
+        raise HTTPException(
+            status_code=422,
+            detail="prices update takes no parameters: it fetches from the configuration's "
+            f"catalogue.url ({pricing.config.catalogue_url})",
+        )
     try:
-        kwargs = {"url": url} if url else {}
-        result = update_catalogue(store, pricing.catalogue, **kwargs)
+        result = await run_in_threadpool(
+            update_catalogue, store, pricing.catalogue, url=pricing.config.catalogue_url
+        )
     except PriceUpdateError as exc:
         raise HTTPException(status_code=502, detail=str(exc)) from None
     reset_pricing(request)

@@ -73,11 +73,14 @@ def test_prices_show_and_update_offline(local: list[str]) -> None:
                             "claude-opus-4-20250514", "--format", "json", *local))  # fmt: skip
     assert one["prices"][0]["matched"] == "anthropic/claude-opus-4-0"
     # the published-prices host is unreachable here: a clear error, nothing changed
-    result = runner.invoke(app, ["prices", "update", "--url", "http://127.0.0.1:9/data.json",
-                                 *local])  # fmt: skip
+    config = Path(local[-1])
+    config.write_text(config.read_text() + "catalogue: {url: 'http://127.0.0.1:9/data.json'}\n")
+    result = runner.invoke(app, ["prices", "update", *local])
     assert result.exit_code == 1
     assert "cannot fetch prices from http://127.0.0.1:9/data.json" in result.output
     assert "prices unchanged (genai-prices" in result.output
+    named = runner.invoke(app, ["prices", "update", "--url", "http://127.0.0.1:9/", *local])
+    assert named.exit_code == 2 and "No such option: --url" in named.output
 
 
 def test_finalize_and_reprice(local: list[str], tmp_path: Path) -> None:

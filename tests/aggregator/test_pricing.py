@@ -30,6 +30,7 @@ def catalogue() -> Catalogue:
 
 def test_public_api_is_pinned() -> None:
     assert set(pricing.__all__) == {
+        "DEFAULT_CATALOGUE_URL", "DEFAULT_GRACE", "parse_duration",
         "MINOR_UNITS", "MONEY_CONTEXT", "PROVIDER_ALIASES", "TOKEN_TYPES", "Catalogue",
         "CatalogueModel", "Charge", "Plan", "PriceBook", "PriceEntry", "PriceMatch", "PriceSet",
         "Pricing", "PricingConfig", "PricingConfigError", "RatedGroup", "Rater", "RatingGrid",
