@@ -414,26 +414,32 @@ def register(app: typer.Typer) -> None:
     @app.command("finalize")
     def finalize_cmd(
         period: Annotated[str, typer.Option("--period", help="UTC month, YYYY-MM.")],
+        allow_open: Annotated[
+            bool,
+            typer.Option("--allow-open", help="Finalise a month not yet ended (tests)."),
+        ] = False,
         fmt: Annotated[str, typer.Option("--format", help=_FORMAT_HELP)] = "table",
         data_dir: DataDir = None,
         clickhouse_url: ClickhouseUrl = None,
         database: Database = None,
         config: Config = None,
     ) -> None:
-        """Store every consumer's invoice of a month as final."""
+        """Store every consumer's invoice of a month as final, once the month ended
+        (plus stripe.grace, default 1h, for late usage)."""
 
         def local(b: _Local) -> dict[str, Any]:
             from meterline.aggregator.invoices import finalize
 
-            final, invoices = finalize(b.store, b.pricing, period)
+            final, invoices = finalize(b.store, b.pricing, period, allow_open=allow_open)
             return {"period": final.period, "revision": final.revision,
                     "invoices": [i.to_dict() for i in invoices.values()]}  # fmt: skip
 
         data = _run(
             (data_dir, clickhouse_url, database, config),
-            lambda api: api.call("POST", f"/v1/periods/{period}/finalize"),
+            lambda api: api.call("POST", f"/v1/periods/{period}/finalize",
+                                 {"allow_open": allow_open and "true"}),
             local,
-        )
+        )  # fmt: skip
         rows = [{"consumer": i["consumer"], "total": i["total"], "currency": i["currency"]}
                 for i in data["invoices"]]  # fmt: skip
 

@@ -17,6 +17,8 @@ from meterline.aggregator.invoices._catalogue_store import (
     stored_catalogue,
     update_catalogue,
 )
+from meterline.aggregator.invoices._claims import CLAIM_LEASE
+from meterline.aggregator.invoices._errors import InvoiceError, PeriodBusyError, PeriodOpenError
 from meterline.aggregator.invoices._export import iter_export_rows
 from meterline.aggregator.invoices._model import (
     InvalidUsage,
@@ -28,10 +30,10 @@ from meterline.aggregator.invoices._model import (
 from meterline.aggregator.invoices._period import Period, between, month, resolve_period
 from meterline.aggregator.invoices._service import (
     Finalization,
-    InvoiceError,
     InvoiceView,
     RepriceLine,
     RepriceResult,
+    check_ended,
     compute_invoices,
     finalization,
     finalize,
@@ -42,6 +44,7 @@ from meterline.aggregator.invoices._service import (
 from meterline.aggregator.invoices._usage_costs import UsageCosts, usage_costs
 
 __all__ = [
+    "CLAIM_LEASE",
     "DEFAULT_PRICES_URL",
     "EXPORT_COLUMNS",
     "ExportStatus",
@@ -52,6 +55,8 @@ __all__ = [
     "InvoiceLine",
     "InvoiceView",
     "Period",
+    "PeriodBusyError",
+    "PeriodOpenError",
     "PriceChange",
     "PriceUpdate",
     "PriceUpdateError",
@@ -62,6 +67,7 @@ __all__ = [
     "UsageCosts",
     "between",
     "build_invoices",
+    "check_ended",
     "compute_invoices",
     "diff_catalogues",
     "export_rows",

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
 from meterline.aggregator.invoices._build import build_invoices
+from meterline.aggregator.invoices._claims import period_claim
+from meterline.aggregator.invoices._errors import InvoiceError, PeriodOpenError
 from meterline.aggregator.invoices._model import InvalidUsage, Invoice
 from meterline.aggregator.invoices._period import Period, month
 from meterline.aggregator.pricing import (
@@ -38,14 +40,9 @@ from meterline.aggregator.queries import invoices as sql
 from meterline.aggregator.queries.rating import rating_sql
 from meterline.aggregator.queries.usage import UsageFilter
 from meterline.aggregator.tenancy import Scope
-from meterline.errors import MeterlineError
 from meterline.store import Store
 
 logger = logging.getLogger(__name__)
-
-
-class InvoiceError(MeterlineError):
-    """An invoice operation is not possible in the current state (e.g. not finalised)."""
 
 
 def _rating_rows(
@@ -240,30 +237,76 @@ def _insert_rows(store: Store, table: str, columns: tuple[str, ...], rows: list[
         store.insert_columns(table, [list(c) for c in zip(*rows, strict=True)], columns)
 
 
-def finalize(store: Store, pricing: Pricing, label: str) -> tuple[Finalization, dict[str, Invoice]]:
+def check_ended(period: Period, grace: timedelta, *, now: datetime | None = None) -> None:
+    """Refuse a month whose end plus ``grace`` (``stripe.grace``) is still to come.
+
+    Raises:
+        PeriodOpenError: with the instant from which it may be finalised.
+    """
+    now = now or datetime.now(UTC)
+    ready = period.end + grace
+    if now < ready:
+        state = "has not ended" if now < period.end else "ended less than stripe.grace ago"
+        raise PeriodOpenError(
+            f"period {period.label} {state}: it may be finalised from "
+            f"{ready.isoformat().replace('+00:00', 'Z')} (month end + grace {_span(grace)}; late "
+            "usage may still arrive); --allow-open (API: allow_open=true) finalises it "
+            "anyway, for tests"
+        )
+
+
+def _span(value: timedelta) -> str:
+    """A duration as the configuration writes it (``1h30m``)."""
+    seconds = int(value.total_seconds())
+    parts = [(seconds // 86400, "d"), (seconds // 3600 % 24, "h"), (seconds // 60 % 60, "m"),
+             (seconds % 60, "s")]  # fmt: skip
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
+def finalize(
+    store: Store,
+    pricing: Pricing,
+    label: str,
+    *,
+    allow_open: bool = False,
+    now: datetime | None = None,
+) -> tuple[Finalization, dict[str, Invoice]]:
     """Store every consumer's invoice of the month ``label`` as final (revision 1).
+
+    The month must have ended ``pricing.config.grace`` ago (``stripe.grace``, default 1 h)
+    unless ``allow_open``. One writer at a time per period (:mod:`._claims`): a concurrent
+    finalisation is refused, never a second revision 1.
 
     Raises:
         ValueError: ``label`` is not a month.
+        PeriodOpenError: the month has not ended plus the grace.
+        PeriodBusyError: another process is changing the period now.
         InvoiceError: the period is already finalised (use :func:`reprice`).
     """
     period = month(label)
+    if not allow_open:
+        check_ended(period, pricing.config.grace, now=now)
+    _refuse_final(store, period)
+    with period_claim(store, period.label, "finalising"):
+        _refuse_final(store, period)  # a writer may have finished just before the claim
+        invoices = compute_invoices(store, pricing, period, scope=Scope.ALL)
+        at = datetime.now(UTC)
+        rows = [_invoice_row(i, 1, at) for i in invoices.values()]
+        _insert_rows(store, "invoices", sql.INVOICE_COLUMNS, rows)
+        source = pricing.catalogue.source if pricing.catalogue is not None else "configuration only"
+        row = [period.label, 1, at, pricing.config.currency, source]
+        _insert_rows(store, "billing_periods", sql.PERIOD_COLUMNS, [row])
+    logger.info("finalised %s: %d invoices", period.label, len(invoices))
+    return Finalization(period.label, 1, at, pricing.config.currency, source), invoices
+
+
+def _refuse_final(store: Store, period: Period) -> None:
     existing = finalization(store, period.label)
     if existing is not None:
         raise InvoiceError(
             f"period {period.label} was finalised at {existing.finalized_at.isoformat()} "
             f"(revision {existing.revision}); use 'meterline reprice --period {period.label}'"
         )
-    invoices = compute_invoices(store, pricing, period, scope=Scope.ALL)
-    now = datetime.now(UTC)
-    _insert_rows(
-        store, "invoices", sql.INVOICE_COLUMNS, [_invoice_row(i, 1, now) for i in invoices.values()]
-    )
-    source = pricing.catalogue.source if pricing.catalogue is not None else "configuration only"
-    row = [period.label, 1, now, pricing.config.currency, source]
-    _insert_rows(store, "billing_periods", sql.PERIOD_COLUMNS, [row])
-    logger.info("finalised %s: %d invoices", period.label, len(invoices))
-    return Finalization(period.label, 1, now, pricing.config.currency, source), invoices
 
 
 @dataclass(frozen=True)
@@ -324,17 +367,36 @@ def reprice(
     with ``force`` every invoice is re-issued as a new revision, which replaces the old
     one and its adjustments. ``dry_run`` only shows the difference.
 
+    One writer at a time per period (:mod:`._claims`), so two concurrent runs never
+    record one difference twice.
+
     Raises:
         ValueError: ``label`` is not a month.
         InvoiceError: the period is not finalised.
+        PeriodBusyError: another process is changing the period now.
     """
     period = month(label)
+    if dry_run:
+        return _reprice(store, pricing, period, force=force, dry_run=True)
+    _final_or_refuse(store, period)
+    with period_claim(store, period.label, "re-issuing" if force else "repricing"):
+        return _reprice(store, pricing, period, force=force, dry_run=False)
+
+
+def _final_or_refuse(store: Store, period: Period) -> Finalization:
     final = finalization(store, period.label)
     if final is None:
         raise InvoiceError(
             f"period {period.label} is not finalised; run 'meterline finalize --period "
             f"{period.label}' first (open periods are always priced afresh)"
         )
+    return final
+
+
+def _reprice(
+    store: Store, pricing: Pricing, period: Period, *, force: bool, dry_run: bool
+) -> RepriceResult:
+    final = _final_or_refuse(store, period)
     stored = _stored(store, period.label, None, Scope.ALL)
     revisions = {c: r for c, (r, _) in stored.items()}
     adjustments = _adjusted(store, period.label, None, revisions, Scope.ALL)

@@ -1,7 +1,9 @@
 """Billing periods: finalise a month, re-price a finalised one.
 
 ``GET /v1/periods/{YYYY-MM}`` (open or final), ``POST …/finalize`` (store every
-invoice), ``POST …/reprice?force=&dry_run=`` (difference as adjustments, or re-issue).
+invoice, once the month ended ``stripe.grace`` ago; ``allow_open=true`` for tests),
+``POST …/reprice?force=&dry_run=`` (difference as adjustments, or re-issue). A period
+changed by another request at the same time answers 409 (nothing written).
 Reading a period's state needs ``read``; finalising and re-pricing need the admin key.
 """
 
@@ -43,9 +45,11 @@ def get_period(period: str, store: StoreDep) -> dict[str, Any]:
 
 
 @router.post("/{period}/finalize", dependencies=[Depends(require_admin)])
-def post_finalize(period: str, store: StoreDep, pricing: PricingDep) -> dict[str, Any]:
+def post_finalize(
+    period: str, store: StoreDep, pricing: PricingDep, allow_open: bool = False
+) -> dict[str, Any]:
     try:
-        final, invoices = finalize(store, pricing, _month(period))
+        final, invoices = finalize(store, pricing, _month(period), allow_open=allow_open)
     except InvoiceError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from None
     return {

@@ -107,7 +107,12 @@ class Store:
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     def insert_columns(
-        self, table: str, columns: Sequence[Sequence[Any]], column_names: Sequence[str]
+        self,
+        table: str,
+        columns: Sequence[Sequence[Any]],
+        column_names: Sequence[str],
+        *,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         """Insert column-oriented data; returns once the engine has written the parts."""
         self.client().insert(
@@ -115,6 +120,7 @@ class Store:
             list(columns),
             column_names=list(column_names),
             column_oriented=True,
+            settings=settings,
         )
 
     def raw_query(

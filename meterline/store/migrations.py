@@ -280,6 +280,26 @@ ORDER BY KeyId
 
 MIGRATIONS += (Migration(5, "api_keys: consumer-scoped API keys (hashes only)", (API_KEYS_DDL,)),)
 
+# One writer at a time per billing period (aggregator/invoices/_claims.py): the engine's
+# insert deduplication (the window below; Keeper on a replicated table) picks one winner
+# among claims that follow the same parent.
+PERIOD_CLAIMS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.period_claims (
+    Period String,
+    Parent String,
+    ClaimId String,
+    Status LowCardinality(String),
+    Action LowCardinality(String),
+    ClaimedAt DateTime64(3, 'UTC')
+) ENGINE = MergeTree
+ORDER BY (Period, ClaimedAt)
+SETTINGS non_replicated_deduplication_window = 100000
+"""
+
+MIGRATIONS += (
+    Migration(6, "period_claims: one writer at a time per billing period", (PERIOD_CLAIMS_DDL,)),
+)
+
 EMBEDDED_TUNING: tuple[str, ...] = (
     f"ALTER TABLE {{db}}.{TRACES_TABLE} MODIFY SETTING merge_selector_base = 20, "
     "min_bytes_for_wide_part = 33554432",

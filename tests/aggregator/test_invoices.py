@@ -120,6 +120,7 @@ def test_public_api_is_pinned() -> None:
     from meterline.aggregator import invoices
 
     assert set(invoices.__all__) == {
+        "CLAIM_LEASE", "PeriodBusyError", "PeriodOpenError", "check_ended",
         "DEFAULT_PRICES_URL", "EXPORT_COLUMNS", "ExportStatus", "Finalization", "InvalidUsage", "Invoice",
         "InvoiceError", "InvoiceLine", "InvoiceView", "Period", "PriceChange", "PriceUpdate",
         "PriceUpdateError", "RepriceLine", "RepriceResult", "UnbilledUsage", "UnpricedUsage",

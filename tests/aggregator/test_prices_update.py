@@ -180,7 +180,9 @@ def test_default_source_is_genai_prices(store: Store) -> None:
     from meterline.aggregator.pricing import DEFAULT_CATALOGUE_URL, parse_pricing_config
 
     assert parse_pricing_config({}).catalogue_url == DEFAULT_CATALOGUE_URL
-    assert DEFAULT_CATALOGUE_URL.startswith("https://raw.githubusercontent.com/pydantic/genai-prices/")
+    assert DEFAULT_CATALOGUE_URL.startswith(
+        "https://raw.githubusercontent.com/pydantic/genai-prices/"
+    )
 
 
 @pytest.mark.parametrize(
