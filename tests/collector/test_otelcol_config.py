@@ -75,6 +75,34 @@ def test_pipeline_and_persistent_queue(config: dict[str, Any]) -> None:
     assert config["extensions"][storage]["directory"]
 
 
+def test_every_otlp_receiver_requires_the_bearer_token(config: dict[str, Any]) -> None:
+    """Anyone who reaches an open OTLP port can write usage for any consumer: every
+    receiver protocol authenticates with a declared, started ``bearertokenauth``
+    extension whose token comes from the environment (empty: the Collector will not start)."""
+    extensions = config["extensions"]
+    started = config["service"]["extensions"]
+    receivers = config["receivers"]
+    used = {r for p in config["service"]["pipelines"].values() for r in p["receivers"]}
+    assert used <= set(receivers)
+    checked = 0
+    for name in used:
+        protocols = receivers[name]["protocols"]
+        assert set(protocols) == {"grpc", "http"}
+        for protocol, server in protocols.items():
+            authenticator = (server or {}).get("auth", {}).get("authenticator")
+            assert authenticator, f"receiver {name} {protocol} is open"
+            assert authenticator.split("/")[0] == "bearertokenauth"
+            assert authenticator in extensions and authenticator in started
+            auth = extensions[authenticator]
+            assert auth["token"] == "${env:METERLINE_INGEST_TOKEN}"
+            assert auth.get("scheme", "Bearer") == "Bearer"
+            assert not {"filename", "tokens"} & set(auth)  # one source of the token
+            checked += 1
+    assert checked == 2
+    guide = (CONFIG.parent / "README.md").read_text()
+    assert "bearertokenauth" in guide and "METERLINE_INGEST_TOKEN" in guide
+
+
 def test_filter_reads_the_keys_the_view_reads(config: dict[str, Any]) -> None:
     where = _where_clause()
     view_keys = set(re.findall(r"SpanAttributes(?:, |\[)'([^']+)'", where))
