@@ -4,9 +4,11 @@ light (server modules load inside commands).
 
 Each command talks to a running server when ``METERLINE_API_URL`` is set (key in
 ``METERLINE_API_KEY``), otherwise opens the store itself (``--data-dir`` or
-``--clickhouse-url``; the same ``METERLINE_*`` variables as ``serve``). Output is a
-readable table, or ``--format json|csv``. A 401 from the server while
-``METERLINE_API_KEY`` is unset says so (and that ``METERLINE_ADMIN_KEY`` is not read).
+``--clickhouse-url``; the same ``METERLINE_*`` variables as ``serve``) and says which on
+stderr. A store that does not exist is an error (never an empty invoice from a new one);
+only ``prices update`` creates one, and only when it is named. Output is a readable
+table, or ``--format json|csv``. A 401 from the server while ``METERLINE_API_KEY`` is
+unset says so (and that ``METERLINE_ADMIN_KEY`` is not read).
 """
 
 from __future__ import annotations
@@ -83,18 +85,45 @@ def _missing_key_hint() -> str:
     return " (set METERLINE_API_KEY to the server's admin key or a consumer key)"
 
 
+_NO_STORE = (
+    "name the store with --data-dir (or METERLINE_DATA_DIR), --clickhouse-url, or set "
+    "METERLINE_API_URL to a running server"
+)
+
+
 class _Local:
-    """The store opened in this process."""
+    """The store opened in this process.
+
+    It says on stderr which store it opened (one line). Only a command that writes
+    (``creates=True``: ``prices update``) may create a store, and only one named
+    explicitly: a mistyped or missing ``--data-dir`` never yields an empty invoice.
+    """
 
     def __init__(self, data_dir: Path | None, clickhouse_url: str | None, database: str | None,
-                 config: Path | None) -> None:  # fmt: skip
+                 config: Path | None, *, creates: bool = False) -> None:  # fmt: skip
         from meterline.settings import settings_from_flags
 
         self.settings = settings_from_flags(
             data_dir=data_dir, clickhouse_url=clickhouse_url, database=database, config=config
         )
+        self.creates = creates
+        self._origin = _origin(self.settings, data_dir=data_dir, clickhouse_url=clickhouse_url)
         self._store: Any = None
         self._pricing: Any = None
+
+    def _where(self) -> str:
+        if self.settings.clickhouse_url:
+            return f"the ClickHouse server {_without_password(self.settings.clickhouse_url)}"
+        return f"the embedded store {Path(self.settings.data_dir).resolve()}"
+
+    def _check_embedded_dir(self) -> None:
+        path = Path(self.settings.data_dir).resolve()
+        if (path / "metadata").is_dir():
+            return
+        if self.creates and self._origin != "default":
+            return
+        what = "does not exist" if not path.exists() else "is not a meterline store"
+        raise CommandError(f"{path} ({self._origin}) {what}: {_NO_STORE}")
 
     @property
     def store(self) -> Any:
@@ -102,6 +131,8 @@ class _Local:
             from meterline.server import open_configured_store
             from meterline.store import StoreError
 
+            if not self.settings.clickhouse_url:
+                self._check_embedded_dir()
             try:
                 store = open_configured_store(self.settings)
             except StoreError as exc:
@@ -111,6 +142,19 @@ class _Local:
                     f"{exc}\n(an embedded store is opened by one process only: if "
                     "'meterline serve' runs on it, set METERLINE_API_URL to its API)"
                 ) from None
+            _, found = store.query(
+                "SELECT 1 FROM system.databases WHERE name = {d:String}", {"d": store.database}
+            )
+            if not found and not (self.creates and self._origin != "default"):
+                store.close()
+                raise CommandError(
+                    f"{self._where()} ({self._origin}) has no database {store.database!r}: "
+                    + (_NO_STORE if self._origin == "default" else "check --database")
+                )
+            typer.echo(
+                f"meterline: using {self._where()}, database {store.database} ({self._origin})",
+                err=True,
+            )
             store.migrate()
             self._store = store
         return self._store
@@ -128,13 +172,41 @@ class _Local:
             self._store.close()
 
 
-def _run(ctx: Any, remote: Callable[[_Remote], Any], local: Callable[[_Local], Any]) -> Any:
-    """Run against the server when ``METERLINE_API_URL`` is set, else the local store."""
+def _origin(settings: Any, *, data_dir: Path | None, clickhouse_url: str | None) -> str:
+    """Where the store's location came from, as the user would name it."""
+    if settings.clickhouse_url:
+        return "--clickhouse-url" if clickhouse_url else "METERLINE_CLICKHOUSE_URL"
+    if data_dir is not None:
+        return "--data-dir"
+    if any(k.upper() == "METERLINE_DATA_DIR" for k in os.environ):
+        return "METERLINE_DATA_DIR"
+    return "default"
+
+
+def _without_password(url: str) -> str:
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
+
+
+def _run(
+    ctx: Any,
+    remote: Callable[[_Remote], Any],
+    local: Callable[[_Local], Any],
+    *,
+    creates: bool = False,
+) -> Any:
+    """Run against the server when ``METERLINE_API_URL`` is set, else the local store
+    (``creates``: the command may create a store that was named explicitly)."""
     url = os.environ.get("METERLINE_API_URL")
     try:
         if url:
             return remote(_Remote(url, os.environ.get("METERLINE_API_KEY")))
-        backend = _Local(*ctx)
+        backend = _Local(*ctx, creates=creates)
         try:
             return local(backend)
         finally:
@@ -223,6 +295,11 @@ def render_invoice(inv: dict[str, Any], status: str = "") -> str:
         lines += ["", "Invalid usage (reported token counts the store rejected; not billed):"]
         lines.append(table(inv["invalid"], ("provider", "model", "reason", "requests")))
     lines.append(f"\nFailed requests: {inv['failed_requests']}")
+    if inv.get("known") is False:
+        lines.append(
+            f"\nNote: no usage was ever recorded for consumer {inv['consumer']!r} (in any "
+            "period): check the id. This is not a bill."
+        )
     if inv.get("failed"):
         lines += ["", "Failed calls not billed (the plan does not bill them):"]
         lines.append(table(inv["failed"], usage_columns))
@@ -291,12 +368,12 @@ def register(app: typer.Typer) -> None:
             return api.call("GET", f"/v1/invoices/{urllib.parse.quote(consumer, safe='')}", params)
 
         def local(b: _Local) -> dict[str, Any]:
-            from meterline.aggregator.invoices import get_invoices, resolve_period
+            from meterline.aggregator.invoices import consumer_known, get_invoices, resolve_period
             from meterline.aggregator.tenancy import Scope
 
             view = get_invoices(b.store, b.pricing, resolve_period(period, from_, to),
                                 scope=Scope.ALL, consumer=consumer)[consumer]  # fmt: skip
-            return view.invoice.to_dict()
+            return {**view.invoice.to_dict(), "known": consumer_known(b.store, view.invoice)}
 
         data = _run((data_dir, clickhouse_url, database, config), remote, local)
         _emit(data, fmt, render_invoice, lambda d: (export_rows(d), EXPORT_COLUMNS))
@@ -396,6 +473,7 @@ def register(app: typer.Typer) -> None:
             (data_dir, clickhouse_url, database, config),
             lambda api: api.call("POST", "/v1/prices/update"),
             local,
+            creates=True,
         )
         rows = [
             {"provider": c["provider"], "model": c["model"],

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -86,7 +86,11 @@ def register(app: typer.Typer) -> None:
     def spool_flush(
         endpoint: Annotated[
             str | None,
-            typer.Option("--endpoint", help="OTLP/HTTP traces URL (default: as the apps use)."),
+            typer.Option(
+                "--endpoint",
+                help="OTLP/HTTP base URL, as for 'meterline instrument' (default: as the "
+                "apps use).",
+            ),
         ] = None,
         directory: Annotated[Path | None, typer.Option("--dir", help="Spool directory.")] = None,
     ) -> None:
@@ -94,16 +98,18 @@ def register(app: typer.Typer) -> None:
 
         Exits 1 if batches remain (the collector is down or failing). Batches the
         collector refused as malformed are set aside as ``.rejected``, never resent.
+        When nothing is delivered, says why.
         """
         from meterline.instrumentation.delivery.flush import flush_spool
-        from meterline.instrumentation.delivery.sender import OtlpHttpSender
+        from meterline.instrumentation.delivery.sender import OtlpHttpSender, traces_url
         from meterline.instrumentation.delivery.spool import Spool
 
         spool = Spool(directory)
-        sender = OtlpHttpSender(endpoint)
+        sender = OtlpHttpSender(traces_url(endpoint) if endpoint else None)
         if sender.invalid is not None:
             typer.echo(f"meterline spool flush: {sender.invalid}; use --endpoint", err=True)
             raise typer.Exit(2)
+        before = spool.status()
         try:
             report = flush_spool(spool, sender)
         finally:
@@ -124,7 +130,12 @@ def register(app: typer.Typer) -> None:
         if status.corrupt:
             typer.echo(f"{status.corrupt} torn file(s) set aside in {spool.directory} (*.corrupt)")
         if report.failure is not None:
-            typer.echo(f"stopped: {report.failure.describe()}", err=True)
+            why = _failure_reason(report.failure, sender.endpoint, spool.directory)
+            lead = "nothing delivered" if not report.sent_files else "stopped"
+            typer.echo(f"{lead}: {why}", err=True)
+        elif not report.sent_files:
+            why = _idle_reason(before, status, report, spool.directory)
+            typer.echo(f"nothing delivered: {why}")
         if report.remaining:
             raise typer.Exit(1)
 
@@ -141,3 +152,39 @@ def register(app: typer.Typer) -> None:
             f"{spool.directory}: {s.pending} batches, {s.pending_bytes} bytes; "
             f"{s.in_flight} being sent, {s.rejected} rejected, {s.corrupt} corrupt"
         )
+
+
+def _failure_reason(failure: Any, endpoint: str, directory: Path) -> str:
+    """Why a POST failed, and what to do, for a person (usage stays in the spool)."""
+    code = failure.http_status
+    kept = f"usage kept in {directory} for the next flush"
+    if code is None:
+        return f"the collector at {endpoint} did not answer ({failure.message}); {kept}"
+    if code in (401, 403):
+        return (
+            f"the collector at {endpoint} refused the credentials ({failure.describe()}): set "
+            f"OTEL_EXPORTER_OTLP_HEADERS='Authorization=Bearer%20<token>'; {kept}"
+        )
+    if code in (404, 405, 415):
+        return (
+            f"{endpoint} is not an OTLP/HTTP traces endpoint ({failure.describe()}): "
+            f"--endpoint takes the collector's base URL, e.g. {DEFAULT_ENDPOINT}; {kept}"
+        )
+    if failure.retryable:
+        return f"the collector at {endpoint} is busy or unavailable ({failure.describe()}); {kept}"
+    return f"the collector at {endpoint} failed ({failure.describe()}); {kept}"
+
+
+def _idle_reason(before: Any, after: Any, report: Any, directory: Path) -> str:
+    """Why a flush without a failed POST delivered nothing."""
+    if report.rejected_files:
+        return (
+            f"the collector refused every batch as malformed; kept in {directory} as "
+            "*.rejected, not resent"
+        )
+    if after.corrupt > before.corrupt:
+        return f"the spool held only torn files, set aside in {directory} as *.corrupt"
+    busy = after.in_flight or before.in_flight
+    if busy:
+        return f"{busy} batch(es) in {directory} are being sent by another process"
+    return f"the spool at {directory} is empty"

@@ -216,6 +216,20 @@ def get_invoices(
     return views
 
 
+def consumer_known(store: Store, invoice: Invoice) -> bool:
+    """Whether the invoice's consumer has ever had usage (in any period) or an invoice.
+
+    An invoice with anything on it is known without a query; an empty one for a consumer
+    id never seen (a typo, another tenant's name) must not pass for a real empty bill.
+    """
+    if invoice.lines or invoice.unpriced or invoice.invalid or invoice.failed_requests:
+        return True
+    _, rows = store.query(
+        sql.KNOWN_CONSUMER_SQL, {"consumer": invoice.consumer}, settings=READ_SETTINGS
+    )
+    return bool(rows)
+
+
 def _invoice_row(invoice: Invoice, revision: int, at: datetime) -> list[Any]:
     return [
         invoice.period,

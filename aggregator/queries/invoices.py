@@ -36,6 +36,14 @@ ORDER BY ConsumerId, CreatedAt
 """
 """Adjustments recorded by ``reprice`` (each against one invoice revision)."""
 
+KNOWN_CONSUMER_SQL = """
+SELECT 1 FROM {db}.llm_usage WHERE ConsumerId = {consumer:String}
+UNION ALL
+SELECT 1 FROM {db}.invoices WHERE ConsumerId = {consumer:String}
+LIMIT 1
+"""
+"""Any usage ever stored for the consumer (valid, failed or invalid), or a stored invoice."""
+
 LATEST_CATALOGUE_SQL = """
 SELECT FetchedAt, Source, Data FROM {db}.price_catalogue ORDER BY FetchedAt DESC LIMIT 1
 """

@@ -2,7 +2,8 @@
 
 Money fields are decimal strings. A finalised month returns the stored invoice
 (``X-Meterline-Invoice-Status: final; revision=N``), an open one is computed now
-(``open``).
+(``open``). ``known`` is false for a consumer that never had usage in any period (nor an
+invoice): an empty invoice for a mistyped id is not a real empty bill.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from fastapi import APIRouter, HTTPException, Query, Response
 
 from meterline.aggregator.auth import ScopeDep
 from meterline.aggregator.deps import StoreDep
-from meterline.aggregator.invoices import InvoiceView, get_invoices, resolve_period
+from meterline.aggregator.invoices import (
+    InvoiceView,
+    consumer_known,
+    get_invoices,
+    resolve_period,
+)
 from meterline.aggregator.pricing import money_str
 from meterline.aggregator.routes._params import From, To
 from meterline.aggregator.routes._pricing import PricingDep
@@ -44,7 +50,8 @@ def get_invoice(
     from_: Annotated[From | None, Query(alias="from", description="ISO-8601")] = None,
     to: Annotated[To | None, Query(description="ISO-8601, exclusive")] = None,
 ) -> dict[str, Any]:
-    """The consumer's invoice: lines, subtotal, markup, total, unpriced usage.
+    """The consumer's invoice: lines, subtotal, markup, total, unpriced usage; ``known``:
+    whether the consumer ever had usage.
 
     A consumer key asking for another consumer gets 404, the same answer whether that
     consumer exists or not."""
@@ -59,4 +66,4 @@ def get_invoice(
     except NotVisible:
         raise HTTPException(status_code=404, detail="Not Found") from None
     response.headers[STATUS_HEADER] = status_value(view)
-    return view.invoice.to_dict()
+    return {**view.invoice.to_dict(), "known": consumer_known(store, view.invoice)}

@@ -113,6 +113,17 @@ def _join(base: str) -> str:
     return base.rstrip("/") + _TRACES_PATH
 
 
+def traces_url(base: str) -> str:
+    """The traces URL of an OTLP/HTTP base URL, as ``OTEL_EXPORTER_OTLP_ENDPOINT`` is read
+    (``http://host:4318`` → ``http://host:4318/v1/traces``; a base path is kept:
+    ``http://host/otlp`` → ``…/otlp/v1/traces``). A URL already ending in ``/v1/traces`` is
+    taken as it is."""
+    parts = urllib.parse.urlsplit(base)
+    if parts.path.rstrip("/").endswith(_TRACES_PATH):
+        return base
+    return parts._replace(path=parts.path.rstrip("/") + _TRACES_PATH).geturl()
+
+
 def resolve_headers(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Headers from ``OTEL_EXPORTER_OTLP_TRACES_HEADERS`` or ``OTEL_EXPORTER_OTLP_HEADERS``."""
     env = os.environ if environ is None else environ

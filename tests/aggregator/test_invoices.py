@@ -104,6 +104,7 @@ ACME_MARCH = {
     ],
     "invalid_requests": 0,
     "invalid": [],
+    "known": True,
 }  # fmt: skip
 
 
@@ -125,7 +126,7 @@ def test_public_api_is_pinned() -> None:
         "InvoiceError", "InvoiceLine", "InvoiceView", "Period", "PriceChange", "PriceUpdate",
         "PriceUpdateError", "RepriceLine", "RepriceResult", "UnbilledUsage", "UnpricedUsage",
         "UsageCosts", "between",
-        "build_invoices", "compute_invoices", "diff_catalogues", "export_rows", "finalization",
+        "build_invoices", "compute_invoices", "consumer_known", "diff_catalogues", "export_rows", "finalization",
         "finalize", "get_invoices", "iter_export_rows", "load_store_pricing", "month",
         "rate_usage", "reprice", "resolve_period", "stored_catalogue", "update_catalogue",
         "usage_costs",
@@ -148,6 +149,49 @@ def test_failed_calls_billed_only_by_plan(client: TestClient) -> None:
     assert (gamma["lines"], gamma["total"], gamma["failed_requests"]) == ([], "0.00", 1)
     nobody = client.get("/v1/invoices/nobody", params={"period": "2026-03"}).json()
     assert (nobody["lines"], nobody["total"], nobody["failed_requests"]) == ([], "0.00", 0)
+    assert (gamma["known"], nobody["known"]) == (True, False)  # only failed calls: known
+
+
+def test_unknown_consumer_is_not_a_real_empty_invoice(client: TestClient, store: Store) -> None:
+    """Never seen: ``known`` false; seen in another month only (or only an invalid or a
+    failed call), or with a stored invoice: known."""
+
+    def known(consumer: str, **params: str) -> bool:
+        answer = client.get(f"/v1/invoices/{consumer}", params=params or {"period": "2026-03"})
+        assert answer.status_code == 200
+        return answer.json()["known"]
+
+    assert known("acme") and known("gamma")
+    assert not known("nobody") and not known("ACME") and not known("acme ")
+    insert_calls(store, [Call(utc(2025, 12, 31, 23, 59), consumer="last-year", model="gpt-4o",
+                              input=5), Call(utc(2026, 5, 1), consumer="later", model="x", input=1)])  # fmt: skip
+    empty = client.get("/v1/invoices/last-year", params={"period": "2026-03"}).json()
+    assert (empty["lines"], empty["total"], empty["known"]) == ([], "0.00", True)
+    assert known("later") and known("later", **{"from": "2026-03-01", "to": "2026-03-02"})
+    insert_calls(store, [Call(utc(2024, 1, 1), consumer="bad", model="gpt-4o", input=-1)])
+    assert known("bad")
+    # a finalised month: the same answer from the stored invoices
+    assert client.post("/v1/periods/2026-03/finalize").status_code == 200
+    assert known("acme") and not known("nobody") and known("last-year")
+
+
+def test_cli_notes_an_unknown_consumer(store: Store, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from meterline.cli import app
+
+    insert_calls(store, CALLS)
+    monkeypatch.delenv("METERLINE_API_URL", raising=False)
+    local = ["--data-dir", store.data_dir, "--database", store.database,
+             "--config", str(write_config(tmp_path))]  # fmt: skip
+    runner = CliRunner()
+    text = runner.invoke(app, ["invoice", "nobody", "--period", "2026-03", *local]).output
+    assert "no usage was ever recorded for consumer 'nobody'" in text
+    text = runner.invoke(app, ["invoice", "gamma", "--period", "2026-03", *local]).output
+    assert "no usage was ever recorded" not in text
+    data = runner.invoke(app, ["invoice", "nobody", "--period", "2026-03", "--format", "json",
+                               *local]).stdout  # fmt: skip
+    assert '"known": false' in data
 
 
 def test_from_to_range_and_errors(client: TestClient) -> None:

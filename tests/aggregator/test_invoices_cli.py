@@ -36,7 +36,7 @@ def local(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list
 def invoke(*args: str) -> str:
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 def test_invoice_table_json_csv(local: list[str]) -> None:
@@ -146,3 +146,95 @@ def test_commands_talk_to_a_running_server(server: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("METERLINE_API_KEY", "wrong")
     result = runner.invoke(app, ["invoice", "acme", "--period", "2026-03"])
     assert result.exit_code == 1 and "401 invalid API key" in result.output
+
+
+# --- which store a command opens ---------------------------------------------------
+
+
+@pytest.fixture
+def nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory without a store, no server, no store variables."""
+    for name in ("METERLINE_API_URL", "METERLINE_DATA_DIR", "METERLINE_CLICKHOUSE_URL",
+                 "METERLINE_DATABASE", "METERLINE_CONFIG"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["invoice", "acme", "--period", "2026-03"],
+        ["invoice", "acme", "--period", "2026-03", "--format", "json"],
+        ["export", "--period", "2026-03"],
+        ["prices", "show"],
+        ["finalize", "--period", "2026-03"],
+        ["reprice", "--period", "2026-03", "--dry-run"],
+        ["prices", "update"],
+    ],
+)
+def test_no_store_named_creates_nothing(nowhere: Path, command: list[str]) -> None:
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
+    assert "meterline-data (default) does not exist" in lines[0]
+    assert "--data-dir" in lines[0] and "METERLINE_API_URL" in lines[0]
+    assert result.stdout == ""
+    assert not (nowhere / "meterline-data").exists()
+
+
+def test_a_named_store_that_does_not_exist(nowhere: Path, monkeypatch) -> None:
+    result = runner.invoke(app, ["invoice", "acme", "--period", "2026-03", "--data-dir", "typo"])
+    assert result.exit_code == 1
+    assert f"{nowhere / 'typo'} (--data-dir) does not exist" in result.stderr
+    assert not (nowhere / "typo").exists()
+    (nowhere / "notes").mkdir()
+    monkeypatch.setenv("METERLINE_DATA_DIR", str(nowhere / "notes"))
+    result = runner.invoke(app, ["export", "--period", "2026-03"])
+    assert result.exit_code == 1
+    assert "notes (METERLINE_DATA_DIR) is not a meterline store" in result.stderr
+    assert list((nowhere / "notes").iterdir()) == []  # the engine never opened it
+
+
+def test_a_store_without_the_database(store: Store, nowhere: Path) -> None:
+    result = runner.invoke(app, ["invoice", "acme", "--period", "2026-03", "--data-dir",
+                                 store.data_dir, "--database", "no_such_db"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "has no database 'no_such_db': check --database" in result.stderr
+    _, found = store.query("SELECT 1 FROM system.databases WHERE name = 'no_such_db'")
+    assert found == []
+
+
+def test_says_which_store_it_opened(local: list[str]) -> None:
+    result = runner.invoke(app, ["invoice", "acme", "--period", "2026-03", *local])
+    assert result.exit_code == 0
+    database = local[local.index("--database") + 1]
+    assert result.stderr == (
+        f"meterline: using the embedded store {local[1]}, database {database} (--data-dir)\n"
+    )
+    assert result.stdout.startswith("Invoice acme")
+
+
+def test_prices_update_may_create_a_named_store(nowhere: Path) -> None:
+    """Only a command that writes creates a store, and only one it was told to (a real
+    process: the test process's engine has its own directory)."""
+    import os
+    import subprocess
+    import sys
+
+    config = nowhere / "m.yaml"
+    config.write_text("catalogue: {url: 'http://127.0.0.1:9/data.json'}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERLINE_")}
+    run = subprocess.run(
+        [sys.executable, "-m", "meterline", "prices", "update", "--data-dir", "new",
+         "--config", str(config)],
+        cwd=nowhere, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1  # the host is unreachable here
+    lines = run.stderr.splitlines()  # between them: the new store's migrations (INFO)
+    assert lines[0] == (
+        f"meterline: using the embedded store {nowhere / 'new'}, database meterline (--data-dir)"
+    )
+    assert lines[-1].startswith("error: cannot fetch prices from http://127.0.0.1:9/data.json")
+    assert (nowhere / "new" / "metadata").is_dir()

@@ -242,3 +242,86 @@ def test_cli_flush_says_when_the_endpoint_is_not_a_url(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["spool", "flush", "--endpoint", "collector:4318"])
     assert result.exit_code == 2
     assert "is not an http(s) OTLP endpoint URL" in result.output
+
+
+# --- `meterline spool flush`: the endpoint as `instrument` takes it, and why nothing went --
+
+
+@pytest.mark.parametrize(
+    ("base", "url"),
+    [
+        ("http://h:4318", "http://h:4318/v1/traces"),
+        ("http://h:4318/", "http://h:4318/v1/traces"),
+        ("https://h/otlp", "https://h/otlp/v1/traces"),
+        ("https://h/otlp/", "https://h/otlp/v1/traces"),
+        ("http://h:4318/v1/traces", "http://h:4318/v1/traces"),  # a full URL is kept
+        ("http://h:4318/v1/traces/", "http://h:4318/v1/traces/"),
+    ],
+)
+def test_traces_url_reads_a_base_url_as_the_otel_exporter_does(base: str, url: str) -> None:
+    from meterline.instrumentation.delivery.sender import traces_url
+
+    assert traces_url(base) == url
+
+
+def _flush(tmp_path: Path, *args: str):
+    from meterline.cli import app
+
+    return CliRunner().invoke(
+        app, ["spool", "flush", *args], env={"METERLINE_SPOOL_DIR": str(tmp_path)}
+    )
+
+
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_cli_flush_takes_the_base_url_instrument_takes(tmp_path: Path, suffix: str) -> None:
+    put(Spool(tmp_path), payload(2), payload(3))
+    with OTLPReceiver() as receiver:
+        result = _flush(tmp_path, "--endpoint", receiver.base + suffix)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith(f"delivered 2 batches to {receiver.url}; 0 remaining")
+        assert len(span_ids(receiver.bodies)) == 5
+
+
+def test_cli_flush_says_the_spool_is_empty(tmp_path: Path) -> None:
+    with OTLPReceiver() as receiver:
+        result = _flush(tmp_path, "--endpoint", receiver.base)
+    assert result.exit_code == 0
+    assert f"nothing delivered: the spool at {tmp_path} is empty" in result.stdout
+    assert receiver.attempts == []
+
+
+@pytest.mark.parametrize(
+    ("status", "why"),
+    [
+        (None, "did not answer ("),
+        (401, "refused the credentials (401): set OTEL_EXPORTER_OTLP_HEADERS="),
+        (403, "refused the credentials (403)"),
+        (404, "is not an OTLP/HTTP traces endpoint (404): --endpoint takes the collector's base URL"),
+        (415, "is not an OTLP/HTTP traces endpoint (415)"),
+        (503, "is busy or unavailable (503"),
+        (500, "failed (500"),
+    ],
+)
+def test_cli_flush_says_why_nothing_was_delivered(
+    tmp_path: Path, status: int | None, why: str
+) -> None:
+    put(Spool(tmp_path), payload(2))
+    if status is None:
+        result = _flush(tmp_path, "--endpoint", f"http://127.0.0.1:{free_port()}")
+    else:
+        with OTLPReceiver() as receiver:
+            receiver.statuses = [status]
+            result = _flush(tmp_path, "--endpoint", receiver.base)
+    assert result.exit_code == 1
+    assert "nothing delivered: " in result.stderr and why in result.stderr, result.stderr
+    assert f"usage kept in {tmp_path} for the next flush" in result.stderr
+    assert len(Spool(tmp_path).pending()) == 1
+
+
+def test_cli_flush_says_every_batch_was_refused(tmp_path: Path) -> None:
+    put(Spool(tmp_path), payload(1))
+    with OTLPReceiver() as receiver:
+        receiver.statuses = [400]
+        result = _flush(tmp_path, "--endpoint", receiver.base)
+    assert result.exit_code == 0, result.output
+    assert "nothing delivered: the collector refused every batch as malformed" in result.stdout
