@@ -18,13 +18,18 @@ ROOTS = {
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:
+    """Every folder under a root is a package: those with ``__init__.py`` hold code, the
+    others only data (``collector/otelcol``, ``collector/proto``) that ``package-data`` in
+    pyproject.toml ships — listed here too, so setuptools does not warn that an importable
+    folder is absent from ``packages``."""
     packages: list[str] = []
     package_dir: dict[str, str] = {}
     for name, folder in ROOTS.items():
         package_dir[name] = folder
-        for init in sorted(Path(folder).rglob("__init__.py")):
-            rel = init.parent.relative_to(folder).parts
-            packages.append(".".join((name, *rel)))
+        for path in sorted([Path(folder), *Path(folder).rglob("*")]):
+            rel = path.relative_to(folder).parts
+            if path.is_dir() and not any(p.startswith((".", "__")) for p in rel):
+                packages.append(".".join((name, *rel)))
     return packages, package_dir
 
 

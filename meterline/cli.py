@@ -20,6 +20,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help, as click formats it: typer's rich panels show "<bool>" for every flag
+    # and read "[…]" in help text as markup (it vanished, leaving " .").
+    rich_markup_mode=None,
 )
 
 

@@ -296,7 +296,10 @@ def test_cli_flush_says_the_spool_is_empty(tmp_path: Path) -> None:
         (None, "did not answer ("),
         (401, "refused the credentials (401): set OTEL_EXPORTER_OTLP_HEADERS="),
         (403, "refused the credentials (403)"),
-        (404, "is not an OTLP/HTTP traces endpoint (404): --endpoint takes the collector's base URL"),
+        (
+            404,
+            "is not an OTLP/HTTP traces endpoint (404): --endpoint takes the collector's base URL",
+        ),
         (415, "is not an OTLP/HTTP traces endpoint (415)"),
         (503, "is busy or unavailable (503"),
         (500, "failed (500"),
