@@ -75,7 +75,8 @@ def register(app: typer.Typer) -> None:
                 k: v for k, v in key.to_dict().items() if k != "id"
             }
 
-        data = _run((data_dir, clickhouse_url, database, config), remote, local)
+        # a key may be made before the first serve: a store named explicitly is created
+        data = _run((data_dir, clickhouse_url, database, config), remote, local, creates=True)
 
         def render(d: dict[str, Any]) -> str:
             return (

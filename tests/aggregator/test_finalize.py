@@ -107,6 +107,7 @@ def test_api_and_cli_refuse_an_open_month(store: Store, tmp_path: Path, monkeypa
     insert_calls(store, [Call(datetime.now(UTC), model="gpt-4o", input=1_000)])
     config = write_config(tmp_path)
     client = TestClient(create_app(ServerSettings(config=config), store))
+    client.headers["content-type"] = "application/json"  # the open API's guard
     label = _current_month()
     refused = client.post(f"/v1/periods/{label}/finalize")
     assert refused.status_code == 409 and "allow_open" in refused.json()["detail"]
@@ -131,6 +132,7 @@ def test_api_and_cli_refuse_an_open_month(store: Store, tmp_path: Path, monkeypa
 def test_api_allow_open(store: Store, tmp_path: Path) -> None:
     insert_calls(store, [Call(datetime.now(UTC), model="gpt-4o", input=1_000)])
     client = TestClient(create_app(ServerSettings(config=write_config(tmp_path)), store))
+    client.headers["content-type"] = "application/json"  # the open API's guard
     done = client.post(f"/v1/periods/{_current_month()}/finalize", params={"allow_open": True})
     assert done.status_code == 200 and done.json()["revision"] == 1
 

@@ -163,7 +163,7 @@ def test_clickhouse_http_takes_any_admin_key_and_never_a_consumer_key(store: Sto
 def _invoke(*args: str) -> str:
     result = runner.invoke(cli_app, list(args))
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout  # stderr names the store opened
 
 
 def test_cli_on_the_local_store(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
