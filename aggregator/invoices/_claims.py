@@ -116,7 +116,13 @@ def period_claim(store: Store, period: str, action: str) -> Iterator[str]:
         "period_claims",
         [[period], [parent], [mine], ["claimed"], [action], [now]],
         CLAIM_COLUMNS,
-        settings={"insert_deduplicate": 1, "insert_deduplication_token": f"{period}|{parent}"},
+        # synchronous: an async insert is not deduplicated by default (a user profile may
+        # turn async_insert on), and then two claims could both win
+        settings={
+            "async_insert": 0,
+            "insert_deduplicate": 1,
+            "insert_deduplication_token": f"{period}|{parent}",
+        },
     )
     winner = _chain(store, period)[0].get(parent)
     if winner is None or winner.claim_id != mine:
