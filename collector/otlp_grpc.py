@@ -93,23 +93,46 @@ class TraceService:
         return response
 
 
-def create_server(
-    writer: Writer,
-    *,
-    host: str,
-    port: int,
-    token: str | None = None,
-    keep_all: bool = False,
-    budget: BodyBudget | None = None,
+def bind_server(
+    host: str, port: int, *, flag: str = "--otlp-grpc-port"
 ) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server with the trace service; returns it and the bound port."""
+    """A grpc.aio server bound to ``host:port`` (not started, no service yet) and its port.
+
+    Binding comes first so ``serve`` can report a taken port before opening the store.
+
+    Raises:
+        ListenError: one line naming ``flag`` and why the port cannot be used.
+    """
+    from meterline.listen import bind, explain_grpc
+
+    if port:  # a plain socket says why a port is taken, without grpc's own log line
+        bind(host, port, flag=flag).close()
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 0),  # a second server on the port must fail, not share it
         ]
     )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind to address …", without the reason
+        bound = 0
+    if bound == 0:
+        raise explain_grpc(host, port, flag=flag)
+    return server, bound
+
+
+def add_trace_service(
+    server: grpc.aio.Server,
+    writer: Writer,
+    *,
+    token: str | None = None,
+    keep_all: bool = False,
+    budget: BodyBudget | None = None,
+) -> None:
+    """Serve the OTLP trace service on ``server`` (before it starts)."""
     service = TraceService(writer, token=token, keep_all=keep_all, budget=budget)
     handler = grpc.unary_unary_rpc_method_handler(
         service.export,
@@ -119,7 +142,22 @@ def create_server(
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),)
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen for OTLP/gRPC on {host}:{port}")
+
+
+def create_server(
+    writer: Writer,
+    *,
+    host: str,
+    port: int,
+    token: str | None = None,
+    keep_all: bool = False,
+    budget: BodyBudget | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with the trace service; returns it and the bound port.
+
+    Raises:
+        ListenError: the port cannot be bound.
+    """
+    server, bound = bind_server(host, port)
+    add_trace_service(server, writer, token=token, keep_all=keep_all, budget=budget)
     return server, bound

@@ -9,6 +9,7 @@ imports the server's dependencies when it runs, never at start-up.
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
@@ -48,9 +49,11 @@ def _root(
 def _register_all() -> None:
     from meterline import server_cli
     from meterline.aggregator import cli as aggregator_cli
+    from meterline.config import cli as config_cli
     from meterline.instrumentation import cli as instrumentation_cli
 
     server_cli.register(app)
+    config_cli.register(app)
     instrumentation_cli.register(app)
     try:  # the simulator and the demo need the server extra (starlette, uvicorn)
         from meterline.demo import cli as demo_cli
@@ -69,4 +72,20 @@ _register_all()
 
 
 def main() -> None:
-    app()
+    """Run the CLI; a usage error (unknown flag, bad value) is one line and exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # typer's click exceptions: usage errors and the like
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]  # the help, as typer prints it
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        message = " ".join(exc.format_message().split())
+        usage = ctx is not None and exc.exit_code == 2
+        see = f" (see '{ctx.command_path} --help')" if usage else ""
+        typer.echo(f"error: {message}{see}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

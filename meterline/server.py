@@ -34,6 +34,7 @@ from typing import Any
 
 import uvicorn
 
+from meterline.config import ConfigFile
 from meterline.errors import MeterlineError
 from meterline.settings import ServerSettings
 from meterline.store import Store, open_store
@@ -51,19 +52,6 @@ def open_configured_store(settings: ServerSettings) -> Store:
     if settings.clickhouse_url:
         return open_store(clickhouse_url=settings.clickhouse_url, database=settings.database)
     return open_store(data_dir=settings.data_dir, database=settings.database)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.set_inheritable(True)
-    return sock
 
 
 @dataclass
@@ -118,32 +106,124 @@ class Endpoints:
         return urls
 
 
+@dataclass
+class _Bound:
+    """Every listener's socket, bound before the store is opened."""
+
+    otlp_http: socket.socket
+    grpc: Any  # grpc.aio.Server, bound, not started
+    grpc_port: int
+    api: socket.socket
+    clickhouse_http: socket.socket | None
+
+    async def close(self) -> None:
+        for sock in (self.otlp_http, self.api, self.clickhouse_http):
+            if sock is not None:
+                sock.close()
+        await self.grpc.stop(None)
+
+
+def _bind_all(settings: ServerSettings) -> _Bound:
+    """Bind every port first: a taken one is a one-line error and nothing was started.
+
+    Raises:
+        ListenError: naming the flag; the sockets bound before it are closed.
+    """
+    from meterline.collector.otlp_grpc import bind_server
+    from meterline.listen import bind
+
+    host = settings.host
+    embedded = not settings.clickhouse_url
+    opened: list[socket.socket] = []
+    try:
+        opened.append(bind(host, settings.otlp_http_port, flag="--otlp-http-port"))
+        opened.append(bind(host, settings.api_port, flag="--api-port"))
+        if embedded:
+            opened.append(bind(host, settings.clickhouse_http_port, flag="--clickhouse-http-port"))
+        grpc_server, grpc_port = bind_server(host, settings.otlp_grpc_port)
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return _Bound(
+        otlp_http=opened[0],
+        grpc=grpc_server,
+        grpc_port=grpc_port,
+        api=opened[1],
+        clickhouse_http=opened[2] if embedded else None,
+    )
+
+
 async def serve(
     settings: ServerSettings,
     *,
+    config: ConfigFile | None = None,
     ready_file: Path | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run every listener until SIGTERM/SIGINT (or ``stop`` is set)."""
-    from meterline.aggregator.app import create_app
-    from meterline.aggregator.auth import OPEN_WARNING, open_api_refusal
-    from meterline.collector.budget import BodyBudget
-    from meterline.collector.otlp_grpc import create_server as create_grpc_server
-    from meterline.collector.otlp_http import OTLPHTTPApp
-    from meterline.collector.writer import Writer
+    """Run every listener until SIGTERM/SIGINT (or ``stop`` is set); SIGHUP reloads the
+    configuration file.
+
+    Start-up checks come before anything is created: the configuration file (``config``
+    when the caller already read it), the data directory, then every port.
+
+    Raises:
+        ServeRefused: serving as configured is unsafe (an open API off loopback).
+        ConfigError: the configuration file is invalid.
+        DataDirError: the data directory is unusable or another process holds it.
+        ListenError: a port cannot be bound.
+    """
+    from meterline.aggregator.auth import open_api_refusal
+    from meterline.config import load_config
+    from meterline.store.datadir import check_data_dir
 
     refusal = open_api_refusal(settings)
     if refusal is not None:
         raise ServeRefused(refusal)
-    store = open_configured_store(settings)
-    applied = store.migrate()
-    if applied:
-        logger.info("migrations applied: %s", applied)
-    if store.kind == "chdb":
-        _recover_embedded(store)
-    if settings.fsync:
-        for table in ("otel_traces", "llm_usage"):
-            store.command(f"ALTER TABLE {{db}}.{table} MODIFY SETTING fsync_after_insert = 1")
+    if config is None:
+        config = load_config(settings.config)
+    if not settings.clickhouse_url:
+        check_data_dir(settings.data_dir)
+    bound = _bind_all(settings)
+    try:
+        store = open_configured_store(settings)
+    except BaseException:
+        await bound.close()
+        raise
+    try:
+        await _run(settings, config, store, bound, ready_file=ready_file, stop=stop)
+    finally:
+        store.close()
+
+
+async def _run(
+    settings: ServerSettings,
+    config: ConfigFile,
+    store: Store,
+    bound: _Bound,
+    *,
+    ready_file: Path | None,
+    stop: asyncio.Event | None,
+) -> None:
+    from meterline.aggregator.app import create_app, reload_config
+    from meterline.aggregator.auth import OPEN_WARNING
+    from meterline.collector.budget import BodyBudget
+    from meterline.collector.otlp_grpc import add_trace_service
+    from meterline.collector.otlp_http import OTLPHTTPApp
+    from meterline.collector.writer import Writer
+
+    try:
+        applied = store.migrate()
+        if applied:
+            logger.info("migrations applied: %s", applied)
+        if store.kind == "chdb":
+            _recover_embedded(store)
+        if settings.fsync:
+            for table in ("otel_traces", "llm_usage"):
+                store.command(f"ALTER TABLE {{db}}.{table} MODIFY SETTING fsync_after_insert = 1")
+    except BaseException:
+        await bound.close()
+        raise
 
     writer = Writer(
         store,
@@ -170,24 +250,26 @@ async def serve(
         OTLPHTTPApp(
             writer, token=settings.ingest_token, keep_all=settings.keep_all_spans, budget=bodies
         ),
-        _bind(host, settings.otlp_http_port),
+        bound.otlp_http,
     )
-    grpc_server, grpc_port = create_grpc_server(
+    grpc_server, grpc_port = bound.grpc, bound.grpc_port
+    add_trace_service(
+        grpc_server,
         writer,
-        host=host,
-        port=settings.otlp_grpc_port,
         token=settings.ingest_token,
         keep_all=settings.keep_all_spans,
         budget=bodies,
     )
-    api_sock = _bind(host, settings.api_port)
-    address = (host, api_sock.getsockname()[1])
-    api = _uvicorn("api", create_app(settings, store, ready=lambda: listening, address=address),
-                   api_sock)  # fmt: skip
+    address = (host, bound.api.getsockname()[1])
+    api_app = create_app(settings, store, config=config, ready=lambda: listening, address=address)
+    api = _uvicorn("api", api_app, bound.api)
     listeners = [otlp, api]
-    ch_http = _clickhouse_http(settings, store)
+    ch_http = _clickhouse_http(settings, store, bound.clickhouse_http)
     if ch_http is not None:
         listeners.append(ch_http)
+    if settings.config is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, reload_config, api_app)
 
     await grpc_server.start()
     for listener in listeners:
@@ -220,7 +302,6 @@ async def serve(
     logger.info("all acknowledged spans written (%d in this run)", writer.written)
     for listener in listeners[1:]:
         await listener.stop()
-    store.close()
 
 
 def _recover_embedded(store: Store) -> None:
@@ -240,19 +321,23 @@ def _recover_embedded(store: Store) -> None:
     reconcile_at_start(store)
 
 
-def _clickhouse_http(settings: ServerSettings, store: Store) -> _UvicornListener | None:
-    if store.kind != "chdb":
+def _clickhouse_http(
+    settings: ServerSettings, store: Store, sock: socket.socket | None
+) -> _UvicornListener | None:
+    if store.kind != "chdb" or sock is None:
+        if sock is not None:
+            sock.close()
         logger.info("ClickHouse-HTTP endpoint off: point Grafana at the ClickHouse server itself")
         return None
     try:
         from meterline.clickhouse_http import create_app as create_ch_app
     except ImportError:
+        sock.close()
         logger.warning("the ClickHouse-HTTP endpoint is not available in this build")
         return None
     # admin only: any admin key is the password (a consumer key never is)
     password = (settings.clickhouse_http_password,) if settings.clickhouse_http_password else (
         settings.admin_keys or None)  # fmt: skip
-    sock = _bind(settings.host, settings.clickhouse_http_port)
     app = create_ch_app(store, password=password, writable=settings.clickhouse_http_writable,
                         address=(settings.host, sock.getsockname()[1]))  # fmt: skip
     # accepted sockets inherit it: without it the body, written after the headers, waits

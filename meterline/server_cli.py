@@ -1,10 +1,16 @@
-"""CLI commands that run or migrate the server: ``serve`` and ``migrate``."""
+"""CLI commands that run or migrate the server: ``serve`` and ``migrate``.
+
+Start-up errors are one line on stderr, never a traceback (README, "Errors at start"):
+exit 2 when what was given is wrong (a flag or ``METERLINE_*`` value, the configuration
+file), exit 1 when the machine refuses it (a port in use, the data directory held by
+another process or not writable, the store unreachable).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -21,9 +27,18 @@ Database = Annotated[str | None, typer.Option(help="Database of the tables [mete
 
 
 def _settings(**given: Any) -> Any:
-    from meterline.settings import settings_from_flags
+    from meterline.settings import SettingsError, settings_from_flags
 
-    return settings_from_flags(**given)
+    try:
+        return settings_from_flags(**given)
+    except SettingsError as exc:
+        fail(exc, code=2)
+
+
+def fail(exc: BaseException, *, code: int) -> NoReturn:
+    """Print ``error: <one line>`` on stderr and exit with ``code``."""
+    typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+    raise typer.Exit(code)
 
 
 def serve(
@@ -55,8 +70,14 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the collector, the API and the ClickHouse-HTTP endpoint (0 = any free port)."""
+    """Run the collector, the API and the ClickHouse-HTTP endpoint (0 = any free port).
+
+    SIGHUP reloads the configuration file (an invalid one is logged and not used).
+    """
+    from meterline.config import ConfigError, load_config
+    from meterline.listen import ListenError
     from meterline.server import serve as run
+    from meterline.store import StoreError
 
     settings = _settings(
         data_dir=data_dir,
@@ -75,10 +96,15 @@ def serve(
     from meterline.server import ServeRefused
 
     try:
-        asyncio.run(run(settings, ready_file=ready_file))
-    except ServeRefused as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        loaded = load_config(settings.config)
+    except ConfigError as exc:
+        fail(exc, code=2)
+    try:
+        asyncio.run(run(settings, config=loaded, ready_file=ready_file))
+    except ServeRefused as exc:  # unsafe as given (an open API off loopback)
+        fail(exc, code=2)
+    except (ListenError, StoreError) as exc:
+        fail(exc, code=1)
 
 
 def migrate(
@@ -88,10 +114,14 @@ def migrate(
 ) -> None:
     """Create or upgrade the schema (idempotent)."""
     from meterline.server import open_configured_store
+    from meterline.store import StoreError
 
-    store = open_configured_store(
-        _settings(data_dir=data_dir, clickhouse_url=clickhouse_url, database=database)
-    )
+    try:
+        store = open_configured_store(
+            _settings(data_dir=data_dir, clickhouse_url=clickhouse_url, database=database)
+        )
+    except StoreError as exc:
+        fail(exc, code=1)
     applied = store.migrate()
     typer.echo(f"applied migrations: {applied}" if applied else "schema is up to date")
     store.close()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from meterline.errors import MeterlineError
 
 
 class ServerSettings(BaseSettings):
@@ -71,7 +73,46 @@ class ServerSettings(BaseSettings):
         """The admin keys of ``admin_key`` (comma-separated, blanks around them dropped)."""
         return tuple(k.strip() for k in (self.admin_key or "").split(",") if k.strip())
 
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerSettings:
+        ports = {
+            "--otlp-http-port": self.otlp_http_port,
+            "--otlp-grpc-port": self.otlp_grpc_port,
+            "--api-port": self.api_port,
+        }
+        if not self.clickhouse_url:  # the ClickHouse-HTTP endpoint serves the embedded store
+            ports["--clickhouse-http-port"] = self.clickhouse_http_port
+        seen: dict[int, str] = {}
+        for flag, port in ports.items():
+            if port and port in seen:  # 0 (any free port) may repeat
+                raise ValueError(
+                    f"{seen[port]} and {flag} are both {port}: give each listener its own port"
+                )
+            seen[port] = flag
+        return self
+
+
+class SettingsError(MeterlineError, ValueError):
+    """A flag or ``METERLINE_*`` variable has a value that is not allowed (one line)."""
+
 
 def settings_from_flags(**given: object) -> ServerSettings:
-    """Settings from the CLI flags that were given (not ``None``), then env, then defaults."""
-    return ServerSettings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+    """Settings from the CLI flags that were given (not ``None``), then env, then defaults.
+
+    Raises:
+        SettingsError: naming the flag, or the environment variable, and the value.
+    """
+    flags = {k: v for k, v in given.items() if v is not None}
+    try:
+        return ServerSettings(**flags)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        message = str(error["msg"]).removeprefix("Input ").removeprefix("Value error, ")
+        if not name:  # the settings as a whole (two listeners on one port)
+            raise SettingsError(message) from None
+        if name in flags:
+            where = f"--{name.replace('_', '-')} {flags[name]!r}"
+        else:
+            where = f"{ServerSettings.model_config['env_prefix']}{name.upper()}={error['input']!r}"
+        raise SettingsError(f"{where}: {message[0].lower()}{message[1:]}") from None

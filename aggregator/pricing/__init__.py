@@ -31,6 +31,7 @@ from meterline.aggregator.pricing._config import (
     load_pricing_config,
     parse_duration,
     parse_pricing_config,
+    pricing_config,
 )
 from meterline.aggregator.pricing._prices import TOKEN_TYPES, PriceSet, Tier, money_str
 from meterline.aggregator.pricing._rating import (
@@ -75,6 +76,7 @@ __all__ = [
     "parse_duration",
     "parse_pricing_config",
     "price_table",
+    "pricing_config",
     "round_money",
 ]
 

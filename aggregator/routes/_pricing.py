@@ -1,7 +1,9 @@
-"""The ``Pricing`` dependency: configuration file + catalogue, loaded once per app.
+"""The ``Pricing`` dependency: the configuration file's prices over the catalogue.
 
-The catalogue is the newest snapshot stored by ``prices update``, else the data bundled
-with genai-prices. :func:`reset_pricing` drops the cached one after an update.
+The configuration is validated before the app serves (``app.state.config``); the
+catalogue is the newest snapshot stored by ``prices update``, else the data bundled
+with genai-prices. The two are combined once and kept until :func:`reset_pricing` (after
+an update) or :func:`use_config` (after a reload) drops them.
 """
 
 from __future__ import annotations
@@ -9,31 +11,40 @@ from __future__ import annotations
 import threading
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 
-from meterline.aggregator.deps import SettingsDep, StoreDep
-from meterline.aggregator.invoices import load_store_pricing
-from meterline.aggregator.pricing import Pricing, PricingConfigError
+from meterline.aggregator.deps import StoreDep
+from meterline.aggregator.pricing import Catalogue, Pricing, pricing_config
+from meterline.config import ConfigFile
 
 _lock = threading.Lock()
 
 
-def get_pricing(request: Request, settings: SettingsDep, store: StoreDep) -> Pricing:
-    pricing = getattr(request.app.state, "pricing", None)
+def get_pricing(request: Request, store: StoreDep) -> Pricing:
+    from meterline.aggregator.invoices._catalogue_store import stored_catalogue
+
+    state = request.app.state
+    pricing = getattr(state, "pricing", None)
     if pricing is None:
         with _lock:
-            pricing = getattr(request.app.state, "pricing", None)
+            pricing = getattr(state, "pricing", None)
             if pricing is None:
-                try:
-                    pricing = load_store_pricing(store, settings.config)
-                except PricingConfigError as exc:
-                    raise HTTPException(status_code=500, detail=str(exc)) from None
-                request.app.state.pricing = pricing
+                catalogue = stored_catalogue(store) or Catalogue.bundled()
+                pricing = Pricing.build(pricing_config(state.config), catalogue)
+                state.pricing = pricing
     return pricing
 
 
 def reset_pricing(request: Request) -> None:
-    request.app.state.pricing = None
+    with _lock:
+        request.app.state.pricing = None
+
+
+def use_config(app: FastAPI, config: ConfigFile) -> None:
+    """Price with ``config`` from the next request on."""
+    with _lock:
+        app.state.config = config
+        app.state.pricing = None
 
 
 PricingDep = Annotated[Pricing, Depends(get_pricing)]

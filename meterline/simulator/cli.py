@@ -9,7 +9,7 @@ import typer
 
 def simulator(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8765,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8765,
     seed: Annotated[int, typer.Option(help="Seed of the deterministic outputs.")] = 0,
     cache_min_tokens: Annotated[
         int, typer.Option(help="Shortest cacheable prompt prefix, in tokens.")
@@ -27,6 +27,7 @@ def simulator(
     (x-simulator-fail: 429x1), and the exact usage of every response at
     GET /_simulator/ledger. No tokens are spent.
     """
+    from meterline.listen import ListenError
     from meterline.simulator import SimulatorConfig
     from meterline.simulator.server import serve
 
@@ -45,7 +46,11 @@ def simulator(
         typer.echo(f"  ANTHROPIC_BASE_URL={url}")
         typer.echo(f"  ledger: {url}/_simulator/ledger")
 
-    serve(config, host=host, port=port, on_ready=ready)
+    try:
+        serve(config, host=host, port=port, on_ready=ready)
+    except ListenError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -16,6 +16,7 @@ from types import TracebackType
 import uvicorn
 from starlette.applications import Starlette
 
+from meterline.listen import bind
 from meterline.simulator._state import SimulatorConfig
 from meterline.simulator.app import create_app
 from meterline.simulator.ledger import Ledger
@@ -24,13 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
+    """Raises :class:`~meterline.listen.ListenError` (one line naming ``--port``)."""
+    return bind(host, port, flag="--port", backlog=1024)
 
 
 def _uvicorn(app: Starlette, log_level: str) -> uvicorn.Server:
@@ -136,6 +132,9 @@ def serve(
 
     Args:
         on_ready: called with the bound port once the socket is bound (before serving).
+
+    Raises:
+        ListenError: the port cannot be bound (nothing was started).
     """
     sock = _bind(host, port)
     bound = sock.getsockname()[1]

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -78,6 +79,12 @@ class Store:
                 else:
                     client = clickhouse_connect.get_client(**self._client_kwargs)
             except Exception as exc:
+                if self.kind == "chdb":
+                    from meterline.store.datadir import DataDirError, holder_message
+
+                    held = holder_message(Path(self._client_kwargs["path"]))
+                    if held is not None:
+                        raise DataDirError(held) from exc
                 raise StoreError(f"cannot open the store {self!r}: {exc}") from exc
             self._local.client = client
             with self._clients_lock:
@@ -208,12 +215,17 @@ def open_store(
     Raises:
         ValueError: both or neither location given, or a malformed URL.
         StoreError: the backend could not be reached or opened.
+        DataDirError: ``data_dir`` is a file, not writable, or another process has it
+            (a :class:`StoreError`).
     """
     if (data_dir is None) == (clickhouse_url is None):
         raise ValueError("give exactly one of data_dir (embedded) or clickhouse_url (server)")
     if clickhouse_url is not None:
         kwargs, db = _server_kwargs(clickhouse_url, database)
         return Store(kind="server", database=db, client_kwargs=kwargs)
+    from meterline.store.datadir import check_data_dir
+
+    check_data_dir(Path(os.fspath(data_dir)))  # type: ignore[arg-type]
     path = os.path.abspath(os.fspath(data_dir))  # type: ignore[arg-type]
     os.makedirs(path, exist_ok=True)
     return Store(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from meterline.aggregator.app import create_app
+from meterline.aggregator.app import create_app, reload_config
 from meterline.aggregator.invoices import export_rows, get_invoices, load_store_pricing, month
 from meterline.aggregator.tenancy import Scope
 from meterline.settings import ServerSettings
@@ -245,7 +245,7 @@ def test_finalised_export_keeps_unbilled_usage_and_adjustments(
     cheaper = EXPORT_CONFIG.replace('input: "2.50"', 'input: "1.50"')
     client.app.state.settings = ServerSettings(config=write_config(tmp_path, cheaper),
                                                admin_key="k")  # fmt: skip
-    client.app.state.pricing = None
+    assert reload_config(client.app)
     assert client.post("/v1/periods/2026-03/reprice").json()["action"] == "adjusted"
     rows = by_consumer(csv_rows(client.get("/v1/export", params={"period": "2026-03"}).text))
     adjustments = {c: [r["amount"] for r in rs if r["status"] == "adjustment"]

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 from fastapi.testclient import TestClient
 
-from meterline.aggregator.app import create_app
+from meterline.aggregator.app import create_app, reload_config
 from meterline.settings import ServerSettings
 from meterline.store import Store
 from tests.aggregator._calls import Call, insert_calls, utc
@@ -280,9 +280,10 @@ def test_finalise_then_reprice(client: TestClient, store: Store, tmp_path) -> No
 
     # a price change after finalisation never alters the stored invoice …
     cheaper = (tmp_path / "meterline.yaml").read_text().replace('input: "2.50"', 'input: "1.50"')
-    settings = ServerSettings(config=write_config(tmp_path, cheaper), admin_key="k")
-    client.app.state.settings = settings
-    client.app.state.pricing = None
+    client.app.state.settings = ServerSettings(
+        config=write_config(tmp_path, cheaper), admin_key="k"
+    )
+    assert reload_config(client.app)
     assert client.get("/v1/invoices/acme", params={"period": "2026-03"}).json() == ACME_MARCH
     # … reprice shows the difference (1,006,000 tokens × 1.00 less = 1.006 → 1.01 per line,
     # 1.21 with markup) and records it once as an adjustment

@@ -191,7 +191,7 @@ def test_default_source_is_genai_prices(store: Store) -> None:
         ({"url": "file:///etc/passwd"}, "is not an http(s) URL"),
         ({"url": "ftp://example.com/data.json"}, "is not an http(s) URL"),
         ({"url": 5}, "is not an http(s) URL"),
-        ({"href": "https://example.com/"}, "unknown key 'href'"),
+        ({"href": "https://example.com/"}, "unknown key `href`: allowed: url"),
         ("https://example.com/", "expected a mapping"),
     ],
 )
