@@ -322,13 +322,18 @@ def _recover_embedded(store: Store) -> None:
 
 
 def _clickhouse_http(
-    settings: ServerSettings, store: Store, sock: socket.socket | None
+    settings: ServerSettings, store: Store, sock: socket.socket | None = None
 ) -> _UvicornListener | None:
-    if store.kind != "chdb" or sock is None:
+    """The :8123 listener on ``sock`` (``None``: bind ``--clickhouse-http-port`` now)."""
+    if store.kind != "chdb":
         if sock is not None:
             sock.close()
         logger.info("ClickHouse-HTTP endpoint off: point Grafana at the ClickHouse server itself")
         return None
+    if sock is None:
+        from meterline.listen import bind
+
+        sock = bind(settings.host, settings.clickhouse_http_port, flag="--clickhouse-http-port")
     try:
         from meterline.clickhouse_http import create_app as create_ch_app
     except ImportError:
