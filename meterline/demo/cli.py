@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -21,11 +22,14 @@ def demo(
     """Meter a sample app's openai/anthropic calls end to end, on a simulated provider.
 
     Starts `meterline serve` and the provider simulator on free ports, runs the sample
-    app under `meterline instrument`, waits until all usage arrived and prints the
-    per-consumer usage table. No API keys, no money spent.
+    app under `meterline instrument`, waits until all usage arrived, prints each
+    consumer's bill from the invoice API and checks it against the simulator's ledger.
+    No API keys, no money spent.
     """
     from meterline.demo.runner import DemoFailed, run_demo
 
+    # The simulator's start-up line would name a URL the output does not otherwise show.
+    logging.getLogger("meterline.simulator").setLevel(logging.WARNING)
     try:
         run_demo(data_dir=data_dir, keep_running=keep_running, timeout=timeout, echo=typer.echo)
     except DemoFailed as exc:

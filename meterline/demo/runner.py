@@ -1,11 +1,19 @@
-"""Run the demo: server, simulator, instrumented sample app, then the usage table.
+"""Run the demo: server, simulator, instrumented sample app, then each consumer's bill.
 
-Contract: :func:`run_demo` returns only after ``GET /v1/usage`` reports exactly the
-usage the simulator's ledger says it returned (requests, failed requests and every
-token count), or raises :class:`DemoFailed` after ``timeout`` seconds with both sides.
-Every port is chosen by the OS; a temporary data directory is removed at the end, a
-given one (``--data-dir``) is kept, so ``meterline serve --data-dir DIR`` shows the same
-data later. Needs the server extra (chdb, FastAPI, uvicorn).
+Contract: :func:`run_demo` waits until ``GET /v1/usage`` has the usage the simulator's
+ledger says it served, then prints each consumer's invoice as ``GET
+/v1/invoices/{consumer}?period=YYYY-MM`` returns it (:mod:`meterline.demo.bill`: no
+figure recomputed), what was not billed and why, and the check of ``/v1/usage`` and the
+invoices against the ledger; a difference is printed and raises :class:`DemoFailed`.
+URLs are printed only with ``keep_running``, while the servers run, and only after they
+answered (:mod:`meterline.demo.links`). The demo's configuration gives the consumer
+``acme`` a plan with a markup (:data:`DEMO_CONFIG`). Every port is chosen by the OS; a
+temporary data directory is removed at the end, a given one (``--data-dir``) is kept
+with the configuration inside, so ``meterline serve`` shows the same bills later. Needs
+the server extra (chdb, FastAPI, uvicorn).
+
+Known limit: a run that crosses a UTC month boundary bills the two months as one
+``from``/``to`` range (still an invoice of the API, but not a ``period``).
 """
 
 from __future__ import annotations
@@ -20,14 +28,15 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from meterline.demo.bill import bill_lines, ledger_line
+from meterline.demo.links import Link, get, links, request
 from meterline.simulator import SimulatorServer, start
 from meterline.simulator.ledger import TOTAL_KEYS
 
@@ -35,6 +44,17 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "meterline-demo"
 DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
+CONFIG_NAME = "meterline-demo.yaml"
+MARKUPS = {"acme": "20"}
+"""Plans of the demo's configuration: consumer → markup percent."""
+DEMO_CONFIG = (
+    "# meterline demo: plans (prices come from the bundled catalogue)\n"
+    "plans:\n  consumers:\n"
+    + "".join(f'    {c}: {{markup_percent: "{p}"}}\n' for c, p in MARKUPS.items())
+)
+STATUS_HEADER = "X-Meterline-Invoice-Status"
+"""The invoice route's header: ``open``, or ``final; revision=N``."""
+LINKED_CONSUMER = "acme"
 
 
 class DemoFailed(RuntimeError):
@@ -43,7 +63,7 @@ class DemoFailed(RuntimeError):
 
 @dataclass
 class DemoResult:
-    """What the demo metered."""
+    """What the demo metered and billed."""
 
     rows: list[dict[str, Any]]
     """``GET /v1/usage?group_by=consumer`` rows."""
@@ -51,27 +71,14 @@ class DemoResult:
     """The simulator ledger's totals (what the provider returned)."""
     metered: dict[str, Any]
     """``GET /v1/usage`` totals (what meterline stored)."""
+    invoices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``GET /v1/invoices/{consumer}`` bodies, by consumer."""
+    period: dict[str, str] = field(default_factory=dict)
+    """The invoices' query: ``{"period": "YYYY-MM"}`` (or ``from``/``to``)."""
+    links: list[Link] = field(default_factory=list)
+    """What was printed while serving (empty without ``keep_running``)."""
     urls: dict[str, str] = field(default_factory=dict)
     app_output: str = ""
-
-
-def _api_headers() -> dict[str, str]:
-    key = os.environ.get("METERLINE_ADMIN_KEY")
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def _get(url: str, params: dict[str, str] | None = None) -> tuple[int, str]:
-    """GET with the admin key when set; (status, body). Standard library only."""
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    request = urllib.request.Request(url, headers=_api_headers())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-    except OSError as exc:
-        return 0, str(exc)
 
 
 def app_command(otlp_base: str) -> list[str]:
@@ -117,7 +124,7 @@ def wait_for_usage(
 
     def totals() -> dict[str, Any]:
         nonlocal text
-        status, text = _get(api_url + "/v1/usage")
+        status, text = get(api_url + "/v1/usage")
         if status != 200:
             return {}
         rows = json.loads(text).get("rows", [])
@@ -143,54 +150,77 @@ def differences(expected: dict[str, int], metered: dict[str, Any]) -> dict[str, 
     }
 
 
-def usage_by_consumer(api_url: str) -> list[dict[str, Any]]:
-    status, text = _get(api_url + "/v1/usage", {"group_by": "consumer"})
+def _get_json(url: str, params: dict[str, str] | None = None) -> Any:
+    status, text = get(url, params)
     if status != 200:
-        raise DemoFailed(f"GET /v1/usage?group_by=consumer answered {status}: {text}")
-    return list(json.loads(text)["rows"])
+        shown = url + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
+        raise DemoFailed(f"GET {shown} answered {status}: {text[:500]}")
+    return json.loads(text)
 
 
-_COLUMNS = (
-    ("consumer", "consumer"),
-    ("requests", "requests"),
-    ("failed", "failed_requests"),
-    ("input", "input_tokens"),
-    ("output", "output_tokens"),
-    ("cache read", "cache_read_input_tokens"),
-    ("cache write", "cache_creation_input_tokens"),
-    ("reasoning", "reasoning_output_tokens"),
-)
+def usage_by_consumer(api_url: str) -> list[dict[str, Any]]:
+    return list(_get_json(api_url + "/v1/usage", {"group_by": "consumer"})["rows"])
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The per-consumer table; a ``cost`` column appears when the rows carry prices."""
-    columns = list(_COLUMNS)
-    priced = any("cost" in r for r in rows)
-    if priced:
-        columns.append(("cost", "cost"))
-    body = []
-    for row in sorted(rows, key=lambda r: str(r.get("consumer", ""))):
-        cells = []
-        for _, key in columns:
-            value = row.get(key, "")
-            if key == "consumer":
-                value = value or "(unattributed)"
-            elif key == "cost":
-                value = f"{value} {row.get('currency', '')}".strip()
-                if row.get("unpriced_requests"):
-                    value += f" (+{row['unpriced_requests']} unpriced)"
-            cells.append(str(value))
-        body.append(cells)
-    head = [title for title, _ in columns]
-    widths = [max(len(c) for c in col) for col in zip(head, *body, strict=False)]
+def _month(at: datetime) -> str:
+    return f"{at.year:04d}-{at.month:02d}"
 
-    def line(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest])
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(head), rule, *(line(c) for c in body)])
+def _month_start(at: datetime, months_later: int = 0) -> datetime:
+    index = at.year * 12 + at.month - 1 + months_later
+    return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
+
+
+def bill_period(first: datetime, last: datetime) -> tuple[dict[str, str], tuple[str, str]]:
+    """The invoices' query for calls made between ``first`` and ``last`` (UTC), and the
+    ``[start, end)`` it covers: their month, or both months as a range."""
+    start, end = _month_start(first), _month_start(last, 1)
+    shown = (start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d"))
+    if _month(first) == _month(last):
+        return {"period": _month(first)}, shown
+    return {"from": start.isoformat(), "to": end.isoformat()}, shown
+
+
+def unpriced_reasons(api_url: str, invoices: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """Why each unpriced model is unpriced, from ``GET /v1/prices?provider=&model=``."""
+    reasons = {}
+    for key in {(u["provider"], u["model"]) for i in invoices for u in i.get("unpriced", ())}:
+        found = _get_json(api_url + "/v1/prices", {"provider": key[0], "model": key[1]})
+        reasons[key] = (
+            f"{key[0]} has tokens of a type its price lacks"
+            if found.get("prices")
+            else "no price; add a `models` entry"
+        )
+    return reasons
+
+
+def _config_file(store_dir: Path, workdir: Path, keep: bool) -> Path:
+    where = store_dir if keep else workdir
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / CONFIG_NAME
+    path.write_text(DEMO_CONFIG)
+    return path
+
+
+def usage_totals(api_url: str, params: dict[str, str] | None = None) -> dict[str, int]:
+    """``GET /v1/usage`` totals as integers (``{}`` for an empty store)."""
+    rows = _get_json(api_url + "/v1/usage", params)["rows"]
+    return {k: int(rows[0].get(k, 0)) for k in TOTAL_KEYS} if rows else {}
+
+
+def fetch_invoices(
+    api_url: str, consumers: list[str], period: dict[str, str]
+) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Each consumer's invoice body, and whether all of them are open (not finalised)."""
+    invoices, open_ = {}, True
+    for consumer in consumers:
+        reply = request(f"{api_url}/v1/invoices/{quote(consumer, safe='')}", period)
+        if reply.status != 200:
+            raise DemoFailed(f"GET /v1/invoices/{consumer} answered {reply.status}: {reply.text}")
+        invoices[consumer] = json.loads(reply.text)
+        status = {k.lower(): v for k, v in reply.headers.items()}.get(STATUS_HEADER.lower(), "")
+        open_ = open_ and status.startswith("open")
+    return invoices, open_
 
 
 def run_demo(
@@ -204,27 +234,30 @@ def run_demo(
 
     Args:
         data_dir: the embedded store's directory; a temporary one when None.
-        keep_running: after the table, serve until SIGINT/SIGTERM.
+        keep_running: after the bill, print the links and serve until SIGINT/SIGTERM.
         timeout: seconds for each of: server start, the sample app, usage arrival.
         echo: where the human-readable output goes.
 
     Raises:
-        DemoFailed: a step failed (server, sample app, or usage never arrived).
+        DemoFailed: a step failed (server, sample app, usage never arrived, or metered
+            usage differs from the ledger).
     """
     from meterline.launcher import ServerFailed, start_server
 
     workdir = Path(tempfile.mkdtemp(prefix="meterline-demo-"))
     store_dir = data_dir if data_dir is not None else workdir / "data"
     try:
-        echo(f"Starting meterline serve (data in {store_dir}) ...")
+        config = _config_file(store_dir, workdir, keep=data_dir is not None)
+        echo("meterline demo: a sample app's openai and anthropic SDK calls, metered with zero")
+        echo("code changes and billed, on a simulated provider (no API keys, no money spent) ...")
         try:
-            server = start_server(store_dir, timeout=timeout)
+            server = start_server(store_dir, args=["--config", str(config)], timeout=timeout)
         except ServerFailed as exc:
             raise DemoFailed(str(exc)) from exc
         with server, start() as sim:
-            urls = dict(server.endpoints.get("urls", {}))
-            echo(f"Provider simulator on {sim.url} (OpenAI: {sim.openai_base_url})")
-            echo("Running the sample app under `meterline instrument` ...")
+            api = server.api_url
+            before = usage_totals(api)
+            first = datetime.now(UTC)
             try:
                 app = subprocess.run(
                     app_command(server.otlp_http_base),
@@ -236,58 +269,98 @@ def run_demo(
                 )
             except subprocess.TimeoutExpired as exc:
                 raise DemoFailed(f"the sample app did not finish in {timeout:.0f}s") from exc
+            last = datetime.now(UTC)
             if app.returncode != 0:
                 raise DemoFailed(
                     f"the sample app exited with {app.returncode}:\n{app.stdout}{app.stderr}"
                 )
-            for text in app.stdout.splitlines():
-                echo(f"  {text}")
             expected = {k: v for k, v in sim.ledger.totals().items() if k in TOTAL_KEYS}
-            echo(f"Waiting until meterline has all {expected['requests']} responses ...")
-            metered = wait_for_usage(server.api_url, expected, timeout=timeout)
-            rows = usage_by_consumer(server.api_url)
+            target = {k: v + before.get(k, 0) for k, v in expected.items()}
+            after = wait_for_usage(api, target, timeout=timeout)
+            metered = {k: int(after.get(k, 0)) - before.get(k, 0) for k in TOTAL_KEYS}
+            rows = usage_by_consumer(api)
+            period, counted = bill_period(first, last)
+            in_range = usage_totals(api, {"from": counted[0], "to": counted[1]})
+            consumers = sorted(str(r["consumer"]) for r in rows if r["consumer"])
+            invoices, all_open = fetch_invoices(api, consumers, period)
+            bills = list(invoices.values())
+            query = "&".join(f"{k}={v}" for k, v in period.items())
+            label = period.get("period", f"{counted[0]} to {counted[1]}")
             echo("")
-            echo("Usage per consumer (GET /v1/usage?group_by=consumer):")
-            echo(format_table(rows))
-            echo("")
-            wrong = differences(expected, metered)
-            if wrong:
-                lines = [
-                    f"  {k}: provider returned {a}, meterline has {b}"
-                    for k, (a, b) in wrong.items()
-                ]
-                echo("MISMATCH between the provider's usage and meterline's:")
-                echo("\n".join(lines))
-                raise DemoFailed("metered usage differs from what the provider returned")
             echo(
-                "Every count above equals what the simulator returned "
-                f"({expected['input_tokens']} input, {expected['output_tokens']} output tokens)."
+                f"Bills for {label}{' (open)' if all_open else ''}, "
+                f"as GET /v1/invoices/{{consumer}}?{query} returns them"
             )
-            _echo_where(echo, server.api_url, urls, data_dir)
-            result = DemoResult(rows, expected, metered, urls, app.stdout)
+            echo("(prices per 1M tokens; each line rounded half-up to the cent, as invoices are):")
+            for text in bill_lines(
+                bills, markup_percent=MARKUPS, unpriced_reasons=unpriced_reasons(api, bills)
+            ):
+                echo(text)
+            echo("")
+            matches, check = ledger_line(
+                expected,
+                metered,
+                bills,
+                billed_range_tokens=in_range.get("input_tokens", 0)
+                + in_range.get("output_tokens", 0),
+                earlier_usage=bool(before.get("requests")),
+            )
+            echo(check)
+            if not matches:
+                raise DemoFailed("metered usage differs from what the provider returned")
+            urls = dict(server.endpoints.get("urls", {}))
+            result = DemoResult(rows, expected, metered, invoices, period, [], urls, app.stdout)
             if keep_running:
+                result.links = _echo_links(echo, api, urls, period, counted)
+                _echo_kept(echo, data_dir, config)
                 echo("Serving until Ctrl-C ...")
                 _wait_for_signal()
+            else:
+                echo(
+                    "The servers have stopped; `meterline demo --keep-running` keeps them up "
+                    "and shows where to look."
+                )
+                _echo_kept(echo, data_dir, config)
             return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _echo_where(
-    echo: Callable[[str], None], api_url: str, urls: dict[str, str], data_dir: Path | None
-) -> None:
+def _echo_links(
+    echo: Callable[[str], None],
+    api_url: str,
+    urls: dict[str, str],
+    period: dict[str, str],
+    counted: tuple[str, str],
+) -> list[Link]:
+    found, curl = links(
+        api_url,
+        urls.get("clickhouse_http"),
+        consumer=LINKED_CONSUMER,
+        period=period,
+        counted=counted,
+    )
     echo("")
-    echo(f"API:         {api_url}/v1/usage?group_by=consumer,feature  (docs: {api_url}/docs)")
-    echo(f"Invoices:    {api_url}/v1/invoices/acme")
-    echo(f"OTLP:        {urls.get('otlp_http', '')}  gRPC {urls.get('otlp_grpc', '')}")
-    if urls.get("clickhouse_http"):
-        echo(f"ClickHouse:  {urls['clickhouse_http']}  (Grafana data source)")
+    auth = (
+        " (with Authorization: Bearer $METERLINE_ADMIN_KEY)"
+        if os.environ.get("METERLINE_ADMIN_KEY")
+        else ""
+    )
+    echo(f"While it runs{auth}:")
+    width = max(len(link.label) for link in found)
+    for link in found:
+        status = "" if link.status == 200 else f"  (answered {link.status}) {link.note}"
+        echo(f"  {link.label.ljust(width)}  {link.url}{status}")
+    for text in curl:
+        echo(f"  {text}")
     where = DASHBOARDS if DASHBOARDS.is_dir() else Path("dashboards")
-    echo(f"Dashboards:  {where}  (Grafana: provisioning/ and the ClickHouse data source)")
-    if data_dir is None:
-        echo("The data was temporary; pass --data-dir DIR to keep it, --keep-running to explore.")
-    else:
-        echo(f"Data kept in {data_dir}: `meterline serve --data-dir {data_dir}` serves it again.")
+    echo(f"  Grafana: the dashboards in {where}, with the ClickHouse URL as data source")
+    return found
+
+
+def _echo_kept(echo: Callable[[str], None], data_dir: Path | None, config: Path) -> None:
+    if data_dir is not None:
+        echo(f"Data kept: `meterline serve --data-dir {data_dir} --config {config}` serves it.")
 
 
 def _wait_for_signal() -> None:

@@ -35,7 +35,19 @@ HOUSE_RULES = (
     "You are the support assistant of a metering company. Answer briefly, cite the "
     "invoice line you used, never invent prices, and escalate billing disputes. "
 ) * 30  # ~1200 tokens: long enough for prompt caching
+HANDBOOK = "\n".join(
+    f"Section {i}. {HOUSE_RULES[:400]}" for i in range(1, 201)
+)  # ~20k tokens: the long, cached context of the chat, research and support features
+REPORT = "\n".join(
+    f"2026-11-{1 + i % 30:02d}  consumer-{i % 97:02d}  gpt-4o-mini  {1000 + 37 * i} input  "
+    f"{200 + 11 * i} output  {i % 7} failed"
+    for i in range(1500)
+)  # ~25k tokens: the usage report acme summarises
 ANTHROPIC_MODEL = "claude-haiku-4-5"
+SUPPORT_MODEL = "claude-sonnet-4-6"
+RESEARCH_MODEL = "o4-mini"
+UNPRICED_MODEL = "acme-summarizer-v2"
+"""acme's own fine-tuned model behind an OpenAI-compatible gateway: no catalogue price."""
 
 
 def _attribution() -> Callable[[str, str], contextlib.AbstractContextManager[Any]]:
@@ -71,25 +83,28 @@ def acme(oa: openai.OpenAI, an: anthropic.Anthropic, attribute: Callable[..., An
     with attribute("acme", "summarize"):
         r = oa.chat.completions.create(
             model="gpt-4o-mini",
-            messages=[{"role": "user", "content": "Summarise this quarter's usage report."}],
+            messages=[{"role": "user", "content": f"Summarise this usage report:\n{REPORT}"}],
         )
         _say(f"acme/summarize  chat          {r.usage.total_tokens if r.usage else 0} tokens")
         stream = oa.chat.completions.create(
             model="gpt-4o-mini",
-            messages=[{"role": "user", "content": "Summarise it again, streamed."}],
+            messages=[{"role": "user", "content": f"Summarise it again, streamed:\n{REPORT}"}],
             stream=True,  # no include_usage: the instrumentation still gets exact usage
         )
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         _say(f"acme/summarize  chat stream   {len(text.split())} words")
         asyncio.run(_acme_async())
+        r = oa.chat.completions.create(
+            model=UNPRICED_MODEL,
+            messages=[{"role": "user", "content": "Summarise last week's usage in one line."}],
+        )
+        _say(f"acme/summarize  {UNPRICED_MODEL}  {r.usage.total_tokens if r.usage else 0} tokens")
     with attribute("acme", "chat"):
         for question in ("How do I read my invoice?", "And the cached tokens line?"):
             with an.messages.stream(
                 model=ANTHROPIC_MODEL,
-                max_tokens=300,
-                system=[
-                    {"type": "text", "text": HOUSE_RULES, "cache_control": {"type": "ephemeral"}}
-                ],
+                max_tokens=1024,
+                system=[{"type": "text", "text": HANDBOOK, "cache_control": {"type": "ephemeral"}}],
                 messages=[{"role": "user", "content": question}],
             ) as s:
                 u = s.get_final_message().usage
@@ -115,11 +130,11 @@ async def _acme_async() -> None:
 
 def globex(oa: openai.OpenAI, attribute: Callable[..., Any]) -> None:
     with attribute("globex", "research"):
-        long_context = [{"role": "system", "content": HOUSE_RULES}]
+        long_context = [{"role": "system", "content": HANDBOOK}]
         for question in ("Which plan fits 2M tokens a day?", "And 5M?"):
             r = oa.chat.completions.create(
-                model="o4-mini",
-                reasoning_effort="low",
+                model=RESEARCH_MODEL,
+                reasoning_effort="high",
                 messages=[*long_context, {"role": "user", "content": question}],  # type: ignore[list-item]
             )
             details = r.usage.completion_tokens_details if r.usage else None
@@ -129,7 +144,9 @@ def globex(oa: openai.OpenAI, attribute: Callable[..., Any]) -> None:
                 f"{details.reasoning_tokens if details else 0}, "
                 f"cached {cached.cached_tokens if cached else 0}"
             )
-        with oa.responses.stream(model="gpt-5-mini", input="Compare the two plans.") as s:
+        with oa.responses.stream(
+            model=RESEARCH_MODEL, input="Compare the two plans.", reasoning={"effort": "medium"}
+        ) as s:
             final = s.get_final_response()
         _say(f"globex/research responses     {final.usage.output_tokens if final.usage else 0} out")
     with attribute("globex", "search"):
@@ -144,20 +161,20 @@ def initech(an: anthropic.Anthropic, attribute: Callable[..., Any]) -> None:
         system = [
             {
                 "type": "text",
-                "text": HOUSE_RULES,
+                "text": HANDBOOK,
                 "cache_control": {"type": "ephemeral", "ttl": "1h"},
             }
         ]
         m = an.messages.create(
-            model="claude-sonnet-4-6",
-            max_tokens=3000,
-            thinking={"type": "enabled", "budget_tokens": 1024},
+            model=SUPPORT_MODEL,
+            max_tokens=8000,
+            thinking={"type": "enabled", "budget_tokens": 4096},
             system=system,  # type: ignore[arg-type]
             messages=[{"role": "user", "content": "My invoice doubled. Why?"}],
         )
         _say(f"initech/support thinking      {m.usage.output_tokens} out (1h cache write)")
         m = an.messages.create(
-            model=ANTHROPIC_MODEL,
+            model=SUPPORT_MODEL,
             max_tokens=200,
             messages=[{"role": "user", "content": "Retry me."}],
             extra_headers={"x-simulator-fail": "429x1", **FAST_RETRY},
@@ -165,7 +182,7 @@ def initech(an: anthropic.Anthropic, attribute: Callable[..., Any]) -> None:
         _say(f"initech/support after 429     {m.usage.output_tokens} out (SDK retried)")
         try:
             an.with_options(max_retries=1).messages.create(
-                model=ANTHROPIC_MODEL,
+                model=SUPPORT_MODEL,
                 max_tokens=200,
                 messages=[{"role": "user", "content": "This one fails."}],
                 extra_headers={"x-simulator-fail": "500", **FAST_RETRY},

@@ -8,8 +8,8 @@ the simulator's ledger of what it returned for that scenario's requests: sync, a
 streamed with and without ``include_usage``, Responses, embeddings, legacy completions,
 Anthropic cache writes (5-minute and 1-hour) and reads, reasoning and thinking, 429/500/529
 with the SDKs' retries. Also: the app sees exactly what it sees without instrumentation;
-streams cut short are still recorded; a 1 % trace sampler loses no usage; ``meterline
-demo`` prints its table.
+streams cut short are still recorded; a 1 % trace sampler loses no usage. (``meterline
+demo`` is tested in ``tests/demo/``.)
 """
 
 from __future__ import annotations
@@ -187,46 +187,3 @@ def test_one_percent_sampler_keeps_all_usage(stack: Stack) -> None:
     expected = stack.sim.ledger.totals(tag="many_calls-sampled")
     assert expected["requests"] == 20
     assert stack.wait_usage("many_calls-sampled", expected) == expected
-
-
-def test_meterline_demo_prints_the_table(tmp_path: Path) -> None:
-    pytest.importorskip("chdb")
-    from meterline.cli import app
-
-    names = {c.name for c in app.registered_commands}
-    command = ["meterline", "demo"] if "demo" in names else ["meterline.demo", "demo"]
-    proc = subprocess.run(
-        [sys.executable, "-m", *command, "--data-dir", str(tmp_path / "data")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METERLINE_"))},
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
-    assert "Usage per consumer (GET /v1/usage?group_by=consumer):" in out
-    table = out.split("Usage per consumer", 1)[1]
-    for consumer in ("acme", "globex", "initech"):
-        assert f"\n{consumer} " in table
-    assert "Every count above equals what the simulator returned" in out
-    assert "/v1/usage?group_by=consumer" in out and "Dashboards:" in out
-
-
-def test_demo_table_and_differences() -> None:
-    from meterline.demo.runner import differences, format_table
-
-    rows = [
-        {"consumer": "zeta", "requests": 2, "failed_requests": 0, "input_tokens": 10,
-         "output_tokens": 5, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
-         "reasoning_output_tokens": 0, "cost": "0.10", "currency": "USD", "unpriced_requests": 1},
-        {"consumer": "", "requests": 1, "failed_requests": 1, "input_tokens": 0,
-         "output_tokens": 0, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
-         "reasoning_output_tokens": 0, "cost": "0", "currency": "USD", "unpriced_requests": 0},
-    ]  # fmt: skip
-    lines = format_table(rows).splitlines()
-    assert lines[0].split()[:3] == ["consumer", "requests", "failed"]
-    assert lines[2].startswith("(unattributed)") and lines[3].startswith("zeta")
-    assert lines[3].endswith("0.10 USD (+1 unpriced)")
-    assert differences({"requests": 2, "input_tokens": 3}, {"requests": 2, "input_tokens": 4}) == {
-        "input_tokens": (3, 4)
-    }
