@@ -4,7 +4,8 @@
 ``anthropic`` SDKs for a few consumers and features; :mod:`meterline.demo.runner` starts
 ``meterline serve`` and the provider simulator, runs the sample app under the zero-code
 instrumentation (``meterline instrument``), waits until every response the simulator
-returned has been metered, and prints the per-consumer usage (and cost) table.
+returned has been metered, and prints each consumer's bill from the invoice API
+(:mod:`meterline.demo.bill`) and, while serving, checked links (:mod:`meterline.demo.links`).
 """
 
 from __future__ import annotations

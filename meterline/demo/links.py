@@ -15,18 +15,36 @@ import urllib.request
 from dataclasses import dataclass
 
 
+def _first_admin_key() -> str:
+    """The first of ``METERLINE_ADMIN_KEY``'s comma-separated admin keys ('' if none)."""
+    keys = [k.strip() for k in os.environ.get("METERLINE_ADMIN_KEY", "").split(",")]
+    return next((k for k in keys if k), "")
+
+
 def api_headers() -> dict[str, str]:
     """``Authorization`` for the API when ``METERLINE_ADMIN_KEY`` is set."""
-    key = os.environ.get("METERLINE_ADMIN_KEY", "").split(",")[0].strip()
+    key = _first_admin_key()
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def _clickhouse_password_var() -> str | None:
-    """The environment variable holding :8123's password, as ``serve`` chooses it."""
-    for name in ("METERLINE_CLICKHOUSE_HTTP_PASSWORD", "METERLINE_ADMIN_KEY"):
-        if os.environ.get(name):
-            return name
-    return None
+def _clickhouse_password() -> tuple[str, str] | None:
+    """:8123's password as ``serve`` chooses it, and how a shell names it."""
+    password = os.environ.get("METERLINE_CLICKHOUSE_HTTP_PASSWORD")
+    if password:
+        return password, "$METERLINE_CLICKHOUSE_HTTP_PASSWORD"
+    key = _first_admin_key()
+    if not key:
+        return None
+    # any admin key is the password; the shell's ${VAR%%,*} is the first of several
+    many = "," in os.environ.get("METERLINE_ADMIN_KEY", "")
+    return key, "${METERLINE_ADMIN_KEY%%,*}" if many else "$METERLINE_ADMIN_KEY"
+
+
+def key_note() -> str:
+    """How the printed API URLs are authorised, for the line above them."""
+    if not _first_admin_key():
+        return "open to anyone on this machine; set METERLINE_ADMIN_KEY to require a key"
+    return "send Authorization: Bearer <an admin key of METERLINE_ADMIN_KEY>"
 
 
 @dataclass(frozen=True)
@@ -42,9 +60,9 @@ def request(url: str, params: dict[str, str] | None = None) -> Reply:
     if params:
         url += ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
     headers = api_headers()
-    var = _clickhouse_password_var()
-    if var and "/v1/" not in url and not url.endswith("/docs"):
-        headers = {"X-ClickHouse-User": "meterline", "X-ClickHouse-Key": os.environ[var]}
+    password = _clickhouse_password()
+    if password and "/v1/" not in url and not url.endswith("/docs"):
+        headers = {"X-ClickHouse-User": "meterline", "X-ClickHouse-Key": password[0]}
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
             return Reply(r.status, r.read().decode(errors="replace"), dict(r.headers.items()))
@@ -77,17 +95,17 @@ def clickhouse_query(start: str, end: str) -> str:
     )
 
 
-def curl_command(clickhouse_url: str, query: str) -> list[str]:
-    """Shell lines that run ``query`` on :8123 (with the password variable, if any).
+def curl_command(clickhouse_url: str, query: str) -> str:
+    """A shell command that runs ``query`` on :8123 (the password by its variable).
 
     The query goes in double quotes, so it may hold no ``"``, ``$``, backquote or
     backslash (the shell would read them).
     """
     if any(c in query for c in '"$`\\'):
         raise ValueError(f"query {query!r} cannot be shown in double quotes")
-    var = _clickhouse_password_var()
-    auth = f' -u "meterline:${var}"' if var else ""
-    return [f"curl -sG{auth} {clickhouse_url}/ --data-urlencode \\", f'  "query={query}"']
+    password = _clickhouse_password()
+    auth = f' -u "meterline:{password[1]}"' if password else ""
+    return f'curl -sG{auth} {clickhouse_url}/ --data-urlencode "query={query}"'
 
 
 def links(
@@ -97,7 +115,7 @@ def links(
     consumer: str,
     period: dict[str, str],
     counted: tuple[str, str],
-) -> tuple[list[Link], list[str]]:
+) -> tuple[list[Link], str | None]:
     """The links to show while serving, each requested once, and the curl example.
 
     Args:
@@ -108,8 +126,8 @@ def links(
         counted: ``(start, end)`` of the example query's range.
 
     Returns:
-        ``(links, curl)``: ``curl`` holds the lines of a command running an example query
-        on :8123, empty when :8123 is not served or the query did not answer 200.
+        ``(links, curl)``: ``curl`` is a command running an example query on :8123,
+        ``None`` when :8123 is not served or the query did not answer 200.
     """
     query = urllib.parse.urlencode(period)
     wanted = [
@@ -125,7 +143,7 @@ def links(
         status, _ = get(url)
         if status == 200 or required:
             found.append(Link(label, url, status))
-    curl: list[str] = []
+    curl = None
     if clickhouse_url:
         sql = clickhouse_query(*counted)
         status, body = get(clickhouse_url + "/", {"query": sql})

@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import quote
 
 from meterline.demo.bill import bill_lines, ledger_line
-from meterline.demo.links import Link, get, links, request
+from meterline.demo.links import Link, get, key_note, links, request
 from meterline.simulator import SimulatorServer, start
 from meterline.simulator.ledger import TOTAL_KEYS
 
@@ -341,18 +341,13 @@ def _echo_links(
         counted=counted,
     )
     echo("")
-    auth = (
-        " (with Authorization: Bearer $METERLINE_ADMIN_KEY)"
-        if os.environ.get("METERLINE_ADMIN_KEY")
-        else ""
-    )
-    echo(f"While it runs{auth}:")
+    echo(f"While it runs ({key_note()}):")
     width = max(len(link.label) for link in found)
     for link in found:
         status = "" if link.status == 200 else f"  (answered {link.status}) {link.note}"
         echo(f"  {link.label.ljust(width)}  {link.url}{status}")
-    for text in curl:
-        echo(f"  {text}")
+    if curl:
+        echo(f"  {curl}")
     where = DASHBOARDS if DASHBOARDS.is_dir() else Path("dashboards")
     echo(f"  Grafana: the dashboards in {where}, with the ClickHouse URL as data source")
     return found

@@ -133,12 +133,12 @@ def test_bill_period(
     assert bill_period(first, last) == (query, covered)
 
 
-def test_curl_example_quotes() -> None:
+def test_curl_example_quotes(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("METERLINE_ADMIN_KEY", "METERLINE_CLICKHOUSE_HTTP_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
     query = clickhouse_query("2026-12-01", "2027-01-01")
-    lines = curl_command("http://127.0.0.1:8123", query)
-    assert lines == [
-        "curl -sG http://127.0.0.1:8123/ --data-urlencode \\",
-        f'  "query={query}"',
-    ]
+    assert curl_command("http://127.0.0.1:8123", query) == (
+        f'curl -sG http://127.0.0.1:8123/ --data-urlencode "query={query}"'
+    )
     with pytest.raises(ValueError, match="double quotes"):
         curl_command("http://127.0.0.1:8123", 'SELECT "x"')
