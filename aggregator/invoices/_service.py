@@ -86,17 +86,26 @@ def rate_usage(
 
 
 def compute_invoices(
-    store: Store, pricing: Pricing, period: Period, *, scope: Scope, consumer: str | None = None
+    store: Store,
+    pricing: Pricing,
+    period: Period,
+    *,
+    scope: Scope,
+    consumer: str | None = None,
+    feature: str | None = None,
 ) -> dict[str, Invoice]:
     """Invoices computed from usage (ignores finalisation) of the consumers ``scope``
-    admits; a requested consumer without usage gets an empty invoice.
+    admits; a requested consumer without usage gets an empty invoice. ``feature``: only
+    that feature's calls (a budget's share of the invoice).
 
     Raises:
         NotVisible: ``consumer`` is outside ``scope``.
     """
     if consumer is not None:
         scope.check(consumer)
-    f = UsageFilter(start=period.start, end=period.end, consumer=consumer, scope=scope)
+    f = UsageFilter(
+        start=period.start, end=period.end, consumer=consumer, feature=feature, scope=scope
+    )
     grid, _, rows = _rating_rows(store, pricing, f)
     valid, invalid = [], {}
     for row in rows:

@@ -3,7 +3,17 @@
 from fastapi import APIRouter, Depends
 
 from meterline.aggregator.auth import get_principal
-from meterline.aggregator.routes import export, health, invoices, keys, periods, prices, usage
+from meterline.aggregator.routes import (
+    budgets,
+    export,
+    health,
+    invoices,
+    keys,
+    periods,
+    prices,
+    reservations,
+    usage,
+)
 
 api_router = APIRouter(dependencies=[Depends(get_principal)])
 """Every ``/v1`` route: the caller is resolved (401 without a valid key when one is set);
@@ -14,6 +24,8 @@ api_router.include_router(periods.router)
 api_router.include_router(export.router)
 api_router.include_router(prices.router)
 api_router.include_router(keys.router)
+api_router.include_router(budgets.router)
+api_router.include_router(reservations.router)
 
 public_router = APIRouter()
 public_router.include_router(health.router)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meterline.store._history import V1_USAGE_DDL, V3_USAGE_MV_DDL, V3_USAGE_MV_QUERY
+from meterline.store.budget_schema import BUDGETS_DDL, RESERVATIONS_DDL
 from meterline.store.usage_schema import (
     AGGREGATE_OPERATIONS,
     CONVERT_QUERY,
@@ -298,6 +299,16 @@ SETTINGS non_replicated_deduplication_window = 100000
 
 MIGRATIONS += (
     Migration(6, "period_claims: one writer at a time per billing period", (PERIOD_CLAIMS_DDL,)),
+)
+
+# Budgets and reservations (issue 11): definitions changed through the API, and every
+# state of a reservation (the live ones are reloaded at start).
+MIGRATIONS += (
+    Migration(
+        7,
+        "budgets, budget_reservations",
+        (BUDGETS_DDL, RESERVATIONS_DDL),
+    ),
 )
 
 EMBEDDED_TUNING: tuple[str, ...] = (

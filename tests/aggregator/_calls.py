@@ -29,6 +29,9 @@ class Call:
     reasoning: int = 0
     error: str | None = None
     response_id: str | None = None
+    feature: str | None = None
+    reservation_id: str | None = None
+    """``meterline.budget.reservation_id``: the call was reserved against budgets."""
 
 
 def utc(*args: int) -> datetime:
@@ -53,6 +56,10 @@ def _attributes(call: Call, response_id: str) -> dict[str, str]:
         "gen_ai.usage.reasoning.output_tokens": call.reasoning,
     }
     attrs.update({k: str(v) for k, v in optional.items() if v})
+    if call.feature is not None:
+        attrs["meterline.feature"] = call.feature
+    if call.reservation_id is not None:
+        attrs["meterline.budget.reservation_id"] = call.reservation_id
     if call.error:
         attrs["error.type"] = call.error
         attrs["http.response.status_code"] = call.error if call.error.isdigit() else "500"

@@ -1,0 +1,274 @@
+"""Reservations: the atomic check-and-reserve of the embedded deployment.
+
+Contract:
+- One lock per process guards the check and the insert: for each budget that applies,
+  ``spent + reserved + amount <= limit`` is checked and the reservation added under that
+  lock, so concurrent reserves (threads of the API server, requests from any number of
+  app processes) never pass a hard limit together.
+- ``spent`` comes from a per-consumer *snapshot* of the store (the invoice figures and
+  which reservations' spans are stored), refreshed at most every ``snapshot_seconds``
+  outside the lock. A reservation counts (its worst case while live, its actual amount
+  once settled) until the snapshot shows its span stored; then its usage is in ``spent``
+  and the reservation is dropped, in the same step, so it is never counted twice nor
+  missed. The ids are read *before* the spend, so a span landing in between is counted
+  twice for one snapshot (too cautious), never not at all.
+- Unsettled reservations expire after their ``ttl`` (bounded); settled ones whose span
+  never arrives are dropped after ``settled_keep`` (the invoice does not have them either).
+- Every state is written to ``budget_reservations``; at start the live ones are reloaded.
+
+Known limit: several aggregator replicas need a shared store for this state (Redis with
+a script doing the check-and-reserve; docs/budgets.md); this lock is one process's.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from meterline.aggregator.budgets._model import Budget
+from meterline.aggregator.budgets._tables import (
+    RESERVATION_COLUMNS,
+    SELECT_LIVE_RESERVATIONS,
+    SELECT_RESERVATION,
+)
+from meterline.aggregator.queries import READ_SETTINGS
+from meterline.store import Store
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["reserved", "settled", "released", "expired", "counted"]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One call's claim on the budgets that apply to it."""
+
+    id: str
+    consumer: str
+    feature: str | None
+    provider: str
+    model: str
+    money: Decimal | None
+    """Worst case while reserved, the actual amount once settled (markup included);
+    ``None`` when unpriced (only possible for calls under soft or token budgets)."""
+    tokens: int
+    status: Status
+    created_at: datetime
+    expires_at: datetime
+    version: int = 1
+
+    def amount(self, budget: Budget) -> Decimal:
+        if budget.in_tokens:
+            return Decimal(self.tokens)
+        return self.money if self.money is not None else Decimal(0)
+
+
+@dataclass
+class Snapshot:
+    """A consumer's figures read from the store at one moment."""
+
+    taken: float
+    """``time.monotonic()`` when the read started."""
+    spent: dict[tuple[str, str, str, datetime], Decimal]
+    """Budget key + period start → spent."""
+
+
+def new_id() -> str:
+    return "rsv_" + secrets.token_urlsafe(18)
+
+
+def _row(r: Reservation, now: datetime) -> list[Any]:
+    return [
+        r.id, r.version, r.status, r.consumer, r.feature or "", int(r.feature is not None),
+        r.provider, r.model, None if r.money is None else format(r.money, "f"), r.tokens,
+        r.created_at, r.expires_at, now,
+    ]  # fmt: skip
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Ledger:
+    """The live reservations of this process, their lock, and the consumers' snapshots."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        snapshot_seconds: float = 1.0,
+        settled_keep: timedelta = timedelta(days=1),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.snapshot_seconds = snapshot_seconds
+        self.settled_keep = settled_keep
+        self.clock = clock
+        self.lock = threading.Lock()
+        """Held around every check-and-reserve and state change."""
+        self._live: dict[str, dict[str, Reservation]] = {}
+        """consumer → id → reservation (reserved or settled, not yet counted)."""
+        self._ended: dict[str, tuple[Status, str]] = {}
+        """Ids that ended in this process (released, expired, counted): settle is a no-op."""
+        self._snapshots: dict[str, Snapshot] = {}
+        self._refreshing: dict[str, threading.Lock] = {}
+        self._load()
+
+    # --- persistence ------------------------------------------------------------------
+
+    def _load(self) -> None:
+        _, rows = self.store.query(SELECT_LIVE_RESERVATIONS, settings=READ_SETTINGS)
+        for (rid, version, status, consumer, feature, has_feature, provider, model,
+             amount, tokens, created, expires, _changed) in rows:  # fmt: skip
+            r = Reservation(
+                id=str(rid),
+                consumer=str(consumer),
+                feature=str(feature) if has_feature else None,
+                provider=str(provider),
+                model=str(model),
+                money=None if amount is None else Decimal(amount),
+                tokens=int(tokens),
+                status=status,
+                created_at=_utc(created),
+                expires_at=_utc(expires),
+                version=int(version),
+            )
+            self._live.setdefault(r.consumer, {})[r.id] = r
+        if rows:
+            logger.info("budgets: %d live reservations reloaded", len(rows))
+
+    def persist(self, reservations: Iterable[Reservation]) -> None:
+        """Write these states (call outside :attr:`lock`)."""
+        now = self.clock()
+        rows = [_row(r, now) for r in reservations]
+        if rows:
+            columns = [list(c) for c in zip(*rows, strict=True)]
+            self.store.insert_columns("budget_reservations", columns, RESERVATION_COLUMNS)
+
+    def stored_status(self, rid: str) -> tuple[str, str] | None:
+        """(status, consumer) of a reservation as stored."""
+        _, rows = self.store.query(SELECT_RESERVATION, {"id": rid}, settings=READ_SETTINGS)
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    # --- state (call with the lock held) -----------------------------------------------
+
+    def live(self, consumer: str) -> list[Reservation]:
+        return list(self._live.get(consumer, {}).values())
+
+    def find(self, rid: str) -> Reservation | None:
+        for per in self._live.values():
+            found = per.get(rid)
+            if found is not None:
+                return found
+        return None
+
+    def ended(self, rid: str) -> tuple[Status, str] | None:
+        return self._ended.get(rid)
+
+    def add(self, r: Reservation) -> None:
+        self._live.setdefault(r.consumer, {})[r.id] = r
+
+    def update(self, r: Reservation) -> Reservation:
+        """Replace ``r``'s state (a new version); ended states leave the live set."""
+        updated = replace(r, version=r.version + 1)
+        per = self._live.setdefault(r.consumer, {})
+        if updated.status in ("reserved", "settled"):
+            per[r.id] = updated
+        else:
+            per.pop(r.id, None)
+            self._ended[r.id] = (updated.status, r.consumer)
+            if len(self._ended) > 200_000:  # bounded: older ids fall back to the store
+                for key in list(self._ended)[:100_000]:
+                    del self._ended[key]
+        return updated
+
+    def expire(self, consumer: str, now: datetime) -> list[Reservation]:
+        """End the consumer's reservations past their expiry (or kept long enough)."""
+        ended = []
+        for r in self.live(consumer):
+            if (r.status == "reserved" and r.expires_at <= now) or (
+                r.status == "settled" and r.expires_at + self.settled_keep <= now
+            ):
+                ended.append(self.update(replace(r, status="expired")))
+        return ended
+
+    def used(self, budget: Budget, start: datetime, end: datetime) -> Decimal:
+        """What the live reservations take of ``budget`` in the period ``[start, end)``."""
+        total = Decimal(0)
+        for r in self._live.get(budget.consumer, {}).values():
+            if start <= r.created_at < end and budget.applies_to(r.consumer, r.feature):
+                total += r.amount(budget)
+        return total
+
+    def settled_in(self, budget: Budget, start: datetime, end: datetime) -> Decimal:
+        """The part of :meth:`used` that is settled (spent, not yet stored)."""
+        total = Decimal(0)
+        for r in self._live.get(budget.consumer, {}).values():
+            if (
+                r.status == "settled"
+                and start <= r.created_at < end
+                and budget.applies_to(r.consumer, r.feature)
+            ):
+                total += r.amount(budget)
+        return total
+
+    # --- snapshots --------------------------------------------------------------------
+
+    def snapshot(
+        self,
+        consumer: str,
+        budgets: list[tuple[Budget, datetime, datetime]],
+        read_spent: Callable[[Budget, datetime, datetime], Decimal],
+        counted: Callable[[list[str], datetime], set[str]],
+        *,
+        fresh: bool = False,
+    ) -> tuple[Snapshot, list[Reservation]]:
+        """The consumer's snapshot covering ``budgets``, re-read when older than
+        ``snapshot_seconds`` (or missing a budget). Returns it and the reservations it
+        found counted (to persist). Call without the lock."""
+        keys = [(*b.key, start) for b, start, _ in budgets]
+        asked = time.monotonic()
+        with self.lock:
+            snap = self._snapshots.get(consumer)
+            guard = self._refreshing.setdefault(consumer, threading.Lock())
+        if not fresh and self._usable(snap, keys, asked - self.snapshot_seconds):
+            return snap, []  # type: ignore[return-value]
+        with guard:  # one read per consumer at a time; the others use its result
+            with self.lock:
+                snap = self._snapshots.get(consumer)
+            if self._usable(snap, keys, asked):  # read by another thread since we asked
+                return snap, []  # type: ignore[return-value]
+            taken = time.monotonic()
+            with self.lock:
+                candidates = self.live(consumer)
+            ids = [r.id for r in candidates]
+            since = min((r.created_at for r in candidates), default=self.clock())
+            stored = counted(ids, since)
+            values = {
+                key: read_spent(b, s, e) for key, (b, s, e) in zip(keys, budgets, strict=True)
+            }
+            new = Snapshot(taken, values)
+            ended: list[Reservation] = []
+            with self.lock:
+                for r in candidates:
+                    current = self.find(r.id)
+                    if r.id in stored and current is not None:
+                        ended.append(self.update(replace(current, status="counted")))
+                self._snapshots[consumer] = new
+            return new, ended
+
+    @staticmethod
+    def _usable(snap: Snapshot | None, keys: list[Any], since: float) -> bool:
+        """``snap`` was read after ``since`` and covers ``keys``."""
+        return snap is not None and snap.taken >= since and all(k in snap.spent for k in keys)
+
+    def forget_snapshot(self, consumer: str) -> None:
+        with self.lock:
+            self._snapshots.pop(consumer, None)

@@ -1,0 +1,37 @@
+"""SQL over the budget tables (:mod:`meterline.store.budget_schema`)."""
+
+from __future__ import annotations
+
+BUDGET_COLUMNS = (
+    "ConsumerId", "Feature", "HasFeature", "Period", "Version", "Deleted", "Definition",
+    "ChangedAt",
+)  # fmt: skip
+
+RESERVATION_COLUMNS = (
+    "Id", "Version", "Status", "ConsumerId", "Feature", "HasFeature", "Provider", "Model",
+    "Amount", "Tokens", "CreatedAt", "ExpiresAt", "ChangedAt",
+)  # fmt: skip
+
+SELECT_BUDGETS = """
+SELECT Definition FROM {db}.budgets FINAL WHERE Deleted = 0
+ORDER BY ConsumerId, HasFeature, Feature, Period
+"""
+
+SELECT_LIVE_RESERVATIONS = """
+SELECT Id, Version, Status, ConsumerId, Feature, HasFeature, Provider, Model, Amount,
+       Tokens, CreatedAt, ExpiresAt, ChangedAt
+FROM {db}.budget_reservations FINAL
+WHERE Status IN ('reserved', 'settled')
+"""
+
+SELECT_RESERVATION = """
+SELECT Status, ConsumerId FROM {db}.budget_reservations FINAL WHERE Id = {id:String}
+"""
+
+COUNTED_RESERVATIONS = """
+SELECT DISTINCT SpanAttributes['meterline.budget.reservation_id']
+FROM {db}.otel_traces
+WHERE Timestamp >= {since:DateTime64(6)}
+  AND SpanAttributes['meterline.budget.reservation_id'] IN {ids:Array(String)}
+"""
+"""Which of these reservations have a stored span (the usage is then in ``spent``)."""
