@@ -42,6 +42,9 @@ class ServerSettings(BaseSettings):
     unless ``allow_open_api``)."""
     allow_open_api: bool = False
     """Serve the API without an admin key on an address other than loopback."""
+    budgets_redis_url: str | None = None
+    """Share budget reservations with other aggregator replicas through this Redis
+    (``redis://host:6379/0``; docs/budgets.md). Unset: this process's own ledger."""
     ingest_token: str | None = None
     """When set, OTLP requests require ``Authorization: Bearer <token>``."""
     clickhouse_http_password: str | None = None

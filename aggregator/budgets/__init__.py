@@ -6,10 +6,12 @@
   states answer :meth:`~BudgetState.fits`), and reserve / settle / release.
 - :func:`window` — a budget's current period in UTC.
 - :func:`parse_budgets_config` — the ``budgets:`` section of the configuration file.
+- :class:`Ledger` — the live reservations of one process; ``_redis.RedisLedger`` shares
+  them between replicas (``METERLINE_BUDGETS_REDIS_URL``).
 """
 
 from meterline.aggregator.budgets._cost import Cost, actual, check_usage, worst_case
-from meterline.aggregator.budgets._ledger import Ledger, Reservation
+from meterline.aggregator.budgets._ledger import Ledger, LedgerUnavailable, Reservation
 from meterline.aggregator.budgets._model import (
     PERIODS,
     TOKENS,
@@ -46,6 +48,7 @@ __all__ = [
     "Decision",
     "Degrade",
     "Ledger",
+    "LedgerUnavailable",
     "Registry",
     "Reservation",
     "ReservationError",

@@ -16,8 +16,8 @@ Contract:
   never arrives are dropped after ``settled_keep`` (the invoice does not have them either).
 - Every state is written to ``budget_reservations``; at start the live ones are reloaded.
 
-Known limit: several aggregator replicas need a shared store for this state (Redis with
-a script doing the check-and-reserve; docs/budgets.md); this lock is one process's.
+This lock is one process's: several aggregator replicas share the state through Redis
+instead (:mod:`._redis`, one Lua script per check-and-reserve; docs/budgets.md).
 """
 
 from __future__ import annotations
@@ -39,9 +39,15 @@ from meterline.aggregator.budgets._tables import (
     SELECT_RESERVATION,
 )
 from meterline.aggregator.queries import READ_SETTINGS
+from meterline.errors import MeterlineError
 from meterline.store import Store
 
 logger = logging.getLogger(__name__)
+
+
+class LedgerUnavailable(MeterlineError):
+    """The shared reservation store cannot be reached (the API answers 503)."""
+
 
 Status = Literal["reserved", "settled", "released", "expired", "counted"]
 
@@ -78,6 +84,33 @@ class Snapshot:
     """``time.monotonic()`` when the read started."""
     spent: dict[tuple[str, str, str, datetime], Decimal]
     """Budget key + period start → spent."""
+    taken_us: int = 0
+    """Redis's clock when the read started (shared ledger only)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One budget a reserve is checked against (or whose totals are read)."""
+
+    budget: Budget
+    start: datetime
+    end: datetime
+    room: Decimal | None
+    """``limit - spent`` for a hard budget; ``None``: not enforced (soft)."""
+    amount: Decimal
+    """The candidate's amount in the budget's unit."""
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What a ledger holds against each checked budget."""
+
+    blocking: int | None
+    """Index of the first check that did not fit (nothing was added), else ``None``."""
+    used: list[Decimal]
+    """Live reservations per check (the candidate included when added)."""
+    settled: list[Decimal]
+    """The settled part of ``used`` (spent, not yet stored)."""
 
 
 def new_id() -> str:
@@ -218,6 +251,76 @@ class Ledger:
             ):
                 total += r.amount(budget)
         return total
+
+    def reserve(
+        self, consumer: str, checks: list[Check], candidate: Reservation | None
+    ) -> tuple[Totals, list[Reservation]]:
+        """Under the lock: end what expired, sum the live reservations of each check and
+        add ``candidate`` when it fits every enforced check. Returns the totals and the
+        reservations that ended (to persist)."""
+        with self.lock:
+            ended = self.expire(consumer, self.clock())
+            used = [self.used(c.budget, c.start, c.end) for c in checks]
+            settled = [self.settled_in(c.budget, c.start, c.end) for c in checks]
+            blocking = None
+            if candidate is not None:
+                for i, c in enumerate(checks):
+                    if c.room is not None and used[i] + c.amount > c.room:
+                        blocking = i
+                        break
+                if blocking is None:
+                    self.add(candidate)
+                    used = [u + c.amount for u, c in zip(used, checks, strict=True)]
+        return Totals(blocking, used, settled), ended
+
+    def settle(
+        self,
+        rid: str,
+        consumer: str | None,
+        price: Callable[[Reservation], tuple[Decimal | None, int]],
+        model: str | None,
+    ) -> tuple[str | None, Reservation | None]:
+        """Settle a live ``reserved`` reservation at ``price(r)`` (money, tokens). Returns
+        (status afterwards, the new state to persist); status ``None``: not live here."""
+        with self.lock:
+            r = self.find(rid)
+        if r is None or (consumer is not None and r.consumer != consumer):
+            return None, None
+        if r.status != "reserved":
+            return r.status, None
+        money, tokens = price(replace(r, model=model or r.model))
+        with self.lock:
+            current = self.find(rid)
+            if current is None or current.status != "reserved":
+                return (current.status if current else None), None
+            updated = self.update(
+                replace(current, status="settled", money=money, tokens=tokens,
+                        model=model or current.model)
+            )  # fmt: skip
+        return "settled", updated
+
+    def release(self, rid: str, consumer: str | None) -> tuple[str | None, Reservation | None]:
+        """Release a live ``reserved`` reservation (see :meth:`settle` for the answer)."""
+        with self.lock:
+            r = self.find(rid)
+            if r is None or (consumer is not None and r.consumer != consumer):
+                return None, None
+            if r.status != "reserved":
+                return r.status, None
+            return "released", self.update(replace(r, status="released"))
+
+    def ended_status(self, rid: str, consumer: str | None) -> str | None:
+        """The status of a reservation that is not live here: ended in this process, or
+        as stored (an earlier run); ``None`` for an unknown id or another consumer's."""
+        with self.lock:
+            found = self.ended(rid)
+        if found is None:
+            found = self.stored_status(rid)
+        if found is None or (consumer is not None and found[1] != consumer):
+            return None
+        if found[0] in ("reserved", "settled"):  # live in the store only: not ours
+            return None
+        return found[0]
 
     # --- snapshots --------------------------------------------------------------------
 

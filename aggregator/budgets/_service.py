@@ -7,13 +7,13 @@ endpoint asks ("does the worst case fit each budget that applies").
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal, localcontext
 from typing import Any
 
 from meterline.aggregator.budgets import _cost
-from meterline.aggregator.budgets._ledger import Ledger, Reservation, new_id
+from meterline.aggregator.budgets._ledger import Check, Ledger, Reservation, new_id
 from meterline.aggregator.budgets._model import TOKENS, Budget, BudgetState, shown
 from meterline.aggregator.budgets._registry import BudgetsConfig, Registry
 from meterline.aggregator.budgets._spent import counted_reservations, spent
@@ -105,13 +105,22 @@ class BudgetService:
         currency: str,
         snapshot_seconds: float = 1.0,
         clock: Any = None,
+        redis_url: str | None = None,
     ) -> None:
+        """``redis_url``: share the reservations with other replicas through Redis
+        (:mod:`._redis`); ``None``: this process's ledger (the embedded deployment)."""
         self.store = store
         self.config = config
         self.registry = Registry(store, config, currency=currency)
-        kwargs = {"clock": clock} if clock is not None else {}
-        self.ledger = Ledger(store, snapshot_seconds=snapshot_seconds, **kwargs)
-        self._pending: list[Reservation] = []
+        kwargs: dict[str, Any] = {"snapshot_seconds": snapshot_seconds}
+        if clock is not None:
+            kwargs["clock"] = clock
+        if redis_url:
+            from meterline.aggregator.budgets._redis import RedisLedger
+
+            self.ledger: Ledger = RedisLedger(store, redis_url, **kwargs)
+        else:
+            self.ledger = Ledger(store, **kwargs)
 
     def now(self) -> datetime:
         return self.ledger.clock()
@@ -142,17 +151,6 @@ class BudgetService:
             self.ledger.persist(ended)
         return snap
 
-    def _state(self, snap: Any, b: Budget, start: datetime, end: datetime) -> BudgetState:
-        used = self.ledger.used(b, start, end)
-        settled = self.ledger.settled_in(b, start, end)
-        return BudgetState(
-            budget=b,
-            period_start=start,
-            period_end=end,
-            spent=snap.spent[(*b.key, start)] + settled,
-            reserved=used - settled,
-        )
-
     def states(
         self, pricing: Pricing, budgets: list[Budget], *, fresh: bool = True
     ) -> list[BudgetState]:
@@ -165,11 +163,12 @@ class BudgetService:
         for consumer, own in by_consumer.items():
             spans = self._windows(own, now)
             snap = self._snapshot(pricing, consumer, spans, fresh=fresh)
-            with self.ledger.lock:
-                self._expire(consumer, now)
-                for b, s, e in spans:
-                    out[b.key] = self._state(snap, b, s, e)
-        self._flush()
+            checks = self._checks(snap, spans, _cost.Cost(Decimal(0), 0))
+            totals, ended = self.ledger.reserve(consumer, checks, None)
+            if ended:
+                self.ledger.persist(ended)
+            for state in self._states_of(snap, checks, totals):
+                out[state.budget.key] = state
         return [out[b.key] for b in budgets]
 
     def budgets_for(
@@ -178,18 +177,6 @@ class BudgetService:
         """Every budget that applies to a call of ``consumer``/``feature``, with its state
         (``fits(amount)`` tells whether an amount in its unit fits)."""
         return self.states(pricing, self.registry.applicable(consumer, feature), fresh=False)
-
-    def _expire(self, consumer: str, now: datetime) -> None:
-        """End expired reservations (lock held); :meth:`_flush` writes them."""
-        self._pending.extend(self.ledger.expire(consumer, now))
-
-    def _flush(self) -> None:
-        with self.ledger.lock:
-            pending, self._pending = self._pending, []
-        if pending:
-            self.ledger.persist(pending)
-
-    # --- reserve / settle / release ---------------------------------------------------
 
     def reserve(self, pricing: Pricing, req: ReserveRequest) -> Decision:
         """Reserve ``req``'s worst case against every budget that applies, atomically.
@@ -216,49 +203,66 @@ class BudgetService:
             )
         spans = self._windows(budgets, now)
         snap = self._snapshot(pricing, req.consumer, spans)
-        with self.ledger.lock:
-            self._expire(req.consumer, now)
-            states = [self._state(snap, b, s, e) for b, s, e in spans]
-            blocking, reason = self._blocking(states, cost)
-            reservation = None
-            if blocking is None:
-                reservation = Reservation(
-                    id=new_id(), consumer=req.consumer, feature=req.feature,
-                    provider=req.provider, model=req.model, money=cost.money,
-                    tokens=cost.tokens, status="reserved", created_at=now,
-                    expires_at=now + timedelta(seconds=ttl),
-                )  # fmt: skip
-                self.ledger.add(reservation)
-                states = [self._state(snap, b, s, e) for b, s, e in spans]
-        self._flush()
+        unpriced = next((b for b in budgets if b.mode == "hard" and not b.in_tokens
+                         and cost.money is None), None)  # fmt: skip
+        candidate = None
+        if unpriced is None:
+            candidate = Reservation(
+                id=new_id(), consumer=req.consumer, feature=req.feature,
+                provider=req.provider, model=req.model, money=cost.money,
+                tokens=cost.tokens, status="reserved", created_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+            )  # fmt: skip
+        checks = self._checks(snap, spans, cost)
+        totals, ended = self.ledger.reserve(req.consumer, checks, candidate)
+        if ended:
+            self.ledger.persist(ended)
+        states = self._states_of(snap, checks, totals)
         unit = self._unit(budgets)
-        amount = cost.amount(unit == "tokens") if unit else cost.money
-        if blocking is not None:
+        amount = cost.amount(unit == TOKENS)
+        if unpriced is not None or totals.blocking is not None:
+            if unpriced is not None:
+                blocking = states[budgets.index(unpriced)]
+                reason = "the model has no price: its cost cannot be checked"
+            else:
+                blocking = states[totals.blocking]  # type: ignore[index]
+                reason = "the worst case does not fit"
             return Decision(
                 False, states=states, amount=amount, unit=unit, blocking=blocking,
                 reason=reason, degrade=self._degrade(pricing, req, blocking, states, now),
             )  # fmt: skip
-        self.ledger.persist([reservation])  # type: ignore[list-item]
-        return Decision(True, reservation, states, amount, unit)
+        self.ledger.persist([candidate])  # type: ignore[list-item]
+        return Decision(True, candidate, states, amount, unit)
+
+    @staticmethod
+    def _checks(
+        snap: Any, spans: list[tuple[Budget, datetime, datetime]], cost: _cost.Cost
+    ) -> list[Check]:
+        checks = []
+        for b, s, e in spans:
+            spent_ = snap.spent[(*b.key, s)]
+            amount = cost.amount(b.in_tokens)
+            checks.append(Check(b, s, e, b.limit - spent_ if b.mode == "hard" else None,
+                                amount if amount is not None else Decimal(0)))  # fmt: skip
+        return checks
+
+    @staticmethod
+    def _states_of(snap: Any, checks: list[Check], totals: Any) -> list[BudgetState]:
+        return [
+            BudgetState(
+                budget=c.budget,
+                period_start=c.start,
+                period_end=c.end,
+                spent=snap.spent[(*c.budget.key, c.start)] + settled,
+                reserved=used - settled,
+            )
+            for c, used, settled in zip(checks, totals.used, totals.settled, strict=True)
+        ]
 
     @staticmethod
     def _unit(budgets: list[Budget]) -> str | None:
         money = [b.unit for b in budgets if not b.in_tokens]
         return money[0] if money else "tokens"
-
-    @staticmethod
-    def _blocking(
-        states: list[BudgetState], cost: _cost.Cost
-    ) -> tuple[BudgetState | None, str | None]:
-        for state in states:
-            if state.budget.mode != "hard":
-                continue
-            amount = cost.amount(state.budget.in_tokens)
-            if amount is None:
-                return state, "the model has no price: its cost cannot be checked"
-            if amount > state.remaining:
-                return state, "the worst case does not fit"
-        return None, None
 
     def _output_limit(self, pricing: Pricing, req: ReserveRequest) -> int:
         catalogue = pricing.catalogue
@@ -314,7 +318,8 @@ class BudgetService:
         self, pricing: Pricing, rid: str, *, usage: dict[str, int], model: str | None,
         consumer: str | None = None,
     ) -> str:  # fmt: skip
-        """Replace the reservation's worst case by the actual cost of ``usage``.
+        """Replace the reservation's worst case by the actual cost of ``usage`` (the price
+        at the reservation's time, ``model`` when given).
 
         Idempotent: a reservation already settled, released, expired or counted is left
         as it is. Returns the reservation's status afterwards.
@@ -322,53 +327,28 @@ class BudgetService:
         Raises:
             UnknownReservation: no such reservation (or another consumer's).
         """
-        with self.ledger.lock:
-            r = self.ledger.find(rid)
-        if r is None or (consumer is not None and r.consumer != consumer):
-            return self._ended_status(rid, consumer)
-        if r.status != "reserved":
-            return r.status
-        cost = _cost.actual(
-            pricing, consumer=r.consumer, provider=r.provider, model=model or r.model,
-            usage=usage, at=r.created_at,
-        )  # fmt: skip
-        with self.ledger.lock:
-            current = self.ledger.find(rid)
-            if current is None or current.status != "reserved":
-                return current.status if current else self._ended_status(rid, consumer)
-            updated = self.ledger.update(
-                replace(current, status="settled", money=cost.money, tokens=cost.tokens,
-                        model=model or current.model)
-            )  # fmt: skip
-        self.ledger.persist([updated])
-        return "settled"
+
+        def price(r: Reservation) -> tuple[Decimal | None, int]:
+            cost = _cost.actual(pricing, consumer=r.consumer, provider=r.provider,
+                                model=r.model, usage=usage, at=r.created_at)  # fmt: skip
+            return cost.money, cost.tokens
+
+        status, updated = self.ledger.settle(rid, consumer, price, model)
+        return self._finish(rid, consumer, status, updated)
 
     def release(self, rid: str, *, consumer: str | None = None) -> str:
         """Drop a reservation whose call was not sent (or failed without usage)."""
-        with self.ledger.lock:
-            r = self.ledger.find(rid)
-            if r is None or (consumer is not None and r.consumer != consumer):
-                updated = None
-            elif r.status == "reserved":
-                updated = self.ledger.update(replace(r, status="released"))
-            else:
-                return r.status
-        if updated is None:
-            return self._ended_status(rid, consumer)
-        self.ledger.persist([updated])
-        return "released"
+        status, updated = self.ledger.release(rid, consumer)
+        return self._finish(rid, consumer, status, updated)
 
-    def _ended_status(self, rid: str, consumer: str | None) -> str:
-        """The status of a reservation that is not live: ended here, or in the store
-        (an earlier run). Another consumer's reservation is unknown to the caller."""
-        with self.ledger.lock:
-            found = self.ledger.ended(rid)
-        if found is None:
-            found = self.ledger.stored_status(rid)
-        if found is None or (consumer is not None and found[1] != consumer):
-            raise UnknownReservation(rid)
-        status, _ = found
-        if status in ("reserved", "settled"):  # live in the store, not here: another run's
+    def _finish(
+        self, rid: str, consumer: str | None, status: str | None, updated: Reservation | None
+    ) -> str:
+        if updated is not None:
+            self.ledger.persist([updated])
+        if status is None:
+            status = self.ledger.ended_status(rid, consumer)
+        if status is None:
             raise UnknownReservation(rid)
         return status
 

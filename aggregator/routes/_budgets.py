@@ -26,7 +26,9 @@ def get_budgets(
                 currency = pricing.config.currency
                 try:
                     config = load_budgets_config(settings.config, currency=currency)
-                    service = BudgetService(store, config, currency=currency)
+                    service = BudgetService(
+                        store, config, currency=currency, redis_url=settings.budgets_redis_url
+                    )
                 except BudgetError as exc:
                     raise HTTPException(status_code=500, detail=str(exc)) from None
                 request.app.state.budgets = service

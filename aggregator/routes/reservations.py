@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from meterline.aggregator.auth import Principal, require_reserve
 from meterline.aggregator.budgets import (
+    LedgerUnavailable,
     ReservationError,
     ReserveRequest,
     UnknownReservation,
@@ -64,6 +65,8 @@ def reserve(
         decision = service.reserve(pricing, ReserveRequest(**body.model_dump()))
     except ReservationError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
+    except LedgerUnavailable as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
     return decision.to_dict()
 
 
@@ -86,6 +89,8 @@ def settle(
         )
     except UnknownReservation:
         raise HTTPException(status_code=404, detail="Not Found") from None
+    except LedgerUnavailable as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
     return {"id": rid, "status": state}
 
 
@@ -96,4 +101,6 @@ def release(rid: str, service: BudgetsDep, principal: ReserveDep) -> Response:
         service.release(rid, consumer=_own(principal))
     except UnknownReservation:
         raise HTTPException(status_code=404, detail="Not Found") from None
+    except LedgerUnavailable as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,393 @@
+"""Reservations shared by several aggregator replicas: Redis, one Lua script per step.
+
+Redis runs one script at a time, so each script is atomic across every replica:
+:data:`RESERVE` drops the consumer's ended reservations, sums the live ones of each
+budget that applies, and adds the new one only when every hard budget still fits;
+:data:`SETTLE`, :data:`RELEASE` and :data:`MARK_COUNTED` change one state each.
+
+Representation: one hash per consumer (``<prefix>:<consumer>``), field = reservation id,
+value ``status|units|tokens|created_us|expires_us|counted_us|has_feature|<json>`` where
+the JSON is ``[provider, model, feature]`` (any text, decoded by the script's cjson).
+Lua numbers are doubles, exact for integers below 2**53, so money travels as integer
+*units* of 10**-8 of the currency (:data:`SCALE`): a reservation is rounded **up**, the
+room left (``limit - spent``) **down** — the check can only be more cautious than the
+exact one, by less than 10**-8 per reservation; sums stay exact below 9·10**7 currency
+units per consumer. The exact amounts stay in the store table (``budget_reservations``).
+
+Counted reservations (their span is stored): the replica that finds them marks them with
+Redis's clock *after* its store read; a replica excludes a reservation from its sums only
+when its own snapshot was taken after that mark (so its spend includes the call), and the
+mark is removed ``COUNTED_KEEP_US`` later. Times are Redis's own (``TIME``), one clock for
+every replica.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any
+
+from meterline.aggregator.budgets._ledger import (
+    Check,
+    Ledger,
+    LedgerUnavailable,
+    Reservation,
+    Snapshot,
+    Totals,
+)
+from meterline.store import Store
+
+SCALE = 8
+UNIT = Decimal(10) ** SCALE
+COUNTED_KEEP_US = 60_000_000
+"""How long a counted reservation's mark stays (longer than any snapshot is used)."""
+
+_PARSE = """
+local function parse(rec)
+  local f = {}
+  local start = 1
+  for i = 1, 7 do
+    local stop = string.find(rec, '|', start, true)
+    f[i] = string.sub(rec, start, stop - 1)
+    start = stop + 1
+  end
+  f[8] = string.sub(rec, start)
+  local meta = cjson.decode(f[8])
+  local feat = meta[3]
+  if type(feat) ~= 'string' then feat = '' end
+  return f[1], tonumber(f[2]), tonumber(f[3]), tonumber(f[4]), tonumber(f[5]),
+         tonumber(f[6]), f[7], feat, f
+end
+-- numbers are rebuilt from the fields' own text: tostring() of a large one is "1.7e+15"
+local function join(f)
+  return table.concat(f, '|')
+end
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+"""
+
+RESERVE = (
+    _PARSE
+    + """
+-- KEYS[1] the consumer's hash, KEYS[2] id -> consumer; ARGV: snap_us, settled_keep_us,
+-- id ('' = totals only), record, n, then per budget: has_feature, feature, start_us,
+-- end_us, in_tokens, cap ('' = not enforced), amount; then the consumer, and the
+-- caller's clock (expiry is the app servers' time, the counted marks Redis's)
+local now = tonumber(ARGV[#ARGV])
+local rnow = now_us()
+local snap = tonumber(ARGV[1])
+local keep = tonumber(ARGV[2])
+local n = tonumber(ARGV[5])
+local used, settled, b = {}, {}, {}
+for i = 1, n do
+  local o = 5 + (i - 1) * 7
+  b[i] = {ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]),
+          ARGV[o + 5] == '1', ARGV[o + 6], tonumber(ARGV[o + 7])}
+  used[i] = 0
+  settled[i] = 0
+end
+local all = redis.call('HGETALL', KEYS[1])
+for j = 1, #all, 2 do
+  local status, units, tokens, created, expires, counted, hasf, feat = parse(all[j + 1])
+  if (status == 'reserved' and expires <= now) or (status == 'settled' and expires + keep <= now)
+     or (counted > 0 and counted + COUNTED_KEEP <= rnow) then
+    redis.call('HDEL', KEYS[1], all[j])
+    redis.call('HDEL', KEYS[2], all[j])
+  elseif counted > 0 and counted <= snap then
+    -- the snapshot's spend has this call
+  else
+    for i = 1, n do
+      local bi = b[i]
+      local scoped = bi[1] == '0' or (hasf == '1' and feat == bi[2])
+      if created >= bi[3] and created < bi[4] and scoped then
+        local v = units
+        if bi[5] then v = tokens end
+        used[i] = used[i] + v
+        if status == 'settled' then settled[i] = settled[i] + v end
+      end
+    end
+  end
+end
+local out = {0}
+if ARGV[3] ~= '' then
+  for i = 1, n do
+    if b[i][6] ~= '' and used[i] + b[i][7] > tonumber(b[i][6]) then
+      out[1] = i
+      break
+    end
+  end
+  if out[1] == 0 then
+    redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+    redis.call('HSET', KEYS[2], ARGV[3], ARGV[#ARGV - 1])
+    for i = 1, n do used[i] = used[i] + b[i][7] end
+  end
+end
+for i = 1, n do
+  out[#out + 1] = used[i]
+  out[#out + 1] = settled[i]
+end
+return out
+""".replace("COUNTED_KEEP", str(COUNTED_KEEP_US))
+)
+
+SETTLE = (
+    _PARSE
+    + """
+-- KEYS[1] hash; ARGV: id, units, tokens, meta. Returns the status before ('' if absent).
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if not rec then return '' end
+local status, units, tokens, created, expires, counted, hasf, feat, f = parse(rec)
+if counted > 0 then return 'counted' end
+if status ~= 'reserved' then return status end
+f[1], f[2], f[3], f[8] = 'settled', ARGV[2], ARGV[3], ARGV[4]
+redis.call('HSET', KEYS[1], ARGV[1], join(f))
+return status
+"""
+)
+
+RELEASE = (
+    _PARSE
+    + """
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if not rec then return '' end
+local status, units, tokens, created, expires, counted = parse(rec)
+if counted > 0 then return 'counted' end
+if status == 'reserved' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return status
+"""
+)
+
+MARK_COUNTED = (
+    _PARSE
+    + """
+-- KEYS[1] hash; ARGV: ids. Marks them counted now (Redis's clock, after the store read).
+local marked = 0
+for i = 1, #ARGV do
+  local rec = redis.call('HGET', KEYS[1], ARGV[i])
+  if rec then
+    local status, units, tokens, created, expires, counted, hasf, feat, f = parse(rec)
+    if counted == 0 then
+      local t = redis.call('TIME')
+      f[6] = t[1] .. string.format('%06d', tonumber(t[2]))
+      redis.call('HSET', KEYS[1], ARGV[i], join(f))
+      marked = marked + 1
+    end
+  end
+end
+return marked
+"""
+)
+
+
+def units(amount: Decimal | None) -> int:
+    """Money → integer units, rounded up (a reservation never looks smaller)."""
+    if amount is None:
+        return 0
+    return int((amount * UNIT).to_integral_value(ROUND_CEILING))
+
+
+def room(amount: Decimal) -> int:
+    """Room left → integer units, rounded down (the limit never looks larger)."""
+    return int((amount * UNIT).to_integral_value(ROUND_FLOOR))
+
+
+def from_units(value: int) -> Decimal:
+    return Decimal(value) / UNIT
+
+
+def micros(value: Any) -> int:
+    return math.floor(value.timestamp() * 1_000_000)
+
+
+def meta(provider: str, model: str, feature: str | None) -> str:
+    return json.dumps([provider, model, feature], separators=(",", ":"))
+
+
+def record(r: Reservation) -> str:
+    return "|".join(
+        [r.status, str(units(r.money)), str(r.tokens), str(micros(r.created_at)),
+         str(micros(r.expires_at)), "0", "1" if r.feature is not None else "0",
+         meta(r.provider, r.model, r.feature)]
+    )  # fmt: skip
+
+
+def parse(consumer: str, rid: str, value: str) -> tuple[Reservation, int]:
+    """A record as a :class:`Reservation` (money rounded to units) and its counted mark."""
+    status, amount, tokens, created, expires, counted, _has, rest = value.split("|", 7)
+    provider, model, feature = json.loads(rest)
+    return (
+        Reservation(
+            id=rid, consumer=consumer, feature=feature, provider=provider, model=model,
+            money=from_units(int(amount)), tokens=int(tokens), status=status,  # type: ignore[arg-type]
+            created_at=_at(int(created)), expires_at=_at(int(expires)),
+        ),
+        int(counted),
+    )  # fmt: skip
+
+
+def _at(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
+class RedisLedger(Ledger):
+    """The :class:`Ledger` interface over Redis (see the module docstring). Budget
+    snapshots stay per replica; the reservations and their checks are shared."""
+
+    def __init__(self, store: Store, url: str, *, prefix: str = "meterline:rsv", **kw: Any) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.prefix = prefix
+        self._reserve = self.client.register_script(RESERVE)
+        self._settle = self.client.register_script(SETTLE)
+        self._release = self.client.register_script(RELEASE)
+        self._mark = self.client.register_script(MARK_COUNTED)
+        super().__init__(store, **kw)
+
+    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        import redis
+
+        try:
+            return script(keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise LedgerUnavailable(f"budget reservations: Redis unreachable: {exc}") from None
+
+    def _do(self, method: str, *args: Any) -> Any:
+        import redis
+
+        try:
+            return getattr(self.client, method)(*args)
+        except redis.RedisError as exc:
+            raise LedgerUnavailable(f"budget reservations: Redis unreachable: {exc}") from None
+
+    def _load(self) -> None:
+        """Nothing to reload: Redis holds the live reservations across restarts."""
+
+    def _key(self, consumer: str) -> str:
+        return f"{self.prefix}:{{{consumer}}}"
+
+    def _owner_key(self) -> str:
+        return f"{self.prefix}:owners"
+
+    def _redis_now(self) -> int:
+        seconds, micro = self._do("time")
+        return int(seconds) * 1_000_000 + int(micro)
+
+    def reserve(
+        self, consumer: str, checks: list[Check], candidate: Reservation | None
+    ) -> tuple[Totals, list[Reservation]]:
+        snap = self._snapshots.get(consumer)
+        taken = getattr(snap, "taken_us", 0)
+        args: list[Any] = [taken, int(self.settled_keep.total_seconds() * 1e6)]
+        args += [candidate.id, record(candidate)] if candidate is not None else ["", ""]
+        args.append(len(checks))
+        for c in checks:
+            b = c.budget
+            cap = "" if c.room is None else str(int(c.room) if b.in_tokens else room(c.room))
+            amount = int(c.amount) if b.in_tokens else units(c.amount)
+            args += [
+                "1" if b.feature is not None else "0",
+                b.feature or "",
+                micros(c.start),
+                micros(c.end),
+                "1" if b.in_tokens else "0",
+                cap,
+                amount,
+            ]
+        args += [consumer, micros(self.clock())]
+        out = self._run(self._reserve, [self._key(consumer), self._owner_key()], args)
+        blocking = int(out[0]) - 1 if int(out[0]) else None
+        used, settled = [], []
+        for i, c in enumerate(checks):
+            u, st = int(out[1 + 2 * i]), int(out[2 + 2 * i])
+            if c.budget.in_tokens:
+                used.append(Decimal(u))
+                settled.append(Decimal(st))
+            else:
+                used.append(from_units(u))
+                settled.append(from_units(st))
+        return Totals(blocking, used, settled), []
+
+    def _owner(self, rid: str, consumer: str | None) -> str | None:
+        owner = self._do("hget", self._owner_key(), rid)
+        if owner is None or (consumer is not None and owner != consumer):
+            return None
+        return owner
+
+    def _current(self, owner: str, rid: str) -> Reservation | None:
+        value = self._do("hget", self._key(owner), rid)
+        return None if value is None else parse(owner, rid, value)[0]
+
+    def settle(
+        self, rid: str, consumer: str | None, price: Any, model: str | None
+    ) -> tuple[str | None, Reservation | None]:
+        owner = self._owner(rid, consumer)
+        r = self._current(owner, rid) if owner is not None else None
+        if r is None:
+            return None, None
+        used_model = model or r.model
+        money, tokens = price(replace(r, model=used_model))
+        before = self._run(
+            self._settle,
+            [self._key(r.consumer)],
+            [rid, units(money), tokens, meta(r.provider, used_model, r.feature)],
+        )
+        if before == "":
+            return None, None
+        if before != "reserved":
+            return before, None
+        return "settled", replace(r, status="settled", money=money, tokens=tokens,
+                                  model=used_model, version=r.version + 1)  # fmt: skip
+
+    def release(self, rid: str, consumer: str | None) -> tuple[str | None, Reservation | None]:
+        owner = self._owner(rid, consumer)
+        r = self._current(owner, rid) if owner is not None else None
+        if r is None:
+            return None, None
+        before = self._run(self._release, [self._key(r.consumer), self._owner_key()], [rid])
+        if before == "":
+            return None, None
+        if before != "reserved":
+            return before, None
+        return "released", replace(r, status="released", version=r.version + 1)
+
+    def snapshot(
+        self, consumer: str, budgets: Any, read_spent: Any, counted: Any, *, fresh: bool = False
+    ) -> tuple[Snapshot, list[Reservation]]:
+        keys = [(*b.key, start) for b, start, _ in budgets]
+        asked = time.monotonic()
+        snap = self._snapshots.get(consumer)
+        if not fresh and self._usable(snap, keys, asked - self.snapshot_seconds):
+            return snap, []  # type: ignore[return-value]
+        with self.lock:
+            guard = self._refreshing.setdefault(consumer, threading.Lock())
+        with guard:
+            snap = self._snapshots.get(consumer)
+            if self._usable(snap, keys, asked):
+                return snap, []  # type: ignore[return-value]
+            taken, taken_us = time.monotonic(), self._redis_now()
+            live = [
+                parse(consumer, rid, value)
+                for rid, value in self._do("hgetall", self._key(consumer)).items()
+            ]
+            candidates = [r for r, mark in live if mark == 0]
+            since = min((r.created_at for r in candidates), default=self.clock())
+            stored = counted([r.id for r in candidates], since)
+            values = {k: read_spent(b, s, e) for k, (b, s, e) in zip(keys, budgets, strict=True)}
+            ended = [replace(r, status="counted", version=r.version + 2)
+                     for r in candidates if r.id in stored]  # fmt: skip
+            if ended:
+                self._run(self._mark, [self._key(consumer)], [r.id for r in ended])
+            new = Snapshot(taken, values, taken_us)
+            self._snapshots[consumer] = new
+            return new, ended
