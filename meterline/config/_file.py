@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field
 
 from meterline.config._base import Section, none_as_empty_list
+from meterline.config._budgets import BudgetsSection
 from meterline.config._pricing import (
     CatalogueSection,
     Currency,
@@ -36,6 +37,8 @@ class ConfigFile(Section):
     """Where ``prices update`` fetches published prices."""
     stripe: StripeSection = StripeSection()
     """Billing through Stripe (so far: the finalisation grace)."""
+    budgets: BudgetsSection = BudgetsSection()
+    """Budgets and reservation expiry (docs/budgets.md)."""
 
     def summary(self) -> str:
         """A one-line description, for ``config check`` and reload logs."""
