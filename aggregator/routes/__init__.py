@@ -12,6 +12,7 @@ from meterline.aggregator.routes import (
     periods,
     prices,
     reservations,
+    stripe,
     usage,
 )
 
@@ -26,6 +27,7 @@ api_router.include_router(prices.router)
 api_router.include_router(keys.router)
 api_router.include_router(budgets.router)
 api_router.include_router(reservations.router)
+api_router.include_router(stripe.router)
 
 public_router = APIRouter()
 public_router.include_router(health.router)

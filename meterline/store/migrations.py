@@ -23,6 +23,11 @@ from typing import TYPE_CHECKING
 
 from meterline.store._history import V1_USAGE_DDL, V3_USAGE_MV_DDL, V3_USAGE_MV_QUERY
 from meterline.store.budget_schema import BUDGETS_DDL, RESERVATIONS_DDL
+from meterline.store.stripe_schema import (
+    STRIPE_CUSTOMERS_DDL,
+    STRIPE_LEDGER_DDL,
+    STRIPE_RUNS_DDL,
+)
 from meterline.store.usage_schema import (
     AGGREGATE_OPERATIONS,
     CONVERT_QUERY,
@@ -308,6 +313,14 @@ MIGRATIONS += (
         7,
         "budgets, budget_reservations",
         (BUDGETS_DDL, RESERVATIONS_DDL),
+    ),
+)
+
+MIGRATIONS += (
+    Migration(
+        8,
+        "stripe: customers set through the API, the meter event ledger, sync runs",
+        (STRIPE_CUSTOMERS_DDL, STRIPE_LEDGER_DDL, STRIPE_RUNS_DDL),
     ),
 )
 
