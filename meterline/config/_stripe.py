@@ -1,15 +1,15 @@
-"""The ``stripe`` section: so far only ``grace`` (when a month may be finalised).
-
-The Stripe issue declares its other keys here; until then any other key is an error.
+"""The ``stripe`` section: ``grace`` (when a month may be finalised and a window is
+closed) and the Stripe export's keys (docs/stripe.md), checked by the export's own model
+(:class:`meterline.aggregator.stripe.StripeConfig`) so the two never disagree.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from meterline.config._base import Section
@@ -50,3 +50,27 @@ class StripeSection(Section):
 
     grace: Annotated[timedelta, BeforeValidator(_duration)] = DEFAULT_GRACE
     """A month may be finalised once it ended this long ago."""
+
+    customers: dict[str, str] = Field(default_factory=dict)
+    """Consumer id → Stripe customer id."""
+    window: Literal["hour", "day"] = "hour"
+    """One meter event per consumer, meter and UTC hour or day."""
+    sync_interval: Annotated[timedelta, BeforeValidator(_duration)] | None = None
+    """How often ``meterline serve`` syncs (absent: never)."""
+    unpriced: Literal["hold", "send"] = "hold"
+    """Unpriced usage: held back, or (token meters) sent."""
+    meters: list[dict[str, Any]] = Field(default_factory=list)
+    """The meters; each checked by :class:`meterline.aggregator.stripe.MeterConfig`."""
+
+    @model_validator(mode="after")
+    def _export_checks(self) -> StripeSection:
+        if not self.model_fields_set - {"grace"}:  # nothing of the export's (and no import
+            return self  # at class definition, when the default instance is built)
+        from meterline.aggregator.stripe import StripeConfigError, parse_stripe_config
+
+        raw = self.model_dump(exclude_unset=True)
+        try:
+            parse_stripe_config({"stripe": raw})
+        except StripeConfigError as exc:
+            raise ValueError(str(exc).removeprefix("stripe")) from None
+        return self

@@ -157,3 +157,17 @@ def test_put_consumer_route(store: Store, tmp_path: Path) -> None:
         ]
         is None
     )
+
+
+def test_the_whole_file_model_declares_the_section(tmp_path: Path) -> None:
+    from meterline.config import ConfigError, load_config
+
+    path = tmp_path / "meterline.yaml"
+    path.write_text(ISSUE_EXAMPLE)
+    assert load_config(path).stripe.window == "hour"
+    path.write_text(ISSUE_EXAMPLE.replace("value: cost ", "value: money "))
+    with pytest.raises(ConfigError, match="value"):
+        load_config(path)
+    path.write_text(ISSUE_EXAMPLE.replace("window: hour", "windw: hour"))
+    with pytest.raises(ConfigError, match="windw"):
+        load_config(path)
