@@ -3,19 +3,26 @@
 Generates ``--rows`` usage rows directly in ``llm_usage`` (``INSERT … SELECT FROM
 numbers()``, with the copies the view stores for rows within a day of a month
 boundary), spread evenly over ``--months`` UTC months — from 2026-01, or from 2026-03
-when ``--months`` < 3 — and over ``--consumers`` consumers), then times, through the
-same code the API runs
-(:func:`meterline.aggregator.invoices.compute_invoices`, reading the store's
-``llm_usage_counted`` view: each response once, at its winning report):
+when ``--months`` < 3 — and over ``--consumers`` consumers), then, for the month 2026-03
+(it contains a catalogue price change, 2026-03-13, for claude-sonnet-4-6, and calls on
+both sides of its 200k-token tier), in one run:
 
-- one consumer's month (target < 100 ms),
-- all consumers' invoices for a month (target < 2 s).
+1. *before* — invoices rated on the fly from the counted usage, as every reader did
+   before ``rated_usage`` (:func:`rate_invoices_on_the_fly`): one consumer's month and
+   all consumers' invoices (the same-run baseline);
+2. *rating* — rating the month into ``rated_usage`` from scratch (wall time, the
+   process's CPU — chdb runs in-process, so this includes the engine's threads — and CPU
+   per counted row), then re-rating it after ``--late-rows`` late rows in random hours;
+3. *after* — the same invoices read from the table, through the code the API runs
+   (:func:`compute_invoices`: a current month costs a ``system.parts`` look-up), targets
+   < 100 ms for one consumer's month and < 2 s for all consumers' invoices; checked equal
+   to (1).
 
-The month measured is 2026-03 (it contains a catalogue price change, 2026-03-13, for
-claude-sonnet-4-6, and calls on both sides of its 200k-token tier). Rows per month =
-rows / months: ``--months 1`` puts every row in the measured month (the worst case).
+Rows per month = rows / months: ``--months 1`` puts every row in the measured month (the
+worst case). The late rows stay in the data directory (``--late-rows 0`` to leave the
+usage as generated).
 
-Run: ``.venv/bin/python benchmarks/queries.py --rows 100000000 --months 12``
+Run: ``.venv/bin/python benchmarks/queries.py --rows 100000000 --months 1``
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import tempfile
 import time
 
 from meterline.aggregator.invoices import compute_invoices, month
+from meterline.aggregator.invoices._service import rate_invoices_on_the_fly
 from meterline.aggregator.pricing import load_pricing
+from meterline.aggregator.rated import ensure_rated
 from meterline.aggregator.tenancy import Scope
 from meterline.store import open_store
 from meterline.store.usage_schema import COUNTED_VIEW, MONTHS_SQL
@@ -79,6 +88,24 @@ SELECT
     toUInt8(Month = toYYYYMM(Timestamp, 'UTC')) AS Home
 FROM numbers({offset}, {count})
 """
+
+
+LATE = """
+INSERT INTO {{db}}.llm_usage
+SELECT * REPLACE (concat(DedupKey, '-late-{tag}') AS DedupKey)
+FROM {{db}}.llm_usage
+WHERE Month = 202603 AND Home = 1
+ORDER BY cityHash64(DedupKey, {tag})
+LIMIT {n}
+"""
+"""Late rows: copies of random counted rows of 2026-03 as new responses, in their hours."""
+
+
+def _rate(store, pricing, period) -> tuple[float, float, list]:
+    """Rate the period's stale months now: (wall seconds, process CPU seconds, runs)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    runs = ensure_rated(store, pricing, period.start, period.end)
+    return time.perf_counter() - wall, time.process_time() - cpu, runs
 
 
 def _array(values: list[str]) -> str:
@@ -141,6 +168,7 @@ def main() -> None:
     parser.add_argument("--no-optimize", action="store_true", help="skip OPTIMIZE … FINAL")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--config", help="a pricing YAML file (default: catalogue only)")
+    parser.add_argument("--late-rows", type=int, default=1000, help="late rows to re-rate")
     args = parser.parse_args()
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="meterline-bench-")
     store = open_store(data_dir=data_dir, database="bench")
@@ -166,21 +194,56 @@ def main() -> None:
         {"s": period.start, "e": period.end},
     )
     pricing = load_pricing(args.config)
-    compute_invoices(store, pricing, period, scope=Scope.ALL, consumer="c42")  # warm caches
+    ALL = Scope.ALL
+    fly = rate_invoices_on_the_fly
+    fly(store, pricing, period, scope=ALL, consumer="c42")  # warm caches
+    fly_one, _ = timed(lambda: fly(store, pricing, period, scope=ALL, consumer="c42"), args.repeat)
+    fly_every, expected = timed(lambda: fly(store, pricing, period, scope=ALL), args.repeat)
+
+    for table in ("rated_usage", "rated_hours", "rated_daily", "rated_days", "rated_months"):
+        store.command(f"TRUNCATE TABLE {{db}}.{table}")
+    rate_s, rate_cpu, runs = _rate(store, pricing, period)
+    _, [(rated_rows,)] = store.query("SELECT count() FROM {db}.rated_usage")
+    late_s = late_cpu = 0.0
+    late_hours = 0
+    if args.late_rows:
+        store.command(LATE.format(n=args.late_rows, tag=time.time_ns()))
+        late_s, late_cpu, late_runs = _rate(store, pricing, period)
+        late_hours = sum(r.hours_rated for r in late_runs)
+        _, [(in_month,)] = store.query(
+            f"SELECT count() FROM {{db}}.{COUNTED_VIEW}(start = {{s:DateTime64(9, 'UTC')}}, "
+            "end = {e:DateTime64(9, 'UTC')})",
+            {"s": period.start, "e": period.end},
+        )
+        expected = fly(store, pricing, period, scope=ALL)
+
+    compute_invoices(store, pricing, period, scope=ALL, consumer="c42")  # warm caches
     one, _ = timed(
-        lambda: compute_invoices(store, pricing, period, scope=Scope.ALL, consumer="c42"),
-        args.repeat,
+        lambda: compute_invoices(store, pricing, period, scope=ALL, consumer="c42"), args.repeat
     )
     every, invoices = timed(
-        lambda: compute_invoices(store, pricing, period, scope=Scope.ALL), args.repeat
+        lambda: compute_invoices(store, pricing, period, scope=ALL), args.repeat
     )
+    if invoices != expected:
+        raise SystemExit("MISMATCH: invoices from rated_usage differ from on-the-fly rating")
     lines = sum(len(i.lines) for i in invoices.values())  # type: ignore[union-attr]
     print()
-    print(f"rows in store: {total:,}; rows in {period.label}: {in_month:,}")
-    print(f"one consumer's month (c42):      {one * 1000:8.1f} ms   target < 100 ms  "
-          f"{'OK' if one < 0.1 else 'MISSED'}")  # fmt: skip
-    print(f"all consumers' invoices, month:  {every * 1000:8.1f} ms   target < 2000 ms "
-          f"{'OK' if every < 2 else 'MISSED'}  ({len(invoices):,} invoices, {lines:,} lines)")  # type: ignore[arg-type]  # fmt: skip
+    print(f"rows in store: {total:,}; counted rows in {period.label}: {in_month:,}")
+    print(f"before (rated on the fly):  one consumer's month {fly_one * 1000:8.1f} ms, "
+          f"all consumers' invoices {fly_every * 1000:8.1f} ms")  # fmt: skip
+    print(f"rating {period.label} from scratch:   {rate_s:8.1f} s wall, {rate_cpu:8.1f} s CPU, "
+          f"{rate_cpu / max(in_month, 1) * 1e6:.2f} µs CPU per counted row, "
+          f"{rated_rows:,} rated rows, {sum(r.hours_rated for r in runs)} hours")  # fmt: skip
+    if args.late_rows:
+        print(f"re-rating after {args.late_rows:,} late rows: {late_s:8.1f} s wall, "
+              f"{late_cpu:8.1f} s CPU, {late_hours} hours replaced")  # fmt: skip
+    print(f"after (from rated_usage):   one consumer's month {one * 1000:8.1f} ms   "
+          f"target < 100 ms  {'OK' if one < 0.1 else 'MISSED'}  "
+          f"({fly_one / one:.1f}x faster)")  # fmt: skip
+    print(f"                            all consumers' invoices {every * 1000:8.1f} ms   "
+          f"target < 2000 ms {'OK' if every < 2 else 'MISSED'}  "
+          f"({fly_every / every:.1f}x faster; {len(invoices):,} invoices, {lines:,} lines, "
+          "equal to on-the-fly)")  # type: ignore[arg-type]  # fmt: skip
     print(f"(median of {args.repeat} runs each, counted reads, 2026-03 has a price change)")
     store.close()
     if args.data_dir is None:

@@ -275,6 +275,7 @@ async def _run(
     for listener in listeners:
         await listener.start()
     listening = True
+    rating = _rating_loop(settings, store, api_app)
     endpoints = Endpoints(
         host=host,
         otlp_http_port=otlp.sock.getsockname()[1],
@@ -297,11 +298,25 @@ async def _run(
     listening = False
     await asyncio.gather(otlp.stop(), grpc_server.stop(grace=30))
     await asyncio.to_thread(writer.close)
+    if rating is not None:
+        await asyncio.to_thread(rating.stop)
     if checkpointer is not None:
         checkpointer.stop()
     logger.info("all acknowledged spans written (%d in this run)", writer.written)
     for listener in listeners[1:]:
         await listener.stop()
+
+
+def _rating_loop(settings: ServerSettings, store: Store, app: Any) -> Any:
+    """Start the loop that keeps ``rated_usage`` current (``None``: turned off)."""
+    if not settings.rating_interval_s:
+        return None
+    from meterline.aggregator.rated import RatingLoop
+    from meterline.aggregator.routes._pricing import app_pricing
+
+    loop = RatingLoop(store, lambda: app_pricing(app), interval=settings.rating_interval_s)
+    loop.start()
+    return loop
 
 
 def _recover_embedded(store: Store) -> None:

@@ -59,6 +59,10 @@ def serve(
     fsync: Annotated[
         bool | None, typer.Option("--fsync", help="fsync every insert (power-loss safe).")
     ] = None,
+    rating_interval_s: Annotated[
+        float | None,
+        typer.Option(help="Seconds between rating runs of changed usage/prices (0: off) [5]."),
+    ] = None,
     ready_file: Annotated[
         Path | None, typer.Option(help="Write the endpoints as JSON here once listening.")
     ] = None,
@@ -91,6 +95,7 @@ def serve(
         clickhouse_http_port=clickhouse_http_port,
         keep_all_spans=keep_all_spans,
         fsync=fsync,
+        rating_interval_s=rating_interval_s,
         allow_open_api=allow_open_api,
     )
     from meterline.server import ServeRefused

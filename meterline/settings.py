@@ -70,6 +70,10 @@ class ServerSettings(BaseSettings):
     """Inserts running at once (one engine insert is mostly single-threaded)."""
     fsync: bool = False
     """fsync each insert's parts (survives power loss; slower)."""
+    rating_interval_s: float = Field(5.0, ge=0)
+    """How often the rating loop looks for usage or prices that changed and re-rates
+    them into ``rated_usage`` (docs/rated-usage.md); 0 turns the loop off (API readers
+    still rate what is stale before they read)."""
 
     @property
     def admin_keys(self) -> tuple[str, ...]:

@@ -42,7 +42,11 @@ def stored_catalogue(store: Store) -> Catalogue | None:
     if not rows:
         return None
     fetched_at, source, data = rows[0]
-    return Catalogue.from_raw(json.loads(data), source=f"{source} (fetched {fetched_at:%Y-%m-%d})")
+    return Catalogue.from_raw(
+        json.loads(data),
+        source=f"{source} (fetched {fetched_at:%Y-%m-%d})",
+        version=f"{source}@{fetched_at.isoformat()}",
+    )
 
 
 def load_store_pricing(store: Store, config_path: str | Path | None) -> Pricing:

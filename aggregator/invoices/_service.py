@@ -98,6 +98,49 @@ def compute_invoices(
     admits; a requested consumer without usage gets an empty invoice. ``feature``: only
     that feature's calls (a budget's share of the invoice).
 
+    A period of whole UTC hours (every month) is read from ``rated_usage`` when its months
+    are current; any other range, or one with months the rating loop has not caught up
+    with yet, is rated on the fly (:func:`rate_invoices_on_the_fly`) — the same figures
+    either way, never stale. With ``feature`` it is rated on the fly too.
+
+    Raises:
+        NotVisible: ``consumer`` is outside ``scope``.
+    """
+    from meterline.aggregator.rated import invoices_from_table, stale_months, whole_hours
+
+    if consumer is not None:
+        scope.check(consumer)
+    if (
+        feature is None
+        and whole_hours(period.start, period.end)
+        and not stale_months(store, pricing, period.start, period.end)
+    ):
+        return invoices_from_table(
+            store,
+            pricing,
+            start=period.start,
+            end=period.end,
+            label=period.label,
+            scope=scope,
+            consumer=consumer,
+        )
+    return rate_invoices_on_the_fly(
+        store, pricing, period, scope=scope, consumer=consumer, feature=feature
+    )
+
+
+def rate_invoices_on_the_fly(
+    store: Store,
+    pricing: Pricing,
+    period: Period,
+    *,
+    scope: Scope,
+    consumer: str | None = None,
+    feature: str | None = None,
+) -> dict[str, Invoice]:
+    """Invoices rated from the counted usage now, in Python (the reference the rated
+    table is tested against).
+
     Raises:
         NotVisible: ``consumer`` is outside ``scope``.
     """

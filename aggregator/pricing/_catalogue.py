@@ -156,12 +156,15 @@ class CatalogueModel:
 class Catalogue:
     """The dated price catalogue (genai-prices data), with cached lookups."""
 
-    def __init__(self, providers: list[Any], *, source: str) -> None:
+    def __init__(self, providers: list[Any], *, source: str, version: str | None = None) -> None:
         from genai_prices.data_snapshot import DataSnapshot
 
         self.providers = providers
         self.source = source
         """Where the data came from: ``genai-prices <version> (bundled)`` or a fetch."""
+        self.version = version or source
+        """Identifies the data (a stored snapshot: its source and fetch time); rated
+        usage is rated again when it changes."""
         self._snapshot = DataSnapshot(providers=providers, from_auto_update=False)
         self._cache: dict[tuple[str, str], CatalogueModel | None] = {}
 
@@ -174,7 +177,7 @@ class Catalogue:
         return cls(list(providers), source=f"genai-prices {genai_prices.__version__} (bundled)")
 
     @classmethod
-    def from_raw(cls, raw: Any, *, source: str) -> Catalogue:
+    def from_raw(cls, raw: Any, *, source: str, version: str | None = None) -> Catalogue:
         """Data in genai-prices' published JSON form (a list of providers).
 
         Raises:
@@ -184,7 +187,7 @@ class Catalogue:
 
         if not isinstance(raw, list):
             raise ValueError("expected genai-prices data: a JSON list of providers")
-        return cls(_providers_from_raw(raw), source=source)
+        return cls(_providers_from_raw(raw), source=source, version=version)
 
     def _provider(self, provider_id: str) -> Any | None:
         if not provider_id:

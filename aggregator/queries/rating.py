@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from meterline.aggregator.pricing import RatingGrid
-from meterline.aggregator.queries.usage import GROUP_KEYS, UsageFilter, counted_usage
+from meterline.aggregator.queries.usage import GROUP_KEYS, HOUR_EXPR, UsageFilter, counted_usage
 
 RATING_KEYS: tuple[str, ...] = (
     "consumer",
@@ -96,23 +96,33 @@ def _tod_expr(grid: RatingGrid, params: dict[str, Any]) -> str:
 
 
 def rating_sql(
-    f: UsageFilter, grid: RatingGrid, *, extra_keys: tuple[str, ...] = ()
+    f: UsageFilter,
+    grid: RatingGrid,
+    *,
+    extra_keys: tuple[str, ...] = (),
+    hours: list[datetime] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """SQL and parameters of the rating query.
 
     Args:
         f: which usage (time range, consumer, …); its ``group_by`` is ignored.
         grid: the price change points, tier thresholds and time-of-day splits.
-        extra_keys: further group keys of :data:`GROUP_KEYS` (``feature``, ``day``…),
-            returned after :data:`RATING_KEYS` as ``k_<key>``.
+        extra_keys: further group keys of :data:`GROUP_KEYS` (``feature``, ``day``…)
+            or ``utc_hour`` (:data:`HOUR_EXPR`), returned after :data:`RATING_KEYS` as
+            ``k_<key>``.
+        hours: only usage in these UTC hours (applied to the counted usage).
 
     Raises:
         ValueError: an unknown extra key.
     """
-    unknown = [k for k in extra_keys if k not in GROUP_KEYS]
+    exprs = {**GROUP_KEYS, "utc_hour": HOUR_EXPR}
+    unknown = [k for k in extra_keys if k not in exprs]
     if unknown:
         raise ValueError(f"unknown group key {unknown[0]!r}, allowed: {', '.join(GROUP_KEYS)}")
     source, where, params = counted_usage(f)
+    if hours is not None:
+        where = f"({where}) AND {HOUR_EXPR} IN {{hours:Array(DateTime64(0, 'UTC'))}}"
+        params["hours"] = hours
     points = [
         p
         for p in grid.change_points
@@ -127,7 +137,7 @@ def rating_sql(
         f"{_segment_expr(points, params)} AS segment",
         f"{_tod_expr(grid, params)} AS tod",
         f"{_tier_expr(grid.thresholds, params)} AS tier",
-        *(f"{GROUP_KEYS[k]} AS k_{k}" for k in extra_keys),
+        *(f"{exprs[k]} AS k_{k}" for k in extra_keys),
     ]
     names = [*RATING_KEYS, *(f"k_{k}" for k in extra_keys)]
     sql = (

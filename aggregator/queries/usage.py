@@ -34,6 +34,13 @@ GROUP_KEYS: dict[str, str] = {
 }
 """Public group key → SQL expression."""
 
+HOUR_EXPR = (
+    "toDateTime64(fromUnixTimestamp64Nano(toUnixTimestamp64Nano(Timestamp)"
+    " - positiveModulo(toUnixTimestamp64Nano(Timestamp), 3600000000000), 'UTC'), 0, 'UTC')"
+)
+"""The UTC hour of ``Timestamp`` as ``DateTime64(0)``, right over the store's whole range
+(1900-2262; ``toStartOfHour`` clamps to 1970-2106)."""
+
 
 def _tokens(column: str) -> str:
     return f"sumIf(toUInt128({column}), UsageError = '')"

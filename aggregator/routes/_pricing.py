@@ -20,19 +20,24 @@ from meterline.config import ConfigFile
 _lock = threading.Lock()
 
 
-def get_pricing(request: Request, store: StoreDep) -> Pricing:
+def app_pricing(app: FastAPI) -> Pricing:
+    """The app's pricing, built on first use (also for the rating loop)."""
     from meterline.aggregator.invoices._catalogue_store import stored_catalogue
 
-    state = request.app.state
+    state = app.state
     pricing = getattr(state, "pricing", None)
     if pricing is None:
         with _lock:
             pricing = getattr(state, "pricing", None)
             if pricing is None:
-                catalogue = stored_catalogue(store) or Catalogue.bundled()
+                catalogue = stored_catalogue(state.store) or Catalogue.bundled()
                 pricing = Pricing.build(pricing_config(state.config), catalogue)
                 state.pricing = pricing
     return pricing
+
+
+def get_pricing(request: Request, store: StoreDep) -> Pricing:
+    return app_pricing(request.app)
 
 
 def reset_pricing(request: Request) -> None:

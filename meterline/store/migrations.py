@@ -23,6 +23,14 @@ from typing import TYPE_CHECKING
 
 from meterline.store._history import V1_USAGE_DDL, V3_USAGE_MV_DDL, V3_USAGE_MV_QUERY
 from meterline.store.budget_schema import BUDGETS_DDL, RESERVATIONS_DDL
+from meterline.store.rated_schema import (
+    RATED_CURRENT_VIEW_DDL,
+    RATED_DAILY_DDL,
+    RATED_DAYS_DDL,
+    RATED_HOURS_DDL,
+    RATED_MONTHS_DDL,
+    RATED_USAGE_DDL,
+)
 from meterline.store.stripe_schema import (
     STRIPE_CUSTOMERS_DDL,
     STRIPE_LEDGER_DDL,
@@ -321,6 +329,22 @@ MIGRATIONS += (
         8,
         "stripe: customers set through the API, the meter event ledger, sync runs",
         (STRIPE_CUSTOMERS_DDL, STRIPE_LEDGER_DDL, STRIPE_RUNS_DDL),
+    ),
+)
+
+# Rated usage (issue 10 §1): money per hour, kept current by the aggregator.
+MIGRATIONS += (
+    Migration(
+        9,
+        "rated usage: money per hour (and per day for invoices), runs and their markers",
+        (
+            RATED_USAGE_DDL,
+            RATED_HOURS_DDL,
+            RATED_DAILY_DDL,
+            RATED_DAYS_DDL,
+            RATED_MONTHS_DDL,
+            RATED_CURRENT_VIEW_DDL,
+        ),
     ),
 )
 

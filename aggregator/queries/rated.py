@@ -1,0 +1,308 @@
+"""SQL of the rated-usage table: what changed, the rating run, and the readers.
+
+Tables: :mod:`meterline.store.rated_schema`. A month of ``llm_usage`` is rated in two
+passes over its counted usage (``FINAL``, each response once):
+
+1. :func:`scan_sql` — per hour, the counted responses and a fingerprint of them; per
+   price cell (provider, models, price segment, time-of-day and tier bucket) one call's
+   time, so the rater can look each cell's prices up once (``GROUPING SETS``: one scan);
+2. :func:`insert_sql` — ``INSERT … SELECT``: the rating query's groups for the hours whose
+   fingerprint (or pricing) changed, one row per token type, priced in the engine from
+   the cells' prices (bound parameters): ``Decimal`` products, exact.
+
+Readers (:func:`invoice_sql`, :func:`usage_cost_sql`) take, per hour, the rows of the
+run named by the hour's newest marker in ``rated_hours``. Every value is a bound
+parameter; group keys come from fixed tables.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from meterline.aggregator.pricing import TOKEN_TYPES, RatingGrid
+from meterline.aggregator.queries.rating import (
+    _INNER,
+    _segment_expr,
+    _tier_expr,
+    _tod_expr,
+    rating_sql,
+)
+from meterline.aggregator.queries.usage import HOUR_EXPR, UsageFilter, counted_usage
+from meterline.aggregator.tenancy import Scope
+from meterline.store.rated_schema import (
+    AMOUNT_SCALE,
+    MARKUP_FRACTION_SCALE,
+    PRICE_SCALE,
+    RATED_USAGE_COLUMNS,
+)
+
+SIGNATURES_SQL = """
+SELECT toUInt32(partition_id) AS month,
+       concat(toString(max(max_block_number)), ':', toString(max(data_version))) AS signature
+FROM system.parts
+WHERE database = {database:String} AND table = 'llm_usage' AND active
+GROUP BY partition_id
+"""
+"""Per month partition of ``llm_usage``: the newest block and mutation. New rows (late
+data, duplicates, month-edge copies) make new blocks; deletes and updates make a new
+data version; merges make neither (they change no counted response)."""
+
+MONTHS_SQL = """
+SELECT Month, Run, Signature, ConfigVersion, RatedAt, Seconds
+FROM {db}.rated_months FINAL
+"""
+"""The newest completed rating of each month."""
+
+HOURS_SQL = """
+SELECT Hour, Run, Responses, Fingerprint, ConfigVersion
+FROM {db}.rated_hours FINAL
+WHERE Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')}
+"""
+"""The run in force for each hour of a range, and what it rated."""
+
+HOURS_COLUMNS = ("Hour", "Run", "Responses", "Fingerprint", "ConfigVersion", "RatedAt")
+MONTHS_COLUMNS = ("Month", "Run", "Signature", "ConfigVersion", "RatedAt", "Seconds", "HoursRated")
+
+DAYS_SQL = """
+SELECT h.day, h.hours_run, d.HoursRun
+FROM (
+    SELECT toDate32(Hour) AS day, max(Run) AS hours_run
+    FROM {db}.rated_hours FINAL
+    WHERE Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')}
+    GROUP BY day
+) AS h
+LEFT JOIN (
+    SELECT Day, HoursRun FROM {db}.rated_days FINAL
+    WHERE Day >= toDate32({start:DateTime64(0, 'UTC')})
+      AND Day < toDate32({end:DateTime64(0, 'UTC')})
+) AS d ON d.Day = h.day
+"""
+"""Per day of a range: the newest run among its hours' markers, and the one its daily
+sums were built from (a day whose two differ is rebuilt)."""
+
+DAILY_SQL = """
+INSERT INTO {db}.rated_daily (Day, Run, ConsumerId, Status, Billable, Provider, Model,
+    TokenType, UnitPricePerMillion, UnitPrice, UsageError, Quantity, Requests, Amount,
+    MarkupAmount)
+SELECT toDate32(Hour) AS day, {run:UInt64}, ConsumerId, Status, Billable, Provider, Model,
+    TokenType, UnitPricePerMillion, any(UnitPrice), UsageError, sum(Quantity),
+    sum(Requests), sum(Amount), sum(MarkupAmount)
+FROM {db}.rated_usage
+WHERE Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')}
+  AND toDate32(Hour) IN {days:Array(Date32)}
+  AND (Hour, Run) IN (SELECT Hour, Run FROM {db}.rated_hours FINAL
+                      WHERE Hour >= {start:DateTime64(0, 'UTC')}
+                        AND Hour < {end:DateTime64(0, 'UTC')})
+GROUP BY day, ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPricePerMillion,
+    UsageError
+"""
+"""Rebuild the daily sums of ``days`` from the hours' rows in force."""
+
+DAYS_COLUMNS = ("Day", "Run", "HoursRun", "RatedAt")
+
+DAILY_CLEANUP_SQL = """
+DELETE FROM {db}.rated_daily WHERE Day IN {days:Array(Date32)} AND Run < {run:UInt64}
+"""
+
+CLEANUP_SQL = """
+DELETE FROM {db}.rated_usage
+WHERE Hour IN {hours:Array(DateTime64(0, 'UTC'))} AND Run < {run:UInt64}
+"""
+"""Rows of hours a run replaced (older runs, and runs killed before their marker)."""
+
+
+_FINGERPRINTED = (
+    "ConsumerId, DedupKey, Version, Timestamp, Feature, Provider, ResponseModel, RequestModel,"
+    " Billable, InputTokens, OutputTokens, CacheReadInputTokens, CacheCreationInputTokens,"
+    " CacheCreation1hInputTokens, ReasoningOutputTokens, UsageError"
+)
+"""What a counted response's fingerprint covers: its identity, its rank and everything the
+rating reads (rows written around the view, e.g. by tests, may reuse a rank)."""
+
+
+def scan_sql(f: UsageFilter, grid: RatingGrid) -> tuple[str, dict[str, Any]]:
+    """Pass 1 over the counted usage selected by ``f`` (one scan, two grouping sets).
+
+    Rows with ``by_cell = 0``: ``hour``, ``responses``, ``fingerprint``. Rows with
+    ``by_cell = 1``: ``provider``, ``response_model``, ``request_model``, ``segment``,
+    ``tod``, ``tier``, ``first_at``.
+    """
+    source, where, params = counted_usage(f)
+    points = [
+        p
+        for p in grid.change_points
+        if (f.start is None or p > f.start) and (f.end is None or p < f.end)
+    ]
+    sql = f"""SELECT
+    {HOUR_EXPR} AS hour,
+    Provider AS provider,
+    ResponseModel AS response_model,
+    RequestModel AS request_model,
+    toUInt64({_segment_expr(points, params)}) AS segment,
+    toUInt64({_tod_expr(grid, params)}) AS tod,
+    toUInt64({_tier_expr(grid.thresholds, params)}) AS tier,
+    count() AS responses,
+    groupBitXor(cityHash64({_FINGERPRINTED})) AS fingerprint,
+    min(Timestamp) AS first_at,
+    grouping(hour) AS by_cell
+FROM ({_INNER.format(source=source, where=where)}
+)
+GROUP BY GROUPING SETS ((hour), (provider, response_model, request_model, segment, tod, tier))"""
+    return sql, params
+
+
+_SPILL_BYTES = 2 << 30
+"""A month's groups beyond this much memory spill to disk (a month of 100M calls has
+tens of millions of hour × consumer × feature × model groups)."""
+
+
+def _array(values: list[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def insert_sql(
+    f: UsageFilter, grid: RatingGrid, *, hours: list[datetime], params: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """Pass 2: rate the usage of ``hours`` into ``rated_usage``.
+
+    ``params`` carries the run and the pricing (see ``meterline.aggregator.rated``):
+    ``run``, ``currency``, ``config_version``, ``rated_at``; the cells (``cell_keys``,
+    ``cell_matched``, ``cell_source``, ``cell_text`` — price per million as configured,
+    ``''`` without a price — and ``cell_per_token``); the plans (``plan_consumers``,
+    ``plan_bills_failed``, ``plan_markups``, ``default_bills_failed``,
+    ``default_markup``, markups as ``markup_percent / 100``).
+
+    A group whose cell is missing (usage that arrived after pass 1 in a cell pass 1 did
+    not see) fails the insert: the run leaves no marker and is retried.
+    """
+    inner, inner_params = rating_sql(f, grid, extra_keys=("utc_hour", "feature"), hours=hours)
+    types = _array(list(TOKEN_TYPES))
+    n = len(TOKEN_TYPES)
+    empty = _array([""] * n)
+    zeros = "[" + ", ".join(["toUInt128(0)"] * n) + "]"
+    columns = ", ".join(RATED_USAGE_COLUMNS)
+    sql = f"""INSERT INTO {{db}}.rated_usage ({columns})
+SELECT
+    k_utc_hour, {{run:UInt64}}, consumer, k_feature, provider, response_model, request_model,
+    if(response_model != '', response_model, request_model),
+    billable, status, invalid,
+    tt.1 AS token_type,
+    tt.2,
+    if(token_type = 'input', requests, 0),
+    if(no_price, '', tt.3),
+    if(no_price OR tt.3 = '', NULL, toDecimal256(tt.3, {PRICE_SCALE})) AS unit_price,
+    if(no_price OR tt.4 = '', NULL,
+       toDecimal256(tt.2, 0) * toDecimal256(tt.4, {AMOUNT_SCALE})) AS amount,
+    if(amount IS NULL, NULL,
+       amount * toDecimal256(markup_fraction, {MARKUP_FRACTION_SCALE})),
+    {{currency:String}}, source, {{config_version:String}}, {{rated_at:DateTime64(3, 'UTC')}}
+FROM (
+    SELECT *,
+        indexOf({{cell_keys:Array(Tuple(String, String, String, UInt64, UInt64, UInt64))}},
+                (toString(provider), toString(response_model), toString(request_model),
+                 toUInt64(segment), toUInt64(tod), toUInt64(tier))) AS cell,
+        if(cell = 0 AND throwIf(invalid = '',
+                                'rated_usage: usage in a price cell the run did not look up') = 0,
+           {empty}, {{cell_text:Array(Array(String))}}[cell]) AS texts,
+        if(cell = 0, {empty}, {{cell_per_token:Array(Array(String))}}[cell]) AS per_token,
+        if(cell = 0, '', {{cell_source:Array(String)}}[cell]) AS source,
+        [input, cache_read, cache_write, cache_write_1h, output, reasoning] AS qs,
+        cell = 0 OR NOT {{cell_matched:Array(UInt8)}}[cell]
+            OR arrayExists((q, t) -> q > 0 AND t = '', qs, texts) AS unpriced,
+        indexOf({{plan_consumers:Array(String)}}, toString(consumer)) AS plan,
+        if(plan = 0, {{default_bills_failed:UInt8}},
+           {{plan_bills_failed:Array(UInt8)}}[plan]) AS bills_failed,
+        if(plan = 0, {{default_markup:String}}, {{plan_markups:Array(String)}}[plan])
+            AS markup_fraction,
+        multiIf(invalid != '', 'invalid', billable = 0 AND bills_failed = 0, 'failed',
+                unpriced, 'unpriced', 'billed') AS status,
+        unpriced OR invalid != '' AS no_price
+    FROM ({inner})
+)
+ARRAY JOIN arrayFilter(x -> x.2 > 0 OR x.1 = 'input',
+    arrayZip({types}, if(invalid != '', {zeros}, qs), texts, per_token)) AS tt
+SETTINGS max_bytes_before_external_group_by = {_SPILL_BYTES}"""
+    return sql, {**inner_params, **params}
+
+
+def _range(start: datetime, end: datetime, params: dict[str, Any]) -> str:
+    params["start"], params["end"] = start, end
+    return (
+        "Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')}"
+        " AND (Hour, Run) IN (SELECT Hour, Run FROM {db}.rated_hours FINAL"
+        " WHERE Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')})"
+    )
+
+
+def _days(start: datetime, end: datetime, params: dict[str, Any]) -> str:
+    params["start"], params["end"] = start, end
+    lo = "toDate32({start:DateTime64(0, 'UTC')})"
+    hi = "toDate32({end:DateTime64(0, 'UTC')})"
+    return (
+        f"Day >= {lo} AND Day < {hi} AND (Day, Run) IN (SELECT Day, Run FROM"
+        f" {{db}}.rated_days FINAL WHERE Day >= {lo} AND Day < {hi})"
+    )
+
+
+def invoice_sql(
+    start: datetime, end: datetime, consumer: str | None, *, scope: Scope, daily: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """What invoices need from ``[start, end)`` (whole hours; with ``daily``, whole UTC
+    days, read from ``rated_daily``), per consumer, status, provider, model, token type
+    and price: quantities and requests."""
+    params: dict[str, Any] = {}
+    where = _days(start, end, params) if daily else _range(start, end, params)
+    where = f"{scope.condition(params)} AND {where}"
+    if consumer is not None:
+        where = f"ConsumerId = {{consumer:String}} AND {where}"
+        params["consumer"] = consumer
+    table = "rated_daily" if daily else "rated_usage"
+    sql = f"""SELECT ConsumerId, Status, Billable, Provider, Model, TokenType,
+    UnitPricePerMillion, any(UnitPrice), UsageError,
+    sum(Quantity), sum(Requests)
+FROM {{db}}.{table}
+WHERE {where}
+GROUP BY ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPricePerMillion,
+    UsageError"""
+    return sql, params
+
+
+COST_KEYS: dict[str, str] = {
+    "consumer": "ConsumerId",
+    "feature": "Feature",
+    "provider": "Provider",
+    "model": "ResponseModel",
+    "day": "toStartOfDay(Hour, 'UTC')",  # the same clamping as /v1/usage's day key
+    "hour": "toStartOfHour(Hour, 'UTC')",
+}
+"""``/v1/usage`` group key → column of ``rated_usage``."""
+
+
+def usage_cost_sql(f: UsageFilter) -> tuple[str, dict[str, Any]]:
+    """Cost (amount + markup of billed rows, exact) and unpriced requests per
+    ``f.group_by`` key, for ``[f.start, f.end)`` in whole hours."""
+    assert f.start is not None and f.end is not None
+    params: dict[str, Any] = {}
+    conditions = [f.scope.condition(params), _range(f.start, f.end, params)]
+    for name, column in (("consumer", "ConsumerId"), ("feature", "Feature")):
+        value = getattr(f, name)
+        if value is not None:
+            conditions.append(f"{column} = {{{name}:String}}")
+            params[name] = value
+    if f.provider is not None:
+        conditions.append("Provider = {provider:String}")
+        params["provider"] = f.provider
+    if f.model is not None:
+        conditions.append("(ResponseModel = {model:String} OR RequestModel = {model:String})")
+        params["model"] = f.model
+    keys = [f"{COST_KEYS[g]} AS `k_{g}`" for g in f.group_by]
+    sql = (
+        f"SELECT {', '.join([*keys, ''])}"
+        "sumIf(Amount + MarkupAmount, Status = 'billed') AS cost,"
+        " sumIf(Requests, Status = 'unpriced') AS unpriced\n"
+        f"FROM {{db}}.rated_usage\nWHERE {' AND '.join(conditions)}"
+    )
+    if f.group_by:
+        sql += "\nGROUP BY " + ", ".join(f"`k_{g}`" for g in f.group_by)
+    return sql, params

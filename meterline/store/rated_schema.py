@@ -1,0 +1,166 @@
+"""Tables of rated usage: money per UTC hour, one source for every reader (issue 10 §1).
+
+- ``rated_usage``: per hour, consumer, feature, provider, models, billability and token
+  type — the quantity, the unit price and the exact amount (``Decimal``), the plan's
+  markup in its own column, and the row's ``Status`` (``billed``, ``unpriced``,
+  ``failed``: a failed call the plan does not bill, ``invalid``). Rows are written by
+  *runs* (``Run``); an hour's current rows are those of the run its latest marker names.
+- ``rated_hours``: one marker per hour and run, written only after that run's rows: a
+  reader takes, per hour, the rows of the newest marker (``FINAL``), so a run killed
+  half-way leaves the old rows in force, never half of the new ones.
+- ``rated_months``: what each month was rated from (``Signature`` of ``llm_usage``'s
+  parts, the pricing's ``ConfigVersion``); a month whose signature or pricing changed is
+  rated again.
+
+Exactness: a price per million tokens has at most 24 decimals and ``markup_percent`` at
+most 8 (the rater refuses others), so ``quantity × price / 10^6`` has at most 30
+decimals (``Amount``, Decimal(76, 30)) and ``× markup_percent / 100`` at most 40
+(``MarkupAmount``, Decimal(76, 40)): ClickHouse multiplies Decimals exactly (scales add)
+and fails on overflow, so every stored amount is the exact product — 46 and 36 integer
+digits are far beyond any bill. Sums of these columns are exact too.
+"""
+
+from __future__ import annotations
+
+PRICE_SCALE = 24
+"""Decimals of ``UnitPricePerMillion`` (the most a price may have)."""
+AMOUNT_SCALE = 30
+"""Decimals of ``Amount`` = price scale + 6 (per million → per token)."""
+MARKUP_FRACTION_SCALE = 10
+"""Decimals of ``markup_percent / 100`` (``markup_percent`` has at most 8)."""
+MARKUP_SCALE = AMOUNT_SCALE + MARKUP_FRACTION_SCALE
+"""Decimals of ``MarkupAmount``."""
+
+RATED_USAGE_DDL = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.rated_usage (
+    Hour DateTime64(0, 'UTC'),
+    Run UInt64,
+    ConsumerId LowCardinality(String),
+    Feature LowCardinality(String),
+    Provider LowCardinality(String),
+    ResponseModel LowCardinality(String),
+    RequestModel LowCardinality(String),
+    Model LowCardinality(String),
+    Billable UInt8,
+    Status LowCardinality(String),
+    UsageError LowCardinality(String),
+    TokenType LowCardinality(String),
+    Quantity UInt128,
+    Requests UInt64,
+    UnitPrice LowCardinality(String),
+    UnitPricePerMillion Nullable(Decimal(76, {PRICE_SCALE})),
+    Amount Nullable(Decimal(76, {AMOUNT_SCALE})),
+    MarkupAmount Nullable(Decimal(76, {MARKUP_SCALE})),
+    Currency LowCardinality(String),
+    PriceSource LowCardinality(String),
+    ConfigVersion LowCardinality(String),
+    RatedAt DateTime64(3, 'UTC')
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(Hour, 'UTC')
+ORDER BY (ConsumerId, Hour, Run)
+"""
+"""Rated usage. ``Model`` is the response model, else the request model (invoice lines);
+``Requests`` is on the group's ``input`` row only (0 on its other rows), so
+``sum(Requests)`` counts calls; ``UnitPrice`` is the price per million as configured
+(text); ``Amount``/``MarkupAmount``/``UnitPricePerMillion`` are NULL for unpriced and
+invalid usage — never 0."""
+
+RATED_DAILY_DDL = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.rated_daily (
+    Day Date32,
+    Run UInt64,
+    ConsumerId LowCardinality(String),
+    Status LowCardinality(String),
+    Billable UInt8,
+    Provider LowCardinality(String),
+    Model LowCardinality(String),
+    TokenType LowCardinality(String),
+    UnitPricePerMillion Nullable(Decimal(76, {PRICE_SCALE})),
+    UnitPrice LowCardinality(String),
+    UsageError LowCardinality(String),
+    Quantity UInt128,
+    Requests UInt64,
+    Amount Nullable(Decimal(76, {AMOUNT_SCALE})),
+    MarkupAmount Nullable(Decimal(76, {MARKUP_SCALE}))
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(Day)
+ORDER BY (ConsumerId, Day, Run)
+"""
+"""``rated_usage`` summed per UTC day at the grain of invoice lines (no feature, one
+model column): what invoices of whole days (every month) read. Rebuilt, under a run id,
+for each day one of whose hours got a new run; ``rated_days`` names the run in force."""
+
+RATED_DAYS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.rated_days (
+    Day Date32,
+    Run UInt64,
+    HoursRun UInt64,
+    RatedAt DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(Run)
+PARTITION BY toYYYYMM(Day)
+ORDER BY Day
+"""
+"""The run in force per day of ``rated_daily``, and the newest hour run it summed."""
+
+RATED_HOURS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.rated_hours (
+    Hour DateTime64(0, 'UTC'),
+    Run UInt64,
+    Responses UInt64,
+    Fingerprint UInt64,
+    ConfigVersion LowCardinality(String),
+    RatedAt DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(Run)
+PARTITION BY toYYYYMM(Hour, 'UTC')
+ORDER BY Hour
+"""
+"""The run in force per hour (the newest marker), and the counted usage it rated:
+``Responses`` and ``Fingerprint`` (xor of a hash of each counted report's identity and
+rank)."""
+
+RATED_MONTHS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.rated_months (
+    Month UInt32,
+    Run UInt64,
+    Signature String,
+    ConfigVersion LowCardinality(String),
+    RatedAt DateTime64(3, 'UTC'),
+    Seconds Float64,
+    HoursRated UInt32
+) ENGINE = ReplacingMergeTree(Run)
+ORDER BY Month
+"""
+"""The newest completed rating of each month of ``llm_usage``."""
+
+RATED_CURRENT_VIEW_DDL = """
+CREATE OR REPLACE VIEW {db}.rated_usage_current AS
+SELECT * FROM {db}.rated_usage
+WHERE (Hour, Run) IN (SELECT Hour, Run FROM {db}.rated_hours FINAL)
+"""
+"""The rows in force (each hour's newest completed run): what SQL readers such as Grafana
+should query. Money billed: ``sumIf(Amount + MarkupAmount, Status = 'billed')``."""
+
+RATED_USAGE_COLUMNS: tuple[str, ...] = (
+    "Hour",
+    "Run",
+    "ConsumerId",
+    "Feature",
+    "Provider",
+    "ResponseModel",
+    "RequestModel",
+    "Model",
+    "Billable",
+    "Status",
+    "UsageError",
+    "TokenType",
+    "Quantity",
+    "Requests",
+    "UnitPrice",
+    "UnitPricePerMillion",
+    "Amount",
+    "MarkupAmount",
+    "Currency",
+    "PriceSource",
+    "ConfigVersion",
+    "RatedAt",
+)
