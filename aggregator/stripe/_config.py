@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from meterline.aggregator.pricing import TOKEN_TYPES
+from meterline.config._stripe import duration
 from meterline.errors import MeterlineError
 
 __all__ = [
@@ -36,28 +37,22 @@ __all__ = [
 DEFAULT_GRACE = timedelta(hours=1)
 """``grace``'s default: Stripe's own invoices wait 1 h for late usage."""
 
-_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
-
 
 class StripeConfigError(MeterlineError, ValueError):
     """The ``stripe`` section of the configuration file is invalid."""
 
 
 def parse_duration(value: Any, where: str = "duration") -> timedelta:
-    """A duration such as ``1h``, ``90m``, ``1h30m``, ``2d`` or ``0`` (units d, h, m, s).
+    """A duration such as ``1h``, ``90m``, ``1h30m``, ``2d`` or ``0``: the configuration
+    file's own rule (:func:`meterline.config._stripe.duration`), with ``where`` named.
 
     Raises:
         ValueError: anything else (a bare number other than 0 has no unit).
     """
-    if isinstance(value, timedelta):
-        return value
-    if value == 0 and not isinstance(value, bool | float):
-        return timedelta(0)
-    found = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
-    if found is None or not any(found.groups()):
-        raise ValueError(f"{where}: {value!r} is not a duration such as '1h', '30m' or '1h30m'")
-    days, hours, minutes, seconds = (int(g or 0) for g in found.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        return duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _duration(value: Any) -> timedelta:
