@@ -223,6 +223,10 @@ class SpoolingSpanProcessor(SpanProcessor):
         next_at = 0.0
         backoff = _BACKOFF_FIRST
         while not self._closed:
+            # Records in memory survive no crash: after a good POST they go at once instead
+            # of waiting for the batching interval (a failing collector still backs off).
+            if self._in_memory and backoff == _BACKOFF_FIRST:
+                next_at = min(next_at, time.monotonic())
             if self._send_due and time.monotonic() >= next_at:
                 self._send_due = False  # before sealing: records written after it wake us
                 self._posting = True

@@ -186,6 +186,24 @@ def test_an_unwritable_spool_sends_from_memory(tmp_path: Path) -> None:
         processor.shutdown()
 
 
+def test_usage_waiting_in_memory_does_not_wait_for_the_batching_interval(
+    tmp_path: Path,
+) -> None:
+    """Memory survives no crash: a later span goes at once, not export_interval later."""
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the spool directory should be")
+    with OTLPReceiver() as receiver:
+        processor = SpoolingSpanProcessor(
+            receiver.url, spool=Spool(blocked / "spool"), export_interval=60
+        )
+        provider = provider_with(processor)
+        first = end_spans(provider, 1)
+        assert wait_for(lambda: span_ids(receiver.bodies) == first)
+        later = end_spans(provider, 2)
+        assert wait_for(lambda: sorted(span_ids(receiver.bodies)) == sorted(first + later))
+        processor.shutdown()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
 def test_a_forked_child_writes_its_own_spans(spool: Spool) -> None:
     processor = SpoolingSpanProcessor(DEAD, spool=spool, export_interval=60)
