@@ -58,7 +58,9 @@ def bind(host: str, port: int, *, flag: str, backlog: int = 2048) -> socket.sock
     """
     try:
         family = _family(host)
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and
+        # without it each answer's body waits ~40 ms for the client's delayed ACK (Nagle).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except OSError as exc:
         raise explain(exc, host=host, port=port, flag=flag) from None
     try:

@@ -17,6 +17,7 @@ from types import TracebackType
 import uvicorn
 from starlette.applications import Starlette
 
+from meterline.listen import bind
 from meterline.stripe_standin._state import Standin, StandinConfig
 from meterline.stripe_standin.app import create_app
 
@@ -24,15 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and
-    # without it each answer's body waits ~40 ms for the client's delayed ACK (Nagle).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
+    """Raises :class:`~meterline.listen.ListenError` (one line naming ``--port``)."""
+    return bind(host, port, flag="--port", backlog=1024)
 
 
 def _uvicorn(app: Starlette, log_level: str) -> uvicorn.Server:
