@@ -28,8 +28,8 @@ or OpenAI without ``bpe-openai``): :func:`estimate_text_tokens` splits the text 
 pieces the way BPE pre-tokenizers do (words, digit runs, punctuation, other scripts) and
 prices each piece; the sum is multiplied by :data:`SAFETY_FACTOR`. Measured against
 ``o200k_base`` / ``cl100k_base`` (docs/estimate.md has the table): English prose and docs
-+16-19 %, code +21-27 %, JSON +26 %, CJK +7-53 %, digits +10 %; it undercounts random
-base64 (-13 to -17 %) and long German compounds under ``cl100k`` (-14 %). Anthropic gets
++16-19 %, code +26 %, JSON +26 %, CJK +7-53 %, Russian +57-202 %, digits +10 %; it
+undercounts random base64 (-13 %). Anthropic gets
 :data:`ANTHROPIC_FACTOR` on top: Claude's tokenizer is not available offline, so its
 error for Claude is not measured here; the factor only leans toward caution. Images count
 :data:`IMAGE_TOKENS` each (the most a provider charges for one image at default detail),

@@ -16,4 +16,12 @@ if _os.path.isfile(_os.path.join(_checkout, "setup.py")) and _os.path.isdir(
     _os.path.join(_checkout, "instrumentation")
 ):
     __path__.append(_checkout)  # type: ignore[name-defined]
-__all__ = ["__version__"]
+__all__ = ["__version__", "estimate"]
+
+
+def estimate(**kwargs):  # type: ignore[no-untyped-def]
+    """What an LLM call would cost before it is sent (:func:`meterline.estimates.estimate`:
+    the arguments and the answer of ``POST /v1/estimate``, docs/estimate.md)."""
+    from meterline.estimates import estimate as _estimate
+
+    return _estimate(**kwargs)

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Depends
 from meterline.aggregator.auth import get_principal
 from meterline.aggregator.routes import (
     budgets,
+    estimate,
     export,
     health,
     invoices,
@@ -27,6 +28,7 @@ api_router.include_router(prices.router)
 api_router.include_router(keys.router)
 api_router.include_router(budgets.router)
 api_router.include_router(reservations.router)
+api_router.include_router(estimate.router)
 api_router.include_router(stripe.router)
 
 public_router = APIRouter()
