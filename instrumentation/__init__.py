@@ -10,6 +10,9 @@ Three ways in:
 
 Attribute calls with :func:`consumer` (context manager or decorator), OTel baggage
 ``meterline.consumer.id`` / ``meterline.feature``, or ``METERLINE_CONSUMER_ID``.
+
+Budgets are enforced before calls with ``METERLINE_BUDGETS=enforce`` (docs/budgets.md);
+:func:`on_budget` registers the callback of ``checkpoint`` budgets.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meterline.instrumentation.attribution import consumer
+from meterline.instrumentation.budgets import on_budget
 from meterline.instrumentation.delivery import MeterlineSpanExporter, Spool, SpoolingSpanProcessor
 from meterline.instrumentation.instrumentor import MeterlineInstrumentor
 
@@ -28,6 +32,7 @@ __all__ = [
     "SpoolingSpanProcessor",
     "consumer",
     "instrument",
+    "on_budget",
     "uninstrument",
 ]
 

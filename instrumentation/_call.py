@@ -42,6 +42,8 @@ _MODE_SSE = 2
 # embeddings put ``model`` and ``usage`` (avoids parsing megabytes of vectors).
 _MAX_JSON_PARSE = 1 << 20
 INTERRUPTED = "meterline.interrupted"
+RESERVATION_ID = "meterline.budget.reservation_id"
+DEGRADED = "meterline.budget.degraded"
 
 _in_flight: weakref.WeakSet[Call] = weakref.WeakSet()
 
@@ -77,6 +79,17 @@ def error_type(exc: BaseException) -> str:
     return f"{module}.{cls.__qualname__}"
 
 
+class Ticket:
+    """A call's budget reservation: settled or released when the call ends."""
+
+    __slots__ = ("guard", "model", "rid")
+
+    def __init__(self, guard: Any, rid: str, model: str | None) -> None:
+        self.guard = guard
+        self.rid = rid
+        self.model = model
+
+
 class Call:
     """State of one LLM call from request to the end of its response body."""
 
@@ -107,10 +120,19 @@ class Call:
         "strip",
         "text_chars",
         "text_events",
+        "ticket",
         "usage_final",
     )
 
-    def __init__(self, shape: Shape, span: Span, request_bytes: int, strip: bool) -> None:
+    def __init__(
+        self,
+        shape: Shape,
+        span: Span,
+        request_bytes: int,
+        strip: bool,
+        ticket: Ticket | None = None,
+    ) -> None:
+        self.ticket = ticket
         self.shape = shape
         self.span = span
         self.request_bytes = request_bytes
@@ -311,6 +333,7 @@ class Call:
             attrs["gen_ai.response.model"] = self.response_model
         if self.finish_reasons:
             attrs["gen_ai.response.finish_reasons"] = self.finish_reasons
+        metered = True
         if not self.usage_final:
             if self.error is None or 200 <= self.status < 300:
                 # Cut short after a 2xx (or the server sent no usage): the provider has
@@ -319,6 +342,7 @@ class Call:
                 attrs["meterline.usage.estimated"] = True
             else:
                 # A failed call is stored (not billed): zero tokens is the truth for it.
+                metered = False
                 self.input = self.input or 0
                 self.output = self.output or 0
         self._usage_attrs(attrs)
@@ -332,6 +356,28 @@ class Call:
         else:
             span.set_attributes(attrs)
         span.end()
+        if self.ticket is not None:
+            self._settle(self.ticket, metered)
+
+    def _settle(self, ticket: Ticket, metered: bool) -> None:
+        """Replace the reservation by what was metered, or release it (no usage)."""
+        if not metered:
+            ticket.guard.release(ticket.rid)
+            return
+        total_in = self.input or 0
+        total_out = self.output or 0
+        read = min(self.cache_read or 0, total_in)
+        usage = {
+            "input": total_in,
+            "output": total_out,
+            "cache_read": read,
+            "cache_write": min(self.cache_creation or 0, total_in - read),
+            "reasoning": min(self.reasoning or 0, total_out),
+        }
+        ticket.guard.settle(
+            ticket.rid, usage, model=ticket.model, response_id=self.response_id,
+            estimated=not self.usage_final,
+        )  # fmt: skip
 
     def _estimate(self) -> None:
         if not self.input_from_provider or self.input is None:

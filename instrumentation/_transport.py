@@ -20,29 +20,32 @@ import importlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.trace import SpanKind, Tracer, get_current_span
 
+from meterline.errors import BudgetExceeded, RateLimited
 from meterline.instrumentation import attribution
-from meterline.instrumentation._call import Call
+from meterline.instrumentation._call import DEGRADED, RESERVATION_ID, Call, Ticket
 from meterline.instrumentation.providers import ProviderResolver
-from meterline.instrumentation.shapes import RequestFacts, route
+from meterline.instrumentation.shapes import RequestFacts, Shape, route
 
 logger = logging.getLogger(__name__)
 
 _MAX_REQUEST_PARSE = 1 << 20
 _MARK = "_meterline_facts"
 # Operations of a span that reports the same response as ours (an SDK's own GenAI span).
+GUARD_REFUSALS = (BudgetExceeded, RateLimited)
 _SAME_CALL_OPERATIONS = frozenset({"chat", "text_completion", "embeddings", "generate_content"})
 
 
 class Meter:
-    """What a running instrumentation needs per call."""
+    """What a running instrumentation needs per call (``guard``: the budget guard, if on)."""
 
-    def __init__(self, tracer: Tracer, providers: ProviderResolver) -> None:
+    def __init__(self, tracer: Tracer, providers: ProviderResolver, guard: Any = None) -> None:
         self.tracer = tracer
         self.providers = providers
+        self.guard = guard
 
 
 class Library:
@@ -79,8 +82,19 @@ class _BytesDecoder:
         return out if isinstance(out, bytes) else b"".join(out)
 
 
-def start_call(meter: Meter, lib: Library, request: Any) -> Call | None:
-    """A :class:`Call` (span started) when ``request`` is an LLM call, else None."""
+class Prepared(NamedTuple):
+    """An LLM request, read (and possibly rewritten to ask for usage) but not yet sent."""
+
+    shape: Shape
+    facts: RequestFacts
+    raw: bytes
+    provider: str
+    consumer_id: str | None
+    feature: str | None
+
+
+def prepare(meter: Meter, lib: Library, request: Any) -> Prepared | None:
+    """The :class:`Prepared` request when ``request`` is an LLM call, else None."""
     if request.method != "POST":
         return None
     url = request.url
@@ -109,15 +123,63 @@ def start_call(meter: Meter, lib: Library, request: Any) -> Call | None:
             setattr(request, _MARK, facts._replace(body=None))
         except Exception:
             logger.debug("meterline: cannot mark the request", exc_info=True)
+    provider = meter.providers.resolve(url.host, url.port, shape.provider)
+    consumer_id, feature = attribution.current()
+    return Prepared(shape, facts, raw, provider, consumer_id, feature)
+
+
+def admit(meter: Meter, lib: Library, request: Any, prepared: Prepared) -> Any:
+    """Ask the budget guard; returns its admission (None: nothing reserved).
+
+    Raises:
+        BudgetExceeded, RateLimited: the call must not be sent (the only exceptions the
+            instrumentation raises into the app).
+    """
+    guard = meter.guard
+    if (
+        guard is None
+        or not prepared.consumer_id
+        or guard.cached(prepared.consumer_id, prepared.feature)
+    ):
+        return None
+    ask = guard.ask(prepared)
+    return guard.admit(ask)
+
+
+async def admit_async(meter: Meter, lib: Library, request: Any, prepared: Prepared) -> Any:
+    """:func:`admit` for an async send (round trips off the event loop)."""
+    guard = meter.guard
+    if (
+        guard is None
+        or not prepared.consumer_id
+        or guard.cached(prepared.consumer_id, prepared.feature)
+    ):
+        return None
+    ask = guard.ask(prepared)
+    return await guard.admit_async(ask)
+
+
+def admitted(lib: Library, request: Any, prepared: Prepared, admission: Any) -> Prepared:
+    """``prepared`` after the guard's rewrite, if any (the request's body replaced)."""
+    if admission is None or admission.body is None:
+        return prepared
+    _replace_body(lib, request, admission.body)
+    facts = prepared.facts._replace(model=admission.model, max_tokens=admission.max_tokens)
+    return prepared._replace(facts=facts, raw=admission.body)
+
+
+def open_call(meter: Meter, request: Any, prepared: Prepared, admission: Any = None) -> Call:
+    """Start the span of a prepared LLM request about to be sent."""
+    url = request.url
     host = url.host
     port = url.port
-    provider = meter.providers.resolve(host, port, shape.provider)
-    consumer_id, feature = attribution.current()
+    shape, facts, raw = prepared.shape, prepared.facts, prepared.raw
+    consumer_id, feature = prepared.consumer_id, prepared.feature
     operation = shape.operation
     model = facts.model
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": operation,
-        "gen_ai.provider.name": provider,
+        "gen_ai.provider.name": prepared.provider,
         "server.address": host,
         "server.port": port or (443 if url.scheme == "https" else 80),
         "meterline.request.stream": facts.stream,
@@ -130,11 +192,33 @@ def start_call(meter: Meter, lib: Library, request: Any) -> Call | None:
         attrs["meterline.consumer.id"] = consumer_id
     if feature is not None:
         attrs["meterline.feature"] = feature
+    ticket = None
+    if admission is not None:
+        if admission.reservation_id is not None:
+            attrs[RESERVATION_ID] = admission.reservation_id
+            ticket = Ticket(meter.guard, admission.reservation_id, model)
+        if admission.degraded:
+            attrs[DEGRADED] = True
     span = meter.tracer.start_span(
         f"{operation} {model}" if model else operation, kind=SpanKind.CLIENT, attributes=attrs
     )
     _mark_enclosing_span_superseded()
-    return Call(shape, span, len(raw), facts.strip)
+    return Call(shape, span, len(raw), facts.strip, ticket)
+
+
+def start_call(meter: Meter, lib: Library, request: Any) -> Call | None:
+    """A :class:`Call` (span started) when ``request`` is an LLM call, else None (no guard)."""
+    prepared = prepare(meter, lib, request)
+    return None if prepared is None else open_call(meter, request, prepared)
+
+
+def release(meter: Meter, admission: Any) -> None:
+    """Give back a reservation whose call will not be metered (our own failure)."""
+    if admission is not None and admission.reservation_id is not None and meter.guard is not None:
+        try:
+            meter.guard.release(admission.reservation_id)
+        except Exception:
+            logger.debug("meterline: could not release a reservation", exc_info=True)
 
 
 SUPERSEDED = "meterline.superseded"
@@ -190,13 +274,29 @@ def sync_send(meter_ref: Callable[[], Meter | None], lib: Library) -> Callable[.
 
     def send(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         meter = meter_ref()
-        call = None
+        prepared = None
         if meter is not None:
             try:
                 request = args[0] if args else kwargs["request"]
-                call = start_call(meter, lib, request)
+                prepared = prepare(meter, lib, request)
             except Exception:
                 logger.debug("meterline: could not start a call", exc_info=True)
+        if prepared is None:
+            return wrapped(*args, **kwargs)
+        admission = None
+        try:
+            admission = admit(meter, lib, request, prepared)  # type: ignore[arg-type]
+        except GUARD_REFUSALS:
+            raise
+        except Exception:
+            logger.debug("meterline: the budget guard failed", exc_info=True)
+        call = None
+        try:
+            prepared = admitted(lib, request, prepared, admission)
+            call = open_call(meter, request, prepared, admission)  # type: ignore[arg-type]
+        except Exception:
+            logger.debug("meterline: could not start a call", exc_info=True)
+            release(meter, admission)  # type: ignore[arg-type]
         if call is None:
             return wrapped(*args, **kwargs)
         stream = kwargs.pop("stream", False)
@@ -226,13 +326,29 @@ def async_send(meter_ref: Callable[[], Meter | None], lib: Library) -> Callable[
 
     async def send(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         meter = meter_ref()
-        call = None
+        prepared = None
         if meter is not None:
             try:
                 request = args[0] if args else kwargs["request"]
-                call = start_call(meter, lib, request)
+                prepared = prepare(meter, lib, request)
             except Exception:
                 logger.debug("meterline: could not start a call", exc_info=True)
+        if prepared is None:
+            return await wrapped(*args, **kwargs)
+        admission = None
+        try:
+            admission = await admit_async(meter, lib, request, prepared)  # type: ignore[arg-type]
+        except GUARD_REFUSALS:
+            raise
+        except Exception:
+            logger.debug("meterline: the budget guard failed", exc_info=True)
+        call = None
+        try:
+            prepared = admitted(lib, request, prepared, admission)
+            call = open_call(meter, request, prepared, admission)  # type: ignore[arg-type]
+        except Exception:
+            logger.debug("meterline: could not start a call", exc_info=True)
+            release(meter, admission)  # type: ignore[arg-type]
         if call is None:
             return await wrapped(*args, **kwargs)
         stream = kwargs.pop("stream", False)

@@ -9,6 +9,9 @@ importable) and ``_uninstrument`` unwraps exactly those. Keyword arguments:
 * ``provider_hosts`` — ``{"host[:port]": "provider"}``, overriding
   ``METERLINE_PROVIDER_HOSTS`` and the well-known hosts.
 
+``METERLINE_BUDGETS=enforce`` (read when instrumenting) adds the budget guard
+(:mod:`.budgets`): calls reserve their worst case on the aggregator before they are sent.
+
 Calls still in flight at interpreter exit, or when a stop signal is about to kill the
 process, are ended first (``_call.interrupt_in_flight``), so their usage is delivered too.
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 import atexit
 import importlib
 import logging
+import os
+import sys
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -44,6 +49,28 @@ _PROCESSOR_ATTR = "_meterline_attribution"
 _exit_hook: list[bool] = []
 
 
+def _budget_guard() -> Any:
+    """The budget guard when ``METERLINE_BUDGETS=enforce`` (imported only then)."""
+    if not os.environ.get("METERLINE_BUDGETS"):
+        return None
+    try:
+        from meterline.instrumentation.budgets._guard import Guard, GuardConfig
+
+        config = GuardConfig.from_env()
+        return None if config is None else Guard(config)
+    except Exception:
+        logger.warning(
+            "meterline: the budget guard could not start; budgets are off", exc_info=True
+        )
+        return None
+
+
+def _flush_settles() -> None:
+    module = sys.modules.get("meterline.instrumentation.budgets._outbox")
+    if module is not None:
+        module.flush_at_exit()
+
+
 class MeterlineInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Meters every LLM call made through httpx or httpx2 (see the module docstring)."""
 
@@ -60,12 +87,13 @@ class MeterlineInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         attribution.load_defaults()
         usage_provider = tracer_provider if tracer_provider is not None else delivery_provider()
         tracer = usage_tracer(usage_provider, SCOPE, __version__)
-        self._meter = Meter(tracer, ProviderResolver(provider_hosts))
+        self._meter = Meter(tracer, ProviderResolver(provider_hosts), _budget_guard())
         self._processors = []
         for provider in {id(p): p for p in (tracer_provider, trace.get_tracer_provider())}.values():
             self._attach_attribution(provider)
         if not _exit_hook:  # after the providers' own exit hooks, so it runs before them
             _exit_hook.append(True)
+            atexit.register(_flush_settles)  # runs after in-flight calls ended (LIFO)
             atexit.register(interrupt_in_flight)
             signals.before_death(interrupt_in_flight)
         self._patched = []

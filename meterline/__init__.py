@@ -16,7 +16,9 @@ if _os.path.isfile(_os.path.join(_checkout, "setup.py")) and _os.path.isdir(
     _os.path.join(_checkout, "instrumentation")
 ):
     __path__.append(_checkout)  # type: ignore[name-defined]
-__all__ = ["__version__", "estimate"]
+from meterline.errors import BudgetExceeded, RateLimited  # noqa: E402
+
+__all__ = ["BudgetExceeded", "RateLimited", "__version__", "estimate"]
 
 
 def estimate(**kwargs):  # type: ignore[no-untyped-def]

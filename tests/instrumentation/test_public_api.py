@@ -16,6 +16,7 @@ def test_all_is_pinned() -> None:
         "SpoolingSpanProcessor",
         "consumer",
         "instrument",
+        "on_budget",
         "uninstrument",
     ]
     for name in meterline.instrumentation.__all__:

@@ -1,0 +1,147 @@
+"""Test support for the budget guard: a real aggregator (uvicorn over a chdb store) and
+the provider simulator on loopback ports, and the instrumentation with the guard on."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from meterline.aggregator.app import create_app
+from meterline.aggregator.budgets import BudgetService, load_budgets_config
+from meterline.instrumentation import MeterlineInstrumentor, attribution
+from meterline.instrumentation.budgets import _checkpoint
+from meterline.instrumentation.budgets._outbox import OUTBOX
+from meterline.settings import ServerSettings
+from tests.aggregator._budgets import ADMIN
+from tests.aggregator._tenants import ADMIN_KEYS
+from tests.aggregator.pricing_config import CONFIG_YAML, write_config
+
+from .conftest import Recorded
+
+# gpt-4o now: $2.00 / $8.00 per million (acme pays 20 % markup); gpt-4o-mini is cheaper.
+PRICES = CONFIG_YAML.replace(
+    "models:\n",
+    "models:\n"
+    "  - provider: openai\n"
+    "    model: gpt-4o-mini\n"
+    '    per_million_tokens: {input: "0.15", output: "0.60"}\n',
+    1,
+)
+MILLION = Decimal(1_000_000)
+MARKUP = Decimal("1.2")
+
+
+def cost(model: str, input_tokens: int, output_tokens: int) -> Decimal:
+    """acme's cost of a call at today's price (gpt-4o / gpt-4o-mini / claude-sonnet-4)."""
+    price = {
+        "gpt-4o": (Decimal("2.00"), Decimal("8.00")),
+        "gpt-4o-mini": (Decimal("0.15"), Decimal("0.60")),
+        "claude-sonnet-4": (Decimal("3.00"), Decimal("15.00")),
+    }[model]
+    return (input_tokens * price[0] + output_tokens * price[1]) / MILLION * MARKUP
+
+
+class Aggregator:
+    """A running aggregator: its URL and an admin client."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(
+            base_url=url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=30
+        )
+
+    def budget(self, consumer: str = "acme", **body: Any) -> None:
+        feature = body.pop("feature", None)
+        body = {"unit": "USD", "period": "month", "mode": "hard", **body}
+        params = {"feature": feature} if feature else None
+        r = self.http.put(f"/v1/budgets/{consumer}", json=body, params=params)
+        assert r.status_code in (200, 201), r.text
+
+    def state(self, consumer: str = "acme", feature: str | None = None) -> dict[str, Any]:
+        params = {"feature": feature} if feature else None
+        r = self.http.get(f"/v1/budgets/{consumer}", params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def serve(app: Any) -> tuple[str, uvicorn.Server, threading.Thread, socket.socket]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.02)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", srv, thread, sock
+
+
+def guard_app(store: Any, tmp_path: Path, extra_yaml: str = "") -> Any:
+    """The API over ``store`` with :data:`PRICES` (and ``extra_yaml``), the real clock."""
+    path = write_config(tmp_path, PRICES + extra_yaml)
+    settings = ServerSettings(config=path, admin_key=",".join(ADMIN_KEYS))
+    app = create_app(settings, store)
+    app.state.budgets = BudgetService(
+        store, load_budgets_config(path, currency="USD"), currency="USD", snapshot_seconds=1.0
+    )
+    return app
+
+
+def run_aggregator(store: Any, tmp_path: Path, extra_yaml: str = "") -> Iterator[Aggregator]:
+    app = guard_app(store, tmp_path, extra_yaml)
+    url, srv, thread, sock = serve(app)
+    agg = Aggregator(url)
+    try:
+        yield agg
+    finally:
+        agg.http.close()
+        srv.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def instrument_guarded(
+    monkeypatch: pytest.MonkeyPatch, url: str, key: str = ADMIN, **env: str
+) -> Iterator[Recorded]:
+    """Instrument with ``METERLINE_BUDGETS=enforce`` against ``url``; an in-memory SDK."""
+    for name in ("METERLINE_CONSUMER_ID", "METERLINE_FEATURE", "METERLINE_PROVIDER_HOSTS",
+                 "METERLINE_BUDGETS_FAIL", "METERLINE_BUDGETS_TIMEOUT",
+                 "METERLINE_RATE_LIMIT_WAIT", "METERLINE_BUDGETS_TTL"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("METERLINE_BUDGETS", "enforce")
+    monkeypatch.setenv("METERLINE_API_URL", url)
+    monkeypatch.setenv("METERLINE_API_KEY", key)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = MeterlineInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        yield Recorded(exporter, provider)
+    finally:
+        OUTBOX.flush(10)
+        instrumentor.uninstrument()
+        attribution.load_defaults()
+        _checkpoint.on_budget(None)
+        provider.shutdown()
+
+
+def settled() -> None:
+    """Wait for the guard's settles and releases to be sent."""
+    assert OUTBOX.flush(10), "settles still pending after 10 s"
