@@ -63,16 +63,39 @@ CHARS_PER_TOKEN_BOUND = 3
 _MAX_CACHE = 4096
 
 
-def input_estimate(provider: str, model: str | None, body: dict[str, Any] | None, raw: int) -> int:
-    """The input tokens to reserve for a request body of ``raw`` bytes.
+_APIS = {
+    "ChatCompletions": "chat",
+    "Completions": "completions",
+    "Responses": "responses",
+    "Embeddings": "embeddings",
+    "Messages": "messages",
+    "GenerateContent": "gemini",
+}
+_MAX_COUNT = 1 << 20
 
-    Conservative until the offline tokenizer is wired in: ``ceil(body bytes / 3)``.
-    English averages ~4 characters per token, and the JSON body adds the framing and
-    keys, so this errs high by ~1.4-1.8x on prose; UTF-8 CJK text (3 bytes, ~1 token a
-    character) comes out near 1x. Errs high, so a settle (the actual usage) only ever
-    frees budget. Known limit: inline images/audio (base64) are reserved as text.
+
+def input_estimate(shape: Any, provider: str, model: str | None, raw: bytes) -> int:
+    """The input tokens to reserve for the request body ``raw``.
+
+    :func:`meterline.instrumentation.tokens.count_input_tokens`: exact for OpenAI models
+    with ``bpe-openai`` installed, else a calibrated estimate that errs high (see
+    docs/estimate.md). A body over 1 MiB or not a JSON object: ``ceil(bytes / 3)``, an
+    over-estimate for prose (~4 characters a token plus the JSON framing) that is near
+    1x for UTF-8 CJK text.
     """
-    return -(-raw // CHARS_PER_TOKEN_BOUND)
+    if len(raw) <= _MAX_COUNT:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            from meterline.instrumentation.tokens import count_input_tokens
+
+            tokens, _exact = count_input_tokens(
+                provider, model or "", body, api=_APIS.get(type(shape).__name__)
+            )
+            return tokens
+    return -(-len(raw) // CHARS_PER_TOKEN_BOUND)
 
 
 @dataclass(frozen=True)
@@ -246,7 +269,7 @@ class Guard:
     def _decide(self, ask: Ask) -> Generator[tuple[str, Any], Any, Admission | None]:
         """The decision, as a generator yielding its round trips (driven sync or async)."""
         try:
-            ask.input_tokens = input_estimate(ask.provider, ask.model, None, len(ask.raw))
+            ask.input_tokens = input_estimate(ask.shape, ask.provider, ask.model, ask.raw)
         except Exception:
             logger.debug("meterline: input estimate failed", exc_info=True)
             ask.input_tokens = -(-len(ask.raw) // CHARS_PER_TOKEN_BOUND)
@@ -341,7 +364,7 @@ class Guard:
         if isinstance(model, str) and model:
             ask.model = model
         ask.max_tokens = _cap_of(ask.shape, body, ask.max_tokens)
-        ask.input_tokens = input_estimate(ask.provider, ask.model, body, len(ask.raw))
+        ask.input_tokens = input_estimate(ask.shape, ask.provider, ask.model, ask.raw)
 
     def _degraded(
         self, ask: Ask, answer: dict[str, Any], body: dict[str, Any]
