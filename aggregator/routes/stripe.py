@@ -1,4 +1,6 @@
-"""Stripe: who a consumer is in Stripe (``PUT``/``GET /v1/consumers/{consumer}``).
+"""Stripe: who a consumer is in Stripe (``PUT``/``GET /v1/consumers/{consumer}``), and the
+sync (``POST /v1/stripe/sync``, ``GET /v1/stripe/status``, ``GET /v1/stripe/reconcile``,
+``POST /v1/stripe/setup``), the same as ``meterline stripe …``.
 
 Admin routes (a consumer key gets 403). The assignment
 made here wins over ``stripe.customers`` of the configuration file; ``null`` removes it.
@@ -13,12 +15,18 @@ from pydantic import BaseModel, ConfigDict
 
 from meterline.aggregator.auth import require_admin
 from meterline.aggregator.deps import SettingsDep, StoreDep
+from meterline.aggregator.routes._pricing import PricingDep
 from meterline.aggregator.stripe import (
+    StripeAuthError,
     StripeConfig,
     StripeConfigError,
     load_customer_map,
     load_stripe_config,
+    reconcile,
     set_customer,
+    setup_meters,
+    status,
+    sync,
 )
 
 router = APIRouter(tags=["stripe"], dependencies=[Depends(require_admin)])
@@ -70,3 +78,52 @@ def put_consumer(
 @router.get("/v1/consumers/{consumer}")
 def get_consumer(consumer: str, store: StoreDep, config: StripeConfigDep) -> dict[str, Any]:
     return _public(store, config, consumer)
+
+
+def _config_or_409(config: StripeConfig | None) -> StripeConfig:
+    if config is None or not config.meters:
+        raise HTTPException(status_code=409, detail="no stripe: section with meters configured")
+    return config
+
+
+@router.post("/v1/stripe/sync")
+def post_sync(
+    store: StoreDep,
+    config: StripeConfigDep,
+    pricing: PricingDep,
+    api: str = "auto",
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Run a sync now (the same as ``meterline stripe sync``)."""
+    try:
+        summary = sync(store, _config_or_409(config), pricing=pricing, api=api, dry_run=dry_run)
+    except StripeAuthError as exc:
+        raise HTTPException(status_code=502, detail=str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    return summary.to_dict()
+
+
+@router.get("/v1/stripe/status")
+def get_status(store: StoreDep, config: StripeConfigDep, pricing: PricingDep) -> dict[str, Any]:
+    """Last run, pending windows, held and reported items, lag."""
+    return status(store, _config_or_409(config), pricing=pricing)
+
+
+@router.get("/v1/stripe/reconcile")
+def get_reconcile(
+    period: str, store: StoreDep, config: StripeConfigDep, pricing: PricingDep
+) -> dict[str, Any]:
+    try:
+        rows = [r.to_dict() for r in reconcile(store, pricing, _config_or_409(config), period)]
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    return {"period": period, "rows": rows, "ok": all(r["ok"] for r in rows)}
+
+
+@router.post("/v1/stripe/setup")
+def post_setup(config: StripeConfigDep) -> list[dict[str, str]]:
+    try:
+        return setup_meters(_config_or_409(config))
+    except StripeAuthError as exc:
+        raise HTTPException(status_code=502, detail=str(exc)) from None

@@ -3,10 +3,21 @@
 - :class:`StripeConfig` — the ``stripe:`` section (mapping, window, grace, meters).
 - :func:`customer_for` / :class:`CustomerMap` — consumer → Stripe customer (the API's
   assignment wins over the file).
+- :func:`sync` / :func:`run_sync` — closed windows to meter events, exactly once
+  (:class:`SyncSummary`); :class:`SyncLoop` runs it inside ``meterline serve``.
+- :func:`status`, :func:`reconcile`, :func:`setup_meters` — what ``meterline stripe``
+  shows and checks.
+- :class:`MeterEventsClient` / :class:`StripeEnv` — the official SDK, carefully.
 
 Tables: :mod:`meterline.store.stripe_schema`.
 """
 
+from meterline.aggregator.stripe._client import (
+    MeterEventsClient,
+    Retrying,
+    StripeAuthError,
+    StripeEnv,
+)
 from meterline.aggregator.stripe._config import (
     DEFAULT_GRACE,
     MeterConfig,
@@ -16,23 +27,51 @@ from meterline.aggregator.stripe._config import (
     parse_duration,
     parse_stripe_config,
 )
+from meterline.aggregator.stripe._ledger import Ledger, LedgerRow, identifier
 from meterline.aggregator.stripe._mapping import (
     CustomerMap,
     customer_for,
     load_customer_map,
     set_customer,
 )
+from meterline.aggregator.stripe._service import (
+    ReconcileRow,
+    SyncLoop,
+    reconcile,
+    setup_meters,
+    status,
+    sync,
+)
+from meterline.aggregator.stripe._sync import SyncSummary, run_sync
+from meterline.aggregator.stripe._windows import WindowValue, window_values
 
 __all__ = [
     "DEFAULT_GRACE",
     "CustomerMap",
+    "Ledger",
+    "LedgerRow",
     "MeterConfig",
+    "MeterEventsClient",
+    "ReconcileRow",
+    "Retrying",
+    "StripeAuthError",
     "StripeConfig",
     "StripeConfigError",
+    "StripeEnv",
+    "SyncLoop",
+    "SyncSummary",
+    "WindowValue",
     "customer_for",
+    "identifier",
     "load_customer_map",
     "load_stripe_config",
     "parse_duration",
     "parse_stripe_config",
+    "reconcile",
+    "run_sync",
     "set_customer",
+    "setup_meters",
+    "status",
+    "sync",
+    "window_values",
 ]

@@ -1,0 +1,307 @@
+"""What the CLI, the API and ``meterline serve`` call: sync, status, reconcile, setup, loop.
+
+``reconcile`` compares, per consumer and meter, what meterline bills for a month (its
+invoices; the rated windows where an invoice cannot say it — a ``features`` filter,
+``unpriced: send``) with what the ledger says Stripe accepted for the windows of that
+month. Token meters must match exactly; a cost meter within ``n × unit / 2`` (each of
+its ``n`` windows rounded half-up) plus the invoice's own rounding
+(:func:`invoice_rounding`: half a minor unit per line, through the markup, and half for
+the markup).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, localcontext
+from typing import Any
+
+from meterline.aggregator.pricing import MONEY_CONTEXT
+from meterline.aggregator.stripe._client import MeterEventsClient, StripeEnv
+from meterline.aggregator.stripe._config import MeterConfig, StripeConfig
+from meterline.aggregator.stripe._ledger import ACCEPTED, PENDING, REPORTED, SENT_UNKNOWN, Ledger
+from meterline.aggregator.stripe._mapping import load_customer_map
+from meterline.aggregator.stripe._plan import plan
+from meterline.aggregator.stripe._sync import LOOKBACK, SyncSummary, rate_stale, run_sync
+from meterline.aggregator.stripe._windows import closed_until, floor_window, window_values
+from meterline.store import Store
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ReconcileRow",
+    "SyncLoop",
+    "invoice_rounding",
+    "reconcile",
+    "setup_meters",
+    "status",
+    "sync",
+]
+
+
+def sync(
+    store: Store,
+    config: StripeConfig,
+    *,
+    pricing: Any = None,
+    api: str = "auto",
+    dry_run: bool = False,
+    env: StripeEnv | None = None,
+    client: MeterEventsClient | None = None,
+) -> SyncSummary:
+    """One sync run with a client built from the environment (none for a dry run)."""
+    if client is None and not dry_run:
+        client = MeterEventsClient(env or StripeEnv.from_environ())
+    return run_sync(store, config, pricing=pricing, client=client, api=api, dry_run=dry_run)
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def status(
+    store: Store, config: StripeConfig, *, pricing: Any = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """Last run, what is pending (closed windows not in Stripe yet), held, reported, lag.
+
+    With ``pricing``, stale months are rated first (else the table is read as it is)."""
+    now = now or datetime.now(UTC)
+    rate_stale(store, pricing, now)
+    _, runs = store.query(
+        "SELECT StartedAt, FinishedAt, Summary FROM {db}.stripe_runs WHERE DryRun = 0 "
+        "ORDER BY StartedAt DESC LIMIT 1"
+    )
+    last = None
+    if runs:
+        summary = json.loads(runs[0][2])
+        summary.pop("would_send", None)
+        last = summary
+    end = closed_until(now, config)
+    start = floor_window(now - LOOKBACK, config.window)
+    slots = Ledger(store).slots(start, end)
+    p = plan(
+        window_values(store, config, start=start, end=end),
+        slots,
+        load_customer_map(store, config),
+        now=now,
+        window_seconds=int(config.window_length.total_seconds()),
+    )
+    pending = [
+        {"consumer": r.consumer, "meter": r.event_name, "window": _iso(r.window_start),
+         "kind": r.kind, "value": r.value, "resend": sp.resend}
+        for sp in p.sends for r in sp.rows
+    ]  # fmt: skip
+    oldest = min((sp.slot[2] for sp in p.sends), default=None)
+    lag = (now - (oldest + config.window_length + config.grace)).total_seconds() if oldest else 0
+    rows = [r for rs in slots.values() for r in rs]
+    reported = [
+        {"consumer": r.consumer, "meter": r.event_name, "window": _iso(r.window_start),
+         "kind": r.kind, "value": r.value, "reason": r.answer}
+        for r in rows if r.state == REPORTED
+    ]  # fmt: skip
+    reported += [{**i, "reason": "no Stripe customer"} for i in p.no_customer]
+    reported += [{**i, "reason": "blocked: settle by hand"} for i in p.blocked]
+    return {
+        "last_run": last,
+        "closed_until": _iso(end),
+        "pending_events": len(pending),
+        "pending": pending[:200],
+        "unresolved": sum(r.state in (PENDING, SENT_UNKNOWN) for r in rows),
+        "held": p.held,
+        "reported": reported,
+        "lag_seconds": max(0.0, lag),
+    }
+
+
+@dataclass(frozen=True)
+class ReconcileRow:
+    consumer: str
+    customer: str | None
+    meter: str
+    expected: Decimal
+    """Tokens, or money (cost meters), meterline bills for the month."""
+    accepted: Decimal
+    """What Stripe accepted by the ledger (cost meters: × unit)."""
+    reported: Decimal
+    """Credits and expired windows reported for a person (cost meters: × unit)."""
+    tolerance: Decimal
+    source: str
+    """``invoice`` or ``windows``: where ``expected`` comes from."""
+
+    @property
+    def difference(self) -> Decimal:
+        return self.expected - self.accepted
+
+    @property
+    def ok(self) -> bool:
+        return abs(self.difference) <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "consumer": self.consumer,
+            "customer": self.customer,
+            "meter": self.meter,
+            "expected": str(self.expected),
+            "accepted": str(self.accepted),
+            "reported": str(self.reported),
+            "difference": str(self.difference),
+            "tolerance": str(self.tolerance),
+            "source": self.source,
+            "ok": self.ok,
+        }
+
+
+def _from_invoice(meter: MeterConfig, invoice: Any, config: StripeConfig) -> Decimal | None:
+    """The meter's figure from an invoice, or ``None`` when the invoice cannot say it."""
+    if meter.features is not None or (config.unpriced == "send" and meter.value == "tokens"):
+        return None
+    if meter.value == "cost":
+        if meter.providers or meter.models or meter.token_types:
+            return None
+        return Decimal(invoice.total)
+    return Decimal(
+        sum(
+            line.quantity
+            for line in invoice.lines
+            if meter.counts(
+                token_type=line.token_type, provider=line.provider, model=line.model, feature=""
+            )
+        )
+    )
+
+
+def invoice_rounding(invoice: Any, pricing: Any) -> Decimal:
+    """How far an invoice's total may be from its exact money: each line is rounded to
+    the minor unit (half of one each way), the markup is taken of the rounded subtotal
+    and rounded itself."""
+    half = Decimal(1).scaleb(-pricing.config.minor_units) / 2
+    percent = pricing.config.plan_for(invoice.consumer).markup_percent
+    return len(invoice.lines) * half * (1 + percent / 100) + half
+
+
+def reconcile(
+    store: Store, pricing: Any, config: StripeConfig, period: str, *, now: datetime | None = None
+) -> list[ReconcileRow]:
+    """Per consumer and meter: the month's invoices against the ledger's accepted values
+    (a month not over yet: its closed windows so far)."""
+    from meterline.aggregator.invoices import between, get_invoices, month
+
+    p = month(period)
+    end = min(p.end, closed_until(now or datetime.now(UTC), config))
+    if end < p.end:  # the month is still open: what is closed of it so far
+        p = between(p.start, max(end, p.start))
+    from meterline.aggregator.tenancy import Scope
+
+    views = get_invoices(store, pricing, p, scope=Scope.ALL)
+    invoices = {c: v.invoice for c, v in views.items()}
+    values = window_values(store, config, start=p.start, end=p.end)
+    slots = Ledger(store).slots(p.start, p.end)
+    customers = load_customer_map(store, config)
+    consumers = sorted(set(invoices) | {v.consumer for v in values} | {s[0] for s in slots})
+    out: list[ReconcileRow] = []
+    with localcontext(MONEY_CONTEXT):
+        for consumer in consumers:
+            for meter in config.meters:
+                mine = [
+                    v for v in values if v.consumer == consumer and v.event_name == meter.event_name
+                ]
+                rows = [r for (c, m, _), rs in slots.items() if c == consumer
+                        and m == meter.event_name for r in rs]  # fmt: skip
+                accepted = Decimal(sum(r.value for r in rows if r.state == ACCEPTED))
+                reported = Decimal(sum(r.value for r in rows if r.state == REPORTED
+                                       and r.kind in ("credit", "expired")))  # fmt: skip
+                invoice = invoices.get(consumer)
+                expected = _from_invoice(meter, invoice, config) if invoice else None
+                source = "invoice"
+                if expected is None:
+                    source = "windows"
+                    expected = sum(
+                        (v.money if meter.value == "cost" else Decimal(v.value) for v in mine),
+                        Decimal(0),
+                    )
+                tolerance = Decimal(0)
+                if meter.value == "cost":
+                    assert meter.unit is not None
+                    accepted *= meter.unit
+                    reported *= meter.unit
+                    windows = len({r.window_start for r in rows} | {v.start for v in mine})
+                    tolerance = windows * meter.unit / 2
+                    if source == "invoice":
+                        tolerance += invoice_rounding(invoice, pricing)
+                if not expected and not accepted and not reported:
+                    continue
+                out.append(ReconcileRow(consumer, customers.customer_for(consumer),
+                                        meter.event_name, expected, accepted, reported,
+                                        tolerance, source))  # fmt: skip
+    return out
+
+
+def setup_meters(
+    config: StripeConfig, *, env: StripeEnv | None = None, client: MeterEventsClient | None = None
+) -> list[dict[str, str]]:
+    """Create the configured meters Stripe lacks (by event name); lists what it did."""
+    client = client or MeterEventsClient(env or StripeEnv.from_environ())
+    existing = client.meter_names()
+    done = []
+    for meter in config.meters:
+        if meter.event_name in existing:
+            done.append({"event_name": meter.event_name, "action": "exists"})
+            continue
+        unit = "tokens" if meter.value == "tokens" else f"units of {meter.unit}"
+        answer = client.create_meter(meter.event_name, f"meterline {meter.event_name} ({unit})")
+        done.append(
+            {
+                "event_name": meter.event_name,
+                "action": "created"
+                if answer.outcome == "accepted"
+                else f"failed: {answer.detail[:200]}",
+            }
+        )
+    return done
+
+
+class SyncLoop:
+    """``stripe.sync_interval`` inside ``meterline serve``: a daemon thread, stopped cleanly.
+
+    A failed run is logged (once per distinct error) and retried at the next interval;
+    :meth:`stop` waits for the run in progress (it is safe to abandon, but finishing
+    it writes its answers to the ledger).
+    """
+
+    def __init__(
+        self, store: Store, config: StripeConfig, pricing: Any, *, env: StripeEnv | None = None
+    ) -> None:
+        assert config.sync_interval is not None
+        self.store = store
+        self.config = config
+        self.pricing = pricing
+        """The pricing in force, or a callable returning it."""
+        self.env = env or StripeEnv.from_environ()
+        self.interval = config.sync_interval.total_seconds()
+        self.last: SyncSummary | None = None
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="meterline-stripe", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _main(self) -> None:
+        client: MeterEventsClient | None = None
+        while not self._stop.wait(self.interval):
+            try:
+                client = client or MeterEventsClient(self.env)
+                pricing = self.pricing() if callable(self.pricing) else self.pricing
+                self.last = run_sync(self.store, self.config, pricing=pricing, client=client)
+                self.last_error = None
+            except Exception as exc:  # keep the loop: the next interval retries
+                if str(exc) != self.last_error:
+                    logger.warning("stripe sync failed (retried every interval): %s", exc)
+                self.last_error = str(exc)
