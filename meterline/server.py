@@ -9,8 +9,9 @@ directory, so in embedded mode they must share the process):
 
 Shutdown (SIGTERM/SIGINT) is ordered so nothing acknowledged is lost: the OTLP
 listeners stop taking requests and finish the ones in flight (their acks wait
-for the writer), the writer writes everything queued, then the API and the
-store close.
+for the writer), the writer writes everything queued, the background loops stop
+(the Stripe sync of ``stripe.sync_interval`` after its run in progress, bounded;
+the rating loop), then the API and the store close.
 
 On the embedded store, start first recovers from a killed run: it removes the
 temporary files left under ``<data dir>/meterline-tmp`` (where this process keeps all
@@ -276,6 +277,7 @@ async def _run(
         await listener.start()
     listening = True
     rating = _rating_loop(settings, store, api_app)
+    stripe_sync = _stripe_loop(config, store, api_app)
     endpoints = Endpoints(
         host=host,
         otlp_http_port=otlp.sock.getsockname()[1],
@@ -298,6 +300,11 @@ async def _run(
     listening = False
     await asyncio.gather(otlp.stop(), grpc_server.stop(grace=30))
     await asyncio.to_thread(writer.close)
+    stopped = stripe_sync is None or await asyncio.to_thread(
+        stripe_sync.stop, STRIPE_STOP_TIMEOUT_S
+    )
+    if not stopped:
+        logger.warning("stopping with a Stripe sync run still going: the next run settles it")
     if rating is not None:
         await asyncio.to_thread(rating.stop)
     if checkpointer is not None:
@@ -316,6 +323,32 @@ def _rating_loop(settings: ServerSettings, store: Store, app: Any) -> Any:
 
     loop = RatingLoop(store, lambda: app_pricing(app), interval=settings.rating_interval_s)
     loop.start()
+    return loop
+
+
+STRIPE_STOP_TIMEOUT_S = 30.0
+"""How long shutdown waits for a Stripe sync run in progress. On SIGTERM the run sends
+nothing more and ends its retries; a request in flight ends within the client's timeout
+(20 s), so the run normally ends and writes its answers. Abandoning one is safe anyway:
+its rows stay pending or unknown in the ledger, settled first by the next run."""
+
+
+def _stripe_loop(config: ConfigFile, store: Store, app: Any) -> Any:
+    """Start ``stripe.sync_interval``'s loop (``None``: not configured)."""
+    section = config.stripe.export()
+    if section is None or section.sync_interval is None:
+        return None
+    from meterline.aggregator.routes._pricing import app_pricing
+    from meterline.aggregator.stripe import SyncLoop
+
+    loop = SyncLoop(
+        store,
+        section,
+        lambda: app_pricing(app),
+        current=lambda: app.state.config.stripe.export(),
+    )
+    loop.start()
+    logger.info("stripe sync every %s", section.sync_interval)
     return loop
 
 

@@ -14,14 +14,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict
 
 from meterline.aggregator.auth import require_admin
-from meterline.aggregator.deps import SettingsDep, StoreDep
+from meterline.aggregator.deps import StoreDep
 from meterline.aggregator.routes._pricing import PricingDep
 from meterline.aggregator.stripe import (
     StripeAuthError,
     StripeConfig,
-    StripeConfigError,
     load_customer_map,
-    load_stripe_config,
     reconcile,
     set_customer,
     setup_meters,
@@ -32,15 +30,10 @@ from meterline.aggregator.stripe import (
 router = APIRouter(tags=["stripe"], dependencies=[Depends(require_admin)])
 
 
-def get_stripe_config(request: Request, settings: SettingsDep) -> StripeConfig | None:
-    """The ``stripe`` section of the configuration file, read once per app."""
-    state = request.app.state
-    if not hasattr(state, "stripe_config"):
-        try:
-            state.stripe_config = load_stripe_config(settings.config)
-        except StripeConfigError as exc:
-            raise HTTPException(status_code=500, detail=str(exc)) from None
-    return state.stripe_config
+def get_stripe_config(request: Request) -> StripeConfig | None:
+    """The ``stripe`` section of the configuration file in use (checked when the file was
+    read; a SIGHUP reload applies from the next request on)."""
+    return request.app.state.config.stripe.export()
 
 
 StripeConfigDep = Annotated[StripeConfig | None, Depends(get_stripe_config)]

@@ -16,6 +16,9 @@ Contract:
   retries — it may have been applied). A bad key raises :class:`StripeAuthError`.
 - v2 streams: a session is created on first use and renewed a minute before it expires
   (or when Stripe says it expired); 100 events per request.
+- A request without an answer within ``timeout`` (default 20 s; meter events answer in
+  milliseconds) counts as a lost connection. The SDK's own INFO lines (one per request)
+  are turned down to WARNING.
 
 The caller keeps at most one call in flight per customer and meter (see ``_sync``).
 """
@@ -59,6 +62,10 @@ DEFAULT_API_BASE = "https://api.stripe.com"
 DEFAULT_METER_EVENTS_BASE = "https://meter-events.stripe.com"
 STREAM_MAX_EVENTS = 100
 _RENEW_BEFORE = timedelta(seconds=60)
+REQUEST_TIMEOUT_S = 20.0
+"""Seconds a request may take before its outcome is unknown (retried, same key)."""
+
+logging.getLogger("stripe").setLevel(logging.WARNING)  # one INFO line per request
 
 
 class StripeAuthError(MeterlineError):
@@ -139,7 +146,19 @@ def _describe(exc: Any) -> str:
 class MeterEventsClient:
     """Meter events, cancellations, v2 streams and meters, through ``StripeClient``."""
 
-    def __init__(self, env: StripeEnv, *, retrying: Retrying | None = None) -> None:
+    def __init__(
+        self,
+        env: StripeEnv,
+        *,
+        retrying: Retrying | None = None,
+        timeout: float = REQUEST_TIMEOUT_S,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Args:
+        timeout: seconds one request may take (no answer: its outcome is unknown).
+        stop: once set, nothing more is sent and retries end (``meterline serve``
+            shutting down); what was not sent stays pending for the next run.
+        """
         import stripe
 
         if not env.api_key:
@@ -147,23 +166,33 @@ class MeterEventsClient:
         self.env = env
         self.retrying = retrying or Retrying()
         self._stripe = stripe
+        self._stop = stop
         self.client = stripe.StripeClient(
             env.api_key,
             base_addresses={"api": env.api_base, "meter_events": env.meter_events_base},
             max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=timeout),
         )
         self._session_lock = threading.Lock()
         self._session: tuple[str, datetime] | None = None
 
     # -- the retry loop ------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the owner asked to stop sending (``stop`` was set)."""
+        return self._stop is not None and self._stop.is_set()
+
     def _call(self, key: str, send: Callable[[str], Any], *, duplicate_ok: bool) -> Answer:
-        """Run ``send(idempotency_key)`` until it has a definite answer or retries run out."""
+        """Run ``send(idempotency_key)`` until it has a definite answer or retries run out
+        (or ``stop`` is set: then the outcome is unknown if a try may have been applied)."""
         stripe = self._stripe
         generation = 0
         unknown = False
-        last = ""
+        last = "stopped before sending"
         for attempt in range(self.retrying.attempts):
+            if self.stopping:
+                return Answer(UNKNOWN if unknown else THROTTLED, last, attempt)
             try:
                 result = send(f"{key}-g{generation}")
             except stripe.AuthenticationError as exc:
@@ -199,7 +228,10 @@ class MeterEventsClient:
                 return Answer(ACCEPTED, detail[:2000], attempt + 1)
             if attempt + 1 < self.retrying.attempts:
                 logger.debug("stripe: retry %d of %s in %.2fs: %s", attempt + 1, key, wait, last)
-                self.retrying.sleep(wait)
+                if self._stop is not None:
+                    self._stop.wait(wait)
+                else:
+                    self.retrying.sleep(wait)
         return Answer(UNKNOWN if unknown else THROTTLED, last, self.retrying.attempts)
 
     # -- v1 ----------------------------------------------------------------------------

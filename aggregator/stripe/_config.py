@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from meterline.aggregator.pricing import TOKEN_TYPES
-from meterline.config._stripe import duration
+from meterline.config._stripe import DEFAULT_GRACE, duration
 from meterline.errors import MeterlineError
 
 __all__ = [
@@ -33,9 +33,6 @@ __all__ = [
     "parse_duration",
     "parse_stripe_config",
 ]
-
-DEFAULT_GRACE = timedelta(hours=1)
-"""``grace``'s default: Stripe's own invoices wait 1 h for late usage."""
 
 
 class StripeConfigError(MeterlineError, ValueError):

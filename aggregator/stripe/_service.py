@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, localcontext
@@ -266,42 +267,64 @@ def setup_meters(
 class SyncLoop:
     """``stripe.sync_interval`` inside ``meterline serve``: a daemon thread, stopped cleanly.
 
-    A failed run is logged (once per distinct error) and retried at the next interval;
-    :meth:`stop` waits for the run in progress (it is safe to abandon, but finishing
-    it writes its answers to the ledger).
+    The first run starts at once (a restart resumes what a killed run left), then one run
+    every interval after the previous one ended. A failed run is logged (once per distinct
+    error) and retried at the next interval. :meth:`stop` waits for the run in progress up
+    to a bound: abandoning a run is safe (its rows stay pending or unknown in the ledger
+    and the next run settles them first), but finishing it writes its answers.
     """
 
     def __init__(
-        self, store: Store, config: StripeConfig, pricing: Any, *, env: StripeEnv | None = None
+        self,
+        store: Store,
+        config: StripeConfig,
+        pricing: Any,
+        *,
+        env: StripeEnv | None = None,
+        current: Callable[[], StripeConfig | None] | None = None,
     ) -> None:
+        """Args:
+        config: the section at start (its ``sync_interval`` sets the interval).
+        pricing: the pricing in force, or a callable returning it.
+        current: the section in force now (a reloaded configuration file); ``None``
+            from it skips the run.
+        """
         assert config.sync_interval is not None
         self.store = store
         self.config = config
         self.pricing = pricing
-        """The pricing in force, or a callable returning it."""
+        self.current = current
         self.env = env or StripeEnv.from_environ()
         self.interval = config.sync_interval.total_seconds()
         self.last: SyncSummary | None = None
         self.last_error: str | None = None
+        self.runs = 0
+        """Runs finished (successful or not)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="meterline-stripe", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop after the run in progress; ``False`` if it is still running at ``timeout``."""
         self._stop.set()
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _main(self) -> None:
         client: MeterEventsClient | None = None
-        while not self._stop.wait(self.interval):
+        while not self._stop.is_set():
             try:
-                client = client or MeterEventsClient(self.env)
-                pricing = self.pricing() if callable(self.pricing) else self.pricing
-                self.last = run_sync(self.store, self.config, pricing=pricing, client=client)
+                config = self.current() if self.current is not None else self.config
+                if config is not None and config.meters:
+                    client = client or MeterEventsClient(self.env, stop=self._stop)
+                    pricing = self.pricing() if callable(self.pricing) else self.pricing
+                    self.last = run_sync(self.store, config, pricing=pricing, client=client)
                 self.last_error = None
             except Exception as exc:  # keep the loop: the next interval retries
                 if str(exc) != self.last_error:
                     logger.warning("stripe sync failed (retried every interval): %s", exc)
                 self.last_error = str(exc)
+            self.runs += 1
+            self._stop.wait(self.interval)

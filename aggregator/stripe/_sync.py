@@ -212,6 +212,8 @@ class _Runner:
         """One (customer, meter)'s slots, in order; returns the rows' new states."""
         outcomes: list[LedgerRow] = []
         for sp in plans:
+            if self.client.stopping:
+                break
             for i, row in enumerate(sp.rows):
                 if i and not sp.resend:  # written only once the rows before it held
                     self.ledger.write([row])
@@ -225,6 +227,8 @@ class _Runner:
 
     def v1(self, plans: Sequence[SlotPlan]) -> None:
         for begin in range(0, len(plans), V1_CHUNK):
+            if self.client.stopping:
+                return
             chunk = plans[begin : begin + V1_CHUNK]
             self.ledger.write([sp.rows[0] for sp in chunk if not sp.resend])
             queues: dict[tuple[str, str], list[SlotPlan]] = {}
@@ -240,6 +244,8 @@ class _Runner:
     def v2(self, plans: Sequence[SlotPlan]) -> None:
         rows = [(row, sp.resend) for sp in plans for row in sp.rows]
         for begin in range(0, len(rows), STREAM_MAX_EVENTS):
+            if self.client.stopping:
+                return
             batch = rows[begin : begin + STREAM_MAX_EVENTS]
             self.ledger.write([r for r, resend in batch if not resend])
             events = [
@@ -367,7 +373,7 @@ def run_sync(
                 runner.v1(v1)
             if v2:
                 runner.v2(v2)
-            if not any(sp.resend for sp in p.sends):
+            if client.stopping or not any(sp.resend for sp in p.sends):
                 break
             p, _ = _plan_now(store, config, now, chosen)
             ledger.write(p.reports)

@@ -1,18 +1,26 @@
 """The ``stripe`` section: ``grace`` (when a month may be finalised and a window is
-closed) and the Stripe export's keys (docs/stripe.md), checked by the export's own model
-(:class:`meterline.aggregator.stripe.StripeConfig`) so the two never disagree.
+closed) and the Stripe export's keys (docs/stripe.md).
+
+One source of truth: the keys are declared here (so an unknown key gets the file's
+"did you mean"), and their rules are the export's own model
+(:class:`meterline.aggregator.stripe.StripeConfig`), which checks the section once, when
+the file is read; :meth:`StripeSection.export` hands that checked model to the sync
+(``meterline serve``, the ``/v1/stripe`` routes) instead of reading the file again.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
 from meterline.config._base import Section
+
+if TYPE_CHECKING:
+    from meterline.aggregator.stripe import StripeConfig
 
 DEFAULT_GRACE = timedelta(hours=1)
 """``stripe.grace``'s default: how long after a month's end late usage is waited for
@@ -62,6 +70,8 @@ class StripeSection(Section):
     meters: list[dict[str, Any]] = Field(default_factory=list)
     """The meters; each checked by :class:`meterline.aggregator.stripe.MeterConfig`."""
 
+    _export: StripeConfig | None = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _export_checks(self) -> StripeSection:
         if not self.model_fields_set - {"grace"}:  # nothing of the export's (and no import
@@ -70,7 +80,12 @@ class StripeSection(Section):
 
         raw = self.model_dump(exclude_unset=True)
         try:
-            parse_stripe_config({"stripe": raw})
+            self._export = parse_stripe_config({"stripe": raw})
         except StripeConfigError as exc:
             raise ValueError(str(exc).removeprefix("stripe")) from None
         return self
+
+    def export(self) -> StripeConfig | None:
+        """The section as the export's checked model; ``None`` when only ``grace`` (or
+        nothing) is set: there is nothing to sync."""
+        return self._export
