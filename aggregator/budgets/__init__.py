@@ -6,6 +6,8 @@
   states answer :meth:`~BudgetState.fits`), and reserve / settle / release.
 - :func:`window` — a budget's current period in UTC.
 - :func:`parse_budgets_config` — the ``budgets:`` section of the configuration file.
+- :class:`RateLimit` — tokens, requests or money per minute / hour (sliding windows,
+  checked in the same atomic step as the budgets: :mod:`._rates`).
 - :class:`Ledger` — the live reservations of one process; ``_redis.RedisLedger`` shares
   them between replicas (``METERLINE_BUDGETS_REDIS_URL``).
 """
@@ -20,6 +22,12 @@ from meterline.aggregator.budgets._model import (
     BudgetState,
     Degrade,
     budget_from_dict,
+)
+from meterline.aggregator.budgets._rates import (
+    WINDOWS,
+    RateCheck,
+    RateLimit,
+    rate_limit_from_dict,
 )
 from meterline.aggregator.budgets._registry import (
     BudgetsConfig,
@@ -39,6 +47,7 @@ from meterline.aggregator.budgets._window import window
 __all__ = [
     "PERIODS",
     "TOKENS",
+    "WINDOWS",
     "Budget",
     "BudgetError",
     "BudgetService",
@@ -49,6 +58,8 @@ __all__ = [
     "Degrade",
     "Ledger",
     "LedgerUnavailable",
+    "RateCheck",
+    "RateLimit",
     "Registry",
     "Reservation",
     "ReservationError",
@@ -59,6 +70,7 @@ __all__ = [
     "check_usage",
     "load_budgets_config",
     "parse_budgets_config",
+    "rate_limit_from_dict",
     "window",
     "worst_case",
 ]

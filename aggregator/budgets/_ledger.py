@@ -33,6 +33,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from meterline.aggregator.budgets._model import Budget
+from meterline.aggregator.budgets._rates import LONGEST, Entry, RateCheck, window_use
 from meterline.aggregator.budgets._tables import (
     RESERVATION_COLUMNS,
     SELECT_LIVE_RESERVATIONS,
@@ -111,6 +112,12 @@ class Totals:
     """Live reservations per check (the candidate included when added)."""
     settled: list[Decimal]
     """The settled part of ``used`` (spent, not yet stored)."""
+    rate_blocking: int | None = None
+    """Index of the first rate check that did not fit (nothing was added)."""
+    retry_after: float | None = None
+    """Seconds until the refused call would fit that rate limit (``None``: never)."""
+    rate_used: tuple[Decimal, ...] = ()
+    """What each rate check's window held before the candidate (up to the blocking one)."""
 
 
 def new_id() -> str:
@@ -150,6 +157,9 @@ class Ledger:
         """consumer → id → reservation (reserved or settled, not yet counted)."""
         self._ended: dict[str, tuple[Status, str]] = {}
         """Ids that ended in this process (released, expired, counted): settle is a no-op."""
+        self._rates: dict[str, dict[str, Reservation]] = {}
+        """consumer → id → reservation of the last hour under a rate limit (any status but
+        released): the sliding windows (:mod:`._rates`)."""
         self._snapshots: dict[str, Snapshot] = {}
         self._refreshing: dict[str, threading.Lock] = {}
         self._load()
@@ -211,6 +221,12 @@ class Ledger:
     def update(self, r: Reservation) -> Reservation:
         """Replace ``r``'s state (a new version); ended states leave the live set."""
         updated = replace(r, version=r.version + 1)
+        log = self._rates.get(r.consumer)
+        if log is not None and r.id in log:
+            if updated.status == "released":
+                del log[r.id]
+            else:
+                log[r.id] = updated
         per = self._live.setdefault(r.consumer, {})
         if updated.status in ("reserved", "settled"):
             per[r.id] = updated
@@ -252,26 +268,57 @@ class Ledger:
                 total += r.amount(budget)
         return total
 
+    def window_entries(self, consumer: str, now: datetime) -> list[Entry]:
+        """The consumer's reservations in the rate windows (older ones are dropped)."""
+        log = self._rates.setdefault(consumer, {})
+        oldest = now - LONGEST
+        for rid in [rid for rid, r in log.items() if r.created_at <= oldest]:
+            del log[rid]
+        return [Entry(r.created_at, r.provider, r.model, r.tokens, r.money) for r in log.values()]
+
+    def rate_entries(self, consumer: str, now: datetime) -> list[Entry]:
+        """:meth:`window_entries` under the lock (for reading a window's state)."""
+        with self.lock:
+            return self.window_entries(consumer, now)
+
     def reserve(
-        self, consumer: str, checks: list[Check], candidate: Reservation | None
+        self,
+        consumer: str,
+        checks: list[Check],
+        candidate: Reservation | None,
+        rates: list[RateCheck] | None = None,
     ) -> tuple[Totals, list[Reservation]]:
         """Under the lock: end what expired, sum the live reservations of each check and
-        add ``candidate`` when it fits every enforced check. Returns the totals and the
-        reservations that ended (to persist)."""
+        add ``candidate`` when it fits every enforced check and every rate limit of
+        ``rates`` (sliding windows ending now). Returns the totals and the reservations
+        that ended (to persist)."""
         with self.lock:
-            ended = self.expire(consumer, self.clock())
+            now = self.clock()
+            ended = self.expire(consumer, now)
             used = [self.used(c.budget, c.start, c.end) for c in checks]
             settled = [self.settled_in(c.budget, c.start, c.end) for c in checks]
-            blocking = None
+            blocking = rate_blocking = retry_after = None
+            rate_used: list[Decimal] = []
             if candidate is not None:
                 for i, c in enumerate(checks):
                     if c.room is not None and used[i] + c.amount > c.room:
                         blocking = i
                         break
-                if blocking is None:
+                if blocking is None and rates:
+                    entries = self.window_entries(consumer, now)
+                    for i, rc in enumerate(rates):
+                        in_window, fits, retry = window_use(entries, rc, now)
+                        rate_used.append(in_window)
+                        if not fits:
+                            rate_blocking, retry_after = i, retry
+                            break
+                if blocking is None and rate_blocking is None:
                     self.add(candidate)
+                    if rates:
+                        self._rates.setdefault(consumer, {})[candidate.id] = candidate
                     used = [u + c.amount for u, c in zip(used, checks, strict=True)]
-        return Totals(blocking, used, settled), ended
+        totals = Totals(blocking, used, settled, rate_blocking, retry_after, tuple(rate_used))
+        return totals, ended
 
     def settle(
         self,

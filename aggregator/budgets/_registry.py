@@ -11,6 +11,11 @@ The section::
       limits:
         - {consumer: acme, feature: summarize, limit: "25.00", unit: USD,
            period: month, mode: hard, thresholds: [50, 80, 100]}
+      rate_limits:                  # enforced with the budgets, at reservation time
+        - {consumer: acme, limit: "100000", unit: tokens, per: minute}
+        - {consumer: acme, provider: openai, model: gpt-4o, limit: "60", unit: requests,
+           per: minute}
+        - {consumer: acme, limit: "5.00", unit: USD, per: hour}
 
 Known limit: a replica reads the table at start and sees another replica's changes only
 after a restart (one process in the embedded deployment; docs/budgets.md).
@@ -28,13 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from meterline.aggregator.budgets._model import Budget, BudgetError, budget_from_dict
-from meterline.aggregator.budgets._tables import BUDGET_COLUMNS, SELECT_BUDGETS
+from meterline.aggregator.budgets._rates import RateLimit, rate_limit_from_dict
+from meterline.aggregator.budgets._tables import (
+    BUDGET_COLUMNS,
+    RATE_LIMIT_COLUMNS,
+    SELECT_BUDGETS,
+    SELECT_RATE_LIMITS,
+)
 from meterline.aggregator.queries import READ_SETTINGS
 from meterline.store import Store
 
 DEFAULT_TTL = 300
 MAX_TTL = 3600
-_SECTION_KEYS = frozenset({"timezone", "reservations", "limits"})
+_SECTION_KEYS = frozenset({"timezone", "reservations", "limits", "rate_limits"})
 _RESERVATION_KEYS = frozenset({"ttl_seconds", "max_ttl_seconds"})
 
 
@@ -46,6 +57,7 @@ class BudgetsConfig:
     ttl_seconds: int = DEFAULT_TTL
     max_ttl_seconds: int = MAX_TTL
     limits: tuple[Budget, ...] = field(default=())
+    rate_limits: tuple[RateLimit, ...] = field(default=())
 
 
 def _seconds(value: Any, where: str) -> int:
@@ -106,7 +118,31 @@ def parse_budgets_config(section: Any, *, currency: str) -> BudgetsConfig:
         _timezone(timezone)
     except BudgetError as exc:
         raise BudgetError(f"budgets.timezone: {exc}") from None
-    return BudgetsConfig(timezone, ttl, max_ttl, tuple(limits.values()))
+    return BudgetsConfig(
+        timezone, ttl, max_ttl, tuple(limits.values()), _rate_limits(section, currency)
+    )
+
+
+def _rate_limits(section: Mapping[str, Any], currency: str) -> tuple[RateLimit, ...]:
+    raw = section.get("rate_limits") or []
+    if not isinstance(raw, list):
+        raise BudgetError("budgets.rate_limits must be a list of rate limits")
+    found: dict[tuple[str, ...], RateLimit] = {}
+    for i, entry in enumerate(raw):
+        where = f"budgets.rate_limits[{i}]"
+        if not isinstance(entry, Mapping):
+            raise BudgetError(f"{where}: must be a mapping")
+        body = {k: v for k, v in entry.items() if k != "consumer"}
+        try:
+            rate = rate_limit_from_dict(
+                entry.get("consumer"), body, currency=currency, source="config"
+            )
+        except BudgetError as exc:
+            raise BudgetError(f"{where}: {exc}") from None
+        if rate.key in found:
+            raise BudgetError(f"{where}: a second {rate.unit} per {rate.per} for the same scope")
+        found[rate.key] = rate
+    return tuple(found.values())
 
 
 def load_budgets_config(path: str | Path | None, *, currency: str) -> BudgetsConfig:
@@ -144,6 +180,46 @@ class Registry:
             )
             self._stored[budget.key] = budget
         self._configured = {b.key: b for b in config.limits}
+        self._stored_rates: dict[tuple[str, ...], RateLimit] = {}
+        _, rows = store.query(SELECT_RATE_LIMITS, settings=READ_SETTINGS)
+        for (definition,) in rows:
+            doc = json.loads(definition)
+            rate = rate_limit_from_dict(doc.pop("consumer"), doc, currency=currency)
+            self._stored_rates[rate.key] = rate
+        self._configured_rates = {r.key: r for r in config.rate_limits}
+
+    # --- rate limits ------------------------------------------------------------------
+
+    def all_rates(self) -> list[RateLimit]:
+        with self._lock:
+            merged = {**self._stored_rates, **self._configured_rates}
+        return [merged[k] for k in sorted(merged)]
+
+    def applicable_rates(self, consumer: str, provider: str, model: str) -> list[RateLimit]:
+        return [r for r in self.all_rates() if r.applies_to(consumer, provider, model)]
+
+    def rate_configured(self, key: tuple[str, ...]) -> bool:
+        return key in self._configured_rates
+
+    def put_rate(self, rate: RateLimit) -> None:
+        self._write_rate(rate, deleted=False)
+        with self._lock:
+            self._stored_rates[rate.key] = rate
+
+    def delete_rate(self, rate: RateLimit) -> None:
+        self._write_rate(rate, deleted=True)
+        with self._lock:
+            self._stored_rates.pop(rate.key, None)
+
+    def _write_rate(self, rate: RateLimit, *, deleted: bool) -> None:
+        doc = {k: v for k, v in rate.to_dict().items() if k != "source" and v is not None}
+        row = [
+            rate.consumer, rate.provider or "", rate.model or "", rate.unit, rate.per,
+            time.time_ns(), int(deleted), json.dumps(doc), datetime.now(UTC),
+        ]  # fmt: skip
+        self.store.insert_columns("rate_limits", [[v] for v in row], RATE_LIMIT_COLUMNS)
+
+    # --- budgets ----------------------------------------------------------------------
 
     def all(self) -> list[Budget]:
         with self._lock:

@@ -15,6 +15,7 @@ from typing import Any
 from meterline.aggregator.budgets import _cost
 from meterline.aggregator.budgets._ledger import Check, Ledger, Reservation, new_id
 from meterline.aggregator.budgets._model import TOKENS, Budget, BudgetState, shown
+from meterline.aggregator.budgets._rates import RateCheck, RateLimit
 from meterline.aggregator.budgets._registry import BudgetsConfig, Registry
 from meterline.aggregator.budgets._spent import counted_reservations, spent
 from meterline.aggregator.budgets._window import window
@@ -60,10 +61,36 @@ class Decision:
     blocking: BudgetState | None = None
     reason: str | None = None
     degrade: dict[str, Any] | None = None
+    rate: RateCheck | None = None
+    """The rate limit that refused the call (``policy: rate_limited``)."""
+    rate_used: Decimal | None = None
+    retry_after: float | None = None
+
+    def _rate_dict(self) -> dict[str, Any]:
+        rc = self.rate
+        assert rc is not None
+        limit = rc.limit
+        whole = not limit.in_money
+        used = self.rate_used if self.rate_used is not None else Decimal(0)
+        return {
+            "allowed": False,
+            "policy": "rate_limited",
+            "reason": self.reason,
+            "retry_after": None if self.retry_after is None else round(self.retry_after, 3),
+            "rate_limit": limit.to_dict() | {
+                "used": shown(used, whole), "remaining": shown(limit.limit - used, whole),
+            },
+            "estimate": shown(rc.amount, whole),
+            "unit": limit.unit,
+            "budget": None,
+            "degrade": None,
+        }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         from meterline.aggregator._instants import iso
 
+        if self.rate is not None:
+            return self._rate_dict()
         tokens = self.unit == TOKENS
         amount = None if self.amount is None else shown(self.amount, tokens)
         if self.allowed:
@@ -171,6 +198,22 @@ class BudgetService:
                 out[state.budget.key] = state
         return [out[b.key] for b in budgets]
 
+    def rate_states(self, rates: list[RateLimit]) -> list[dict[str, Any]]:
+        """Each rate limit with what its window ending now holds (``used``, ``remaining``)."""
+        from meterline.aggregator.budgets._rates import window_use
+
+        now = self.now()
+        by_consumer: dict[str, list[Any]] = {}
+        out = []
+        for rate in rates:
+            if rate.consumer not in by_consumer:
+                by_consumer[rate.consumer] = self.ledger.rate_entries(rate.consumer, now)
+            used, _, _ = window_use(by_consumer[rate.consumer], RateCheck(rate, Decimal(0)), now)
+            whole = not rate.in_money
+            out.append(rate.to_dict() | {"used": shown(used, whole),
+                                         "remaining": shown(rate.limit - used, whole)})  # fmt: skip
+        return out
+
     def budgets_for(
         self, pricing: Pricing, consumer: str, feature: str | None
     ) -> list[BudgetState]:
@@ -187,7 +230,8 @@ class BudgetService:
         """
         now = self.now()
         budgets = self.registry.applicable(req.consumer, req.feature)
-        if not budgets:
+        rates = self.registry.applicable_rates(req.consumer, req.provider, req.model)
+        if not budgets and not rates:
             return Decision(True)
         max_tokens = req.max_tokens
         if max_tokens is None:
@@ -202,9 +246,19 @@ class BudgetService:
                 f"ttl_seconds {ttl} must be between 1 and {self.config.max_ttl_seconds}"
             )
         spans = self._windows(budgets, now)
-        snap = self._snapshot(pricing, req.consumer, spans)
+        # rate limits alone need nothing of the store
+        snap = self._snapshot(pricing, req.consumer, spans) if budgets else None
         unpriced = next((b for b in budgets if b.mode == "hard" and not b.in_tokens
                          and cost.money is None), None)  # fmt: skip
+        rate_checks = [RateCheck(r, r.amount(cost.tokens, cost.money)) for r in rates]
+        if unpriced is None and cost.money is None:
+            money_rate = next((rc for rc in rate_checks if rc.limit.in_money), None)
+            if money_rate is not None:
+                return Decision(
+                    False, amount=cost.amount(False), unit=money_rate.limit.unit,
+                    reason="the model has no price: its cost cannot be checked against "
+                    "the rate limit", rate=money_rate,
+                )  # fmt: skip
         candidate = None
         if unpriced is None:
             candidate = Reservation(
@@ -214,12 +268,21 @@ class BudgetService:
                 expires_at=now + timedelta(seconds=ttl),
             )  # fmt: skip
         checks = self._checks(snap, spans, cost)
-        totals, ended = self.ledger.reserve(req.consumer, checks, candidate)
+        totals, ended = self.ledger.reserve(req.consumer, checks, candidate, rate_checks)
         if ended:
             self.ledger.persist(ended)
         states = self._states_of(snap, checks, totals)
-        unit = self._unit(budgets)
+        unit = self._unit(budgets) if budgets else self._rate_unit(rates)
         amount = cost.amount(unit == TOKENS)
+        if totals.rate_blocking is not None:
+            rc = rate_checks[totals.rate_blocking]
+            why = "it alone exceeds" if totals.retry_after is None else "the window is full for"
+            return Decision(
+                False, states=states, amount=amount, unit=unit,
+                reason=f"{why} the rate limit of {rc.limit.limit} {rc.limit.unit} per "
+                f"{rc.limit.per}", rate=rc, rate_used=totals.rate_used[totals.rate_blocking],
+                retry_after=totals.retry_after,
+            )  # fmt: skip
         if unpriced is not None or totals.blocking is not None:
             if unpriced is not None:
                 blocking = states[budgets.index(unpriced)]
@@ -258,6 +321,11 @@ class BudgetService:
             )
             for c, used, settled in zip(checks, totals.used, totals.settled, strict=True)
         ]
+
+    @staticmethod
+    def _rate_unit(rates: list[RateLimit]) -> str:
+        money = [r.unit for r in rates if r.in_money]
+        return money[0] if money else TOKENS
 
     @staticmethod
     def _unit(budgets: list[Budget]) -> str | None:

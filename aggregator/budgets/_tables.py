@@ -17,6 +17,24 @@ SELECT Definition FROM {db}.budgets FINAL WHERE Deleted = 0
 ORDER BY ConsumerId, HasFeature, Feature, Period
 """
 
+RATE_LIMIT_COLUMNS = (
+    "ConsumerId", "Provider", "Model", "Unit", "Per", "Version", "Deleted", "Definition",
+    "ChangedAt",
+)  # fmt: skip
+
+SELECT_RATE_LIMITS = """
+SELECT Definition FROM {db}.rate_limits FINAL WHERE Deleted = 0
+ORDER BY ConsumerId, Provider, Model, Unit, Per
+"""
+
+SELECT_RECENT_RESERVATIONS = """
+SELECT Id, Version, Status, ConsumerId, Feature, HasFeature, Provider, Model, Amount,
+       Tokens, CreatedAt, ExpiresAt, ChangedAt
+FROM {db}.budget_reservations FINAL
+WHERE CreatedAt > {since:DateTime64(6, 'UTC')} AND Status != 'released'
+"""
+"""The reservations still in a rate window (reloaded at start)."""
+
 SELECT_LIVE_RESERVATIONS = """
 SELECT Id, Version, Status, ConsumerId, Feature, HasFeature, Provider, Model, Amount,
        Tokens, CreatedAt, ExpiresAt, ChangedAt

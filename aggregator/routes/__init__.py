@@ -12,6 +12,7 @@ from meterline.aggregator.routes import (
     keys,
     periods,
     prices,
+    rate_limits,
     reservations,
     stripe,
     usage,
@@ -28,6 +29,7 @@ api_router.include_router(prices.router)
 api_router.include_router(keys.router)
 api_router.include_router(budgets.router)
 api_router.include_router(reservations.router)
+api_router.include_router(rate_limits.router)
 api_router.include_router(estimate.router)
 api_router.include_router(stripe.router)
 

@@ -1,4 +1,5 @@
-"""The ``budgets`` section (docs/budgets.md): declared here so the file check knows it.
+"""The ``budgets`` section (docs/budgets.md; its ``rate_limits`` list: docs/rate-limits.md):
+declared here so the file check knows it.
 
 Its shape is checked with the rest of the file; the budgets themselves (limits, units
 against the currency, periods, time zones) are validated by
@@ -30,3 +31,8 @@ class BudgetsSection(Section):
     limits: Annotated[list[dict[str, Any]], BeforeValidator(none_as_empty_list)] = Field(
         default_factory=list
     )
+    rate_limits: Annotated[list[dict[str, Any]], BeforeValidator(none_as_empty_list)] = Field(
+        default_factory=list
+    )
+    """Tokens, requests or money per minute / hour per consumer (optionally per provider
+    and model); validated by the aggregator like ``limits``."""

@@ -1,4 +1,5 @@
-"""The budget tables (migration 7): budgets and reservations (issue 11).
+"""The budget tables (migration 7): budgets and reservations (issue 11); rate limits
+(migration 10).
 
 - ``budgets``: the budgets defined through the API, one row per change
   (``ReplacingMergeTree(Version)``, ``Deleted`` marks a deletion); read with ``FINAL``.
@@ -7,6 +8,7 @@
   Amounts are decimal strings, exact whatever their scale. The process keeps the live
   ones in memory (the source of truth for the atomic check) and reloads them from here
   at start, so a restart keeps them.
+- ``rate_limits``: the rate limits defined through the API, as ``budgets``.
 """
 
 from __future__ import annotations
@@ -42,4 +44,19 @@ CREATE TABLE IF NOT EXISTS {db}.budget_reservations (
     ChangedAt DateTime64(6, 'UTC')
 ) ENGINE = ReplacingMergeTree(Version)
 ORDER BY Id
+"""
+
+RATE_LIMITS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.rate_limits (
+    ConsumerId String,
+    Provider String,
+    Model String,
+    Unit LowCardinality(String),
+    Per LowCardinality(String),
+    Version UInt64,
+    Deleted UInt8,
+    Definition String,
+    ChangedAt DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(Version)
+ORDER BY (ConsumerId, Provider, Model, Unit, Per)
 """

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meterline.store._history import V1_USAGE_DDL, V3_USAGE_MV_DDL, V3_USAGE_MV_QUERY
-from meterline.store.budget_schema import BUDGETS_DDL, RESERVATIONS_DDL
+from meterline.store.budget_schema import BUDGETS_DDL, RATE_LIMITS_DDL, RESERVATIONS_DDL
 from meterline.store.rated_schema import (
     RATED_CURRENT_VIEW_DDL,
     RATED_DAILY_DDL,
@@ -347,6 +347,9 @@ MIGRATIONS += (
         ),
     ),
 )
+
+# Rate limits (issue 11 §4): definitions changed through the API.
+MIGRATIONS += (Migration(10, "rate_limits", (RATE_LIMITS_DDL,)),)
 
 EMBEDDED_TUNING: tuple[str, ...] = (
     f"ALTER TABLE {{db}}.{TRACES_TABLE} MODIFY SETTING merge_selector_base = 20, "
