@@ -37,6 +37,7 @@ from meterline.aggregator.budgets._rates import LONGEST, Entry, RateCheck, windo
 from meterline.aggregator.budgets._tables import (
     RESERVATION_COLUMNS,
     SELECT_LIVE_RESERVATIONS,
+    SELECT_RECENT_RESERVATIONS,
     SELECT_RESERVATION,
 )
 from meterline.aggregator.queries import READ_SETTINGS
@@ -168,24 +169,35 @@ class Ledger:
 
     def _load(self) -> None:
         _, rows = self.store.query(SELECT_LIVE_RESERVATIONS, settings=READ_SETTINGS)
-        for (rid, version, status, consumer, feature, has_feature, provider, model,
-             amount, tokens, created, expires, _changed) in rows:  # fmt: skip
-            r = Reservation(
-                id=str(rid),
-                consumer=str(consumer),
-                feature=str(feature) if has_feature else None,
-                provider=str(provider),
-                model=str(model),
-                money=None if amount is None else Decimal(amount),
-                tokens=int(tokens),
-                status=status,
-                created_at=_utc(created),
-                expires_at=_utc(expires),
-                version=int(version),
-            )
+        for r in map(self._reservation, rows):
             self._live.setdefault(r.consumer, {})[r.id] = r
         if rows:
             logger.info("budgets: %d live reservations reloaded", len(rows))
+        # the rate windows: every reservation of the last hour the call may have used
+        since = self.clock() - LONGEST
+        _, recent = self.store.query(
+            SELECT_RECENT_RESERVATIONS, {"since": since}, settings=READ_SETTINGS
+        )
+        for r in map(self._reservation, recent):
+            self._rates.setdefault(r.consumer, {})[r.id] = r
+
+    @staticmethod
+    def _reservation(row: Any) -> Reservation:
+        (rid, version, status, consumer, feature, has_feature, provider, model,
+         amount, tokens, created, expires, _changed) = row  # fmt: skip
+        return Reservation(
+            id=str(rid),
+            consumer=str(consumer),
+            feature=str(feature) if has_feature else None,
+            provider=str(provider),
+            model=str(model),
+            money=None if amount is None else Decimal(amount),
+            tokens=int(tokens),
+            status=status,
+            created_at=_utc(created),
+            expires_at=_utc(expires),
+            version=int(version),
+        )
 
     def persist(self, reservations: Iterable[Reservation]) -> None:
         """Write these states (call outside :attr:`lock`)."""
@@ -305,9 +317,13 @@ class Ledger:
                         blocking = i
                         break
                 if blocking is None and rates:
-                    entries = self.window_entries(consumer, now)
+                    # the windows end at the candidate's own instant and count every entry
+                    # after their start, later ones included: then no window holds more
+                    # than its limit, whatever order concurrent reserves take the lock in
+                    at = candidate.created_at
+                    entries = self.window_entries(consumer, at)
                     for i, rc in enumerate(rates):
-                        in_window, fits, retry = window_use(entries, rc, now)
+                        in_window, fits, retry = window_use(entries, rc, at)
                         rate_used.append(in_window)
                         if not fits:
                             rate_blocking, retry_after = i, retry

@@ -156,9 +156,10 @@ class Entry:
 def window_use(
     entries: Iterable[Entry], check: RateCheck, now: datetime
 ) -> tuple[Decimal, bool, float | None]:
-    """What the window ``(now - W, now]`` holds of ``check``'s limit, whether the candidate
-    fits, and — when it does not — the seconds until it would (``None``: never, it is
-    larger than the limit)."""
+    """What the window starting at ``now - W`` holds of ``check``'s limit (every entry
+    after that start, including any stamped after ``now`` by a concurrent reserve),
+    whether the candidate fits, and — when it does not — the seconds until it would
+    (``None``: never, it is larger than the limit)."""
     limit = check.limit
     start = now - limit.window
     inside = sorted(

@@ -14,6 +14,12 @@ room left (``limit - spent``) **down** — the check can only be more cautious t
 exact one, by less than 10**-8 per reservation; sums stay exact below 9·10**7 currency
 units per consumer. The exact amounts stay in the store table (``budget_reservations``).
 
+Rate limits (:mod:`._rates`): a second hash per consumer (``<prefix>:rate:<consumer>``)
+keeps the last hour's reservations under a rate limit (``created_us|units|tokens|<json>``);
+:data:`RESERVE` sums each limit's sliding window from it after the budgets fit, and adds
+the candidate to both hashes only when every window has room. Settle rewrites the entry's
+amounts, release deletes it; entries older than the longest window are dropped.
+
 Counted reservations (their span is stored): the replica that finds them marks them with
 Redis's clock *after* its store read; a replica excludes a reservation from its sums only
 when its own snapshot was taken after that mark (so its spend includes the call), and the
@@ -40,6 +46,7 @@ from meterline.aggregator.budgets._ledger import (
     Snapshot,
     Totals,
 )
+from meterline.aggregator.budgets._rates import LONGEST, RATE_TOKENS, REQUESTS, Entry, RateCheck
 from meterline.store import Store
 
 SCALE = 8
@@ -116,6 +123,12 @@ for j = 1, #all, 2 do
   end
 end
 local out = {0}
+-- rate limits: ARGV[ro] = m, then per limit provider, model, window_us, kind (r|t|m),
+-- cap, amount; then the candidate's rate record (sliding windows ending now)
+local ro = 6 + n * 7
+local m = tonumber(ARGV[ro])
+local rate_block, retry = 0, -1
+local rate_used = {}
 if ARGV[3] ~= '' then
   for i = 1, n do
     if b[i][6] ~= '' and used[i] + b[i][7] > tonumber(b[i][6]) then
@@ -123,9 +136,61 @@ if ARGV[3] ~= '' then
       break
     end
   end
-  if out[1] == 0 then
+  if out[1] == 0 and m > 0 then
+    -- the windows end at the candidate's own instant (see _rates.window_use)
+    local crec = ARGV[ro + m * 6 + 1]
+    now = tonumber(string.sub(crec, 1, string.find(crec, '|', 1, true) - 1))
+    local entries = {}
+    local rall = redis.call('HGETALL', KEYS[3])
+    for j = 1, #rall, 2 do
+      local rec = rall[j + 1]
+      local p1 = string.find(rec, '|', 1, true)
+      local p2 = string.find(rec, '|', p1 + 1, true)
+      local p3 = string.find(rec, '|', p2 + 1, true)
+      local created = tonumber(string.sub(rec, 1, p1 - 1))
+      if created <= now - LONGEST then
+        redis.call('HDEL', KEYS[3], rall[j])
+      else
+        local meta = cjson.decode(string.sub(rec, p3 + 1))
+        entries[#entries + 1] = {created, tonumber(string.sub(rec, p1 + 1, p2 - 1)),
+                                 tonumber(string.sub(rec, p2 + 1, p3 - 1)), meta[1], meta[2]}
+      end
+    end
+    table.sort(entries, function(x, y) return x[1] < y[1] end)
+    for i = 1, m do
+      local o = ro + (i - 1) * 6
+      local prov, model, win, kind = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3]), ARGV[o + 4]
+      local cap, amount = tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6])
+      local total, inside = 0, {}
+      for _, e in ipairs(entries) do
+        if e[1] > now - win and (prov == '' or prov == e[4]) and (model == '' or model == e[5]) then
+          local v = 1
+          if kind == 't' then v = e[3] elseif kind == 'm' then v = e[2] end
+          total = total + v
+          inside[#inside + 1] = {e[1], v}
+        end
+      end
+      rate_used[i] = total
+      if total + amount > cap then
+        rate_block = i
+        if amount <= cap then
+          local left = total
+          for _, x in ipairs(inside) do
+            left = left - x[2]
+            if left + amount <= cap then
+              retry = x[1] + win - now
+              break
+            end
+          end
+        end
+        break
+      end
+    end
+  end
+  if out[1] == 0 and rate_block == 0 then
     redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
     redis.call('HSET', KEYS[2], ARGV[3], ARGV[#ARGV - 1])
+    if m > 0 then redis.call('HSET', KEYS[3], ARGV[3], ARGV[ro + m * 6 + 1]) end
     for i = 1, n do used[i] = used[i] + b[i][7] end
   end
 end
@@ -133,14 +198,20 @@ for i = 1, n do
   out[#out + 1] = used[i]
   out[#out + 1] = settled[i]
 end
+out[#out + 1] = rate_block
+out[#out + 1] = retry
+for i = 1, #rate_used do out[#out + 1] = rate_used[i] end
 return out
-""".replace("COUNTED_KEEP", str(COUNTED_KEEP_US))
+""".replace("COUNTED_KEEP", str(COUNTED_KEEP_US)).replace(
+        "LONGEST", str(int(LONGEST.total_seconds() * 1_000_000))
+    )
 )
 
 SETTLE = (
     _PARSE
     + """
--- KEYS[1] hash; ARGV: id, units, tokens, meta. Returns the status before ('' if absent).
+-- KEYS[1] hash, KEYS[2] rate windows; ARGV: id, units, tokens, meta. Returns the status
+-- before ('' if absent).
 local rec = redis.call('HGET', KEYS[1], ARGV[1])
 if not rec then return '' end
 local status, units, tokens, created, expires, counted, hasf, feat, f = parse(rec)
@@ -148,6 +219,12 @@ if counted > 0 then return 'counted' end
 if status ~= 'reserved' then return status end
 f[1], f[2], f[3], f[8] = 'settled', ARGV[2], ARGV[3], ARGV[4]
 redis.call('HSET', KEYS[1], ARGV[1], join(f))
+local rate = redis.call('HGET', KEYS[2], ARGV[1])
+if rate then
+  local p1 = string.find(rate, '|', 1, true)
+  redis.call('HSET', KEYS[2], ARGV[1], table.concat(
+    {string.sub(rate, 1, p1 - 1), ARGV[2], ARGV[3], ARGV[4]}, '|'))
+end
 return status
 """
 )
@@ -162,6 +239,7 @@ if counted > 0 then return 'counted' end
 if status == 'reserved' then
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])  -- the call was not sent: out of the rate windows
 end
 return status
 """
@@ -219,6 +297,23 @@ def record(r: Reservation) -> str:
          str(micros(r.expires_at)), "0", "1" if r.feature is not None else "0",
          meta(r.provider, r.model, r.feature)]
     )  # fmt: skip
+
+
+def rate_record(r: Reservation) -> str:
+    """``created_us|units|tokens|<json>``: a reservation as the rate windows see it."""
+    return "|".join([str(micros(r.created_at)), str(units(r.money)), str(r.tokens),
+                     meta(r.provider, r.model, r.feature)])  # fmt: skip
+
+
+def _rate_args(rc: RateCheck) -> list[Any]:
+    limit = rc.limit
+    kind = "r" if limit.unit == REQUESTS else "t" if limit.unit == RATE_TOKENS else "m"
+    if kind == "m":
+        cap, amount = room(limit.limit), units(rc.amount)
+    else:
+        cap, amount = int(limit.limit), int(rc.amount)
+    window = int(limit.window.total_seconds() * 1_000_000)
+    return [limit.provider or "", limit.model or "", window, kind, cap, amount]
 
 
 def parse(consumer: str, rid: str, value: str) -> tuple[Reservation, int]:
@@ -283,9 +378,26 @@ class RedisLedger(Ledger):
         seconds, micro = self._do("time")
         return int(seconds) * 1_000_000 + int(micro)
 
+    def _rate_key(self, consumer: str) -> str:
+        return f"{self.prefix}:rate:{{{consumer}}}"
+
+    def rate_entries(self, consumer: str, now: datetime) -> list[Entry]:
+        out = []
+        for value in self._do("hgetall", self._rate_key(consumer)).values():
+            created, amount, tokens, rest = value.split("|", 3)
+            provider, model, _feature = json.loads(rest)
+            out.append(Entry(_at(int(created)), provider, model, int(tokens),
+                             from_units(int(amount))))  # fmt: skip
+        return out
+
     def reserve(
-        self, consumer: str, checks: list[Check], candidate: Reservation | None
+        self,
+        consumer: str,
+        checks: list[Check],
+        candidate: Reservation | None,
+        rates: list[RateCheck] | None = None,
     ) -> tuple[Totals, list[Reservation]]:
+        rates = rates or []
         snap = self._snapshots.get(consumer)
         taken = getattr(snap, "taken_us", 0)
         args: list[Any] = [taken, int(self.settled_keep.total_seconds() * 1e6)]
@@ -304,8 +416,14 @@ class RedisLedger(Ledger):
                 cap,
                 amount,
             ]
+        args.append(len(rates))
+        for rc in rates:
+            args += _rate_args(rc)
+        if rates:
+            args.append(rate_record(candidate) if candidate is not None else "")
         args += [consumer, micros(self.clock())]
-        out = self._run(self._reserve, [self._key(consumer), self._owner_key()], args)
+        keys = [self._key(consumer), self._owner_key(), self._rate_key(consumer)]
+        out = self._run(self._reserve, keys, args)
         blocking = int(out[0]) - 1 if int(out[0]) else None
         used, settled = [], []
         for i, c in enumerate(checks):
@@ -316,7 +434,18 @@ class RedisLedger(Ledger):
             else:
                 used.append(from_units(u))
                 settled.append(from_units(st))
-        return Totals(blocking, used, settled), []
+        rest = out[1 + 2 * len(checks) :]
+        rate_block, retry_us = int(rest[0]), int(rest[1])
+        rate_used = tuple(
+            from_units(int(v)) if rc.limit.in_money else Decimal(int(v))
+            for v, rc in zip(rest[2:], rates, strict=False)
+        )
+        return Totals(
+            blocking, used, settled,
+            rate_block - 1 if rate_block else None,
+            retry_us / 1_000_000 if rate_block and retry_us >= 0 else None,
+            rate_used,
+        ), []  # fmt: skip
 
     def _owner(self, rid: str, consumer: str | None) -> str | None:
         owner = self._do("hget", self._owner_key(), rid)
@@ -339,7 +468,7 @@ class RedisLedger(Ledger):
         money, tokens = price(replace(r, model=used_model))
         before = self._run(
             self._settle,
-            [self._key(r.consumer)],
+            [self._key(r.consumer), self._rate_key(r.consumer)],
             [rid, units(money), tokens, meta(r.provider, used_model, r.feature)],
         )
         if before == "":
@@ -354,7 +483,8 @@ class RedisLedger(Ledger):
         r = self._current(owner, rid) if owner is not None else None
         if r is None:
             return None, None
-        before = self._run(self._release, [self._key(r.consumer), self._owner_key()], [rid])
+        keys = [self._key(r.consumer), self._owner_key(), self._rate_key(r.consumer)]
+        before = self._run(self._release, keys, [rid])
         if before == "":
             return None, None
         if before != "reserved":

@@ -1,5 +1,7 @@
 """Rate limits (issue 11 §4): tokens / requests / money per minute or hour, per consumer
-and optionally provider / model, enforced at reservation time by sliding windows.
+and optionally provider / model, enforced at reservation time by sliding windows — in
+this process's ledger and in Redis (Debian's ``redis-server`` on a free port, skipped
+when absent; ``.ci/run`` installs it).
 
 Amounts: a reservation's tokens are input + max_tokens (1000 + 500 = 1500 by default);
 its money the worst case (gpt-4o 2.00 / 8.00 per million, acme +20 %: 0.0072).
@@ -7,14 +9,21 @@ its money the worst case (gpt-4o 2.00 / 8.00 per million, acme +20 %: 0.0072).
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 
+from meterline.aggregator.budgets import BudgetService, load_budgets_config
 from meterline.aggregator.keys import create_key
 from tests.aggregator._budgets import Clock, admin, budget_app, reserve_body
 from tests.aggregator._calls import utc
 from tests.aggregator._tenants import client
+from tests.aggregator.pricing_config import CONFIG_YAML, write_config
 
 T0 = utc(2026, 3, 20, 12, 0, 30)
 
@@ -24,9 +33,55 @@ def clock() -> Clock:
     return Clock(T0)
 
 
+def start_redis(tmp_path) -> tuple[str, subprocess.Popen]:
+    """A real redis-server on a free loopback port (the test is skipped without one)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    redis = pytest.importorskip("redis")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client_ = redis.Redis(port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client_.ping()
+            return f"redis://127.0.0.1:{port}/0", proc
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline and proc.poll() is None, "redis did not start"
+            time.sleep(0.05)
+
+
 @pytest.fixture
-def app(store, tmp_path, clock):
-    return budget_app(store, tmp_path, clock)
+def redis_url(tmp_path) -> Iterator[str]:
+    url, proc = start_redis(tmp_path)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def redis_app(store, tmp_path, clock, url):
+    app = budget_app(store, tmp_path, clock)
+    path = write_config(tmp_path, CONFIG_YAML)
+    app.state.budgets = BudgetService(
+        store, load_budgets_config(path, currency="USD"), currency="USD",
+        snapshot_seconds=0, clock=clock, redis_url=url,
+    )  # fmt: skip
+    return app
+
+
+@pytest.fixture(params=["memory", "redis"])
+def app(request, store, tmp_path, clock):
+    if request.param == "memory":
+        return budget_app(store, tmp_path, clock)
+    return redis_app(store, tmp_path, clock, request.getfixturevalue("redis_url"))
 
 
 def put(a, consumer="acme", **body):
@@ -221,3 +276,18 @@ def test_rate_limits_section_errors():
             {"rate_limits": [{"consumer": "a", "limit": "1", "unit": "requests", "per": "hour"}]
              * 2}, currency="USD",
         )  # fmt: skip
+
+
+def test_windows_survive_a_restart(store, tmp_path, clock):
+    """A new process (the embedded ledger) reloads the last hour's reservations."""
+    a = admin(budget_app(store, tmp_path, clock))
+    put(a, limit="2", unit="requests", per="hour")
+    kept = reserve(a)
+    dropped = reserve(a)
+    assert a.delete(f"/v1/reservations/{dropped['id']}").status_code == 204
+    clock.now = T0 + timedelta(minutes=30)
+    again = admin(budget_app(store, tmp_path, clock))  # a restart: nothing in memory
+    assert reserve(again)["allowed"] is True  # the released one does not count
+    r = reserve(again)
+    assert r["allowed"] is False and r["retry_after"] == pytest.approx(1800)
+    assert kept["allowed"]
