@@ -77,8 +77,15 @@ def redis_app(store, tmp_path, clock, url):
     return app
 
 
+@pytest.fixture
+def app(store, tmp_path, clock):
+    """The API and validation: the same code whichever ledger holds the windows."""
+    return budget_app(store, tmp_path, clock)
+
+
 @pytest.fixture(params=["memory", "redis"])
-def app(request, store, tmp_path, clock):
+def each(request, store, tmp_path, clock):
+    """The windows, once per ledger: this process's, and Redis's script."""
     if request.param == "memory":
         return budget_app(store, tmp_path, clock)
     return redis_app(store, tmp_path, clock, request.getfixturevalue("redis_url"))
@@ -96,8 +103,8 @@ def reserve(a, **kw):
     return r.json()
 
 
-def test_requests_per_minute_slide(app, clock):
-    a = admin(app)
+def test_requests_per_minute_slide(each, clock):
+    a = admin(each)
     put(a, limit="3", unit="requests", per="minute")
     got = []
     for dt in (0, 10, 20):
@@ -116,10 +123,10 @@ def test_requests_per_minute_slide(app, clock):
     assert reserve(a)["allowed"] is False  # the one at +10 s is still inside
 
 
-def test_no_calendar_edge_doubles_the_limit(app, clock):
+def test_no_calendar_edge_doubles_the_limit(each, clock):
     """A fixed-window limiter lets 2x through across 12:00:59 → 12:01:00; a sliding one
     does not (minute and hour edges)."""
-    a = admin(app)
+    a = admin(each)
     put(a, limit="2", unit="requests", per="minute")
     put(a, limit="4", unit="requests", per="hour")
     clock.now = utc(2026, 3, 20, 12, 0, 59)
@@ -139,8 +146,8 @@ def test_no_calendar_edge_doubles_the_limit(app, clock):
     assert reserve(a)["allowed"] is False
 
 
-def test_tokens_per_minute_settle_replaces_and_release_frees(app, clock):
-    a = admin(app)
+def test_tokens_per_minute_settle_replaces_and_release_frees(each, clock):
+    a = admin(each)
     put(a, limit="3000", unit="tokens", per="minute")
     first = reserve(a)  # 1500
     second = reserve(a)  # 3000
@@ -162,8 +169,8 @@ def test_tokens_per_minute_settle_replaces_and_release_frees(app, clock):
     assert reserve(a, max_tokens=100)["allowed"] is False  # 900 + 1500 + 1100 > 3000
 
 
-def test_money_per_hour_and_a_call_larger_than_the_limit(app, clock):
-    a = admin(app)
+def test_money_per_hour_and_a_call_larger_than_the_limit(each, clock):
+    a = admin(each)
     put(a, limit="0.0144", unit="USD", per="hour")
     assert reserve(a)["allowed"] and reserve(a)["allowed"]  # 2 x 0.0072
     r = reserve(a)
@@ -178,8 +185,8 @@ def test_money_per_hour_and_a_call_larger_than_the_limit(app, clock):
     assert "no price" in unpriced["reason"]
 
 
-def test_scoped_by_provider_and_model(app, clock):
-    a = admin(app)
+def test_scoped_by_provider_and_model(each, clock):
+    a = admin(each)
     put(a, limit="1", unit="requests", per="minute", provider="openai", model="gpt-4o")
     assert reserve(a)["allowed"] is True
     assert reserve(a)["allowed"] is False
@@ -190,8 +197,8 @@ def test_scoped_by_provider_and_model(app, clock):
     assert reserve(a, consumer="zz")["id"] is None
 
 
-def test_budgets_are_checked_first(app, clock):
-    a = admin(app)
+def test_budgets_are_checked_first(each, clock):
+    a = admin(each)
     a.put("/v1/budgets/acme", json={"limit": "0.0072", "unit": "USD", "period": "month"})
     put(a, limit="1", unit="requests", per="minute")
     ok = reserve(a)
