@@ -162,19 +162,25 @@ def window_use(
     (``None``: never, it is larger than the limit)."""
     limit = check.limit
     start = now - limit.window
-    inside = sorted(
-        (e.created_at, limit.amount(e.tokens, e.money))
-        for e in entries
-        if e.created_at > start and limit.applies_to(limit.consumer, e.provider, e.model)
-    )
-    used = sum((a for _, a in inside), Decimal(0))
+    p, m = limit.provider, limit.model
+    inside = [
+        e for e in entries
+        if e.created_at > start and (p is None or p == e.provider) and (m is None or m == e.model)
+    ]  # fmt: skip
+    # sums without Decimal where the unit is whole (the common, hot path)
+    if limit.unit == REQUESTS:
+        used = Decimal(len(inside))
+    elif limit.unit == RATE_TOKENS:
+        used = Decimal(sum(e.tokens for e in inside))
+    else:
+        used = sum((e.money or Decimal(0) for e in inside), Decimal(0))
     if used + check.amount <= limit.limit:
         return used, True, 0.0
     if check.amount > limit.limit:
         return used, False, None
     left = used
-    for created, amount in inside:
-        left -= amount
+    for e in sorted(inside, key=lambda e: e.created_at):  # only when refused
+        left -= limit.amount(e.tokens, e.money)
         if left + check.amount <= limit.limit:
-            return used, False, (created + limit.window - now).total_seconds()
+            return used, False, (e.created_at + limit.window - now).total_seconds()
     return used, False, None  # unreachable: an empty window fits an amount within the limit
