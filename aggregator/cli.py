@@ -1,7 +1,7 @@
 """CLI commands of the aggregator: ``invoice``, ``export``, ``prices show|update``,
 ``finalize``, ``reprice``, ``keys create|list|revoke`` (:mod:`.cli_keys`),
-``stripe sync|setup|reconcile|status`` (:mod:`.cli_stripe`). Imports stay light (server
-modules load inside commands).
+``stripe sync|setup|reconcile|status`` (:mod:`.cli_stripe`), ``grafana push|write``
+(:mod:`.cli_grafana`). Imports stay light (server modules load inside commands).
 
 Each command talks to a running server when ``METERLINE_API_URL`` is set (key in
 ``METERLINE_API_KEY``), otherwise opens the store itself (``--data-dir`` or
@@ -565,10 +565,11 @@ def register(app: typer.Typer) -> None:
 
         _emit(data, fmt, render, lambda d: (d["consumers"], columns))
 
-    from meterline.aggregator import cli_keys, cli_stripe
+    from meterline.aggregator import cli_grafana, cli_keys, cli_stripe
 
     cli_keys.register(app)
     cli_stripe.register(app)
+    cli_grafana.register(app)
 
 
 def _nonzero(text: str) -> bool:

@@ -70,6 +70,9 @@ class ServerSettings(BaseSettings):
     """Inserts running at once (one engine insert is mostly single-threaded)."""
     fsync: bool = False
     """fsync each insert's parts (survives power loss; slower)."""
+    grafana_datasource_uid: str = Field("meterline", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    """The Grafana datasource uid the dashboards of ``/v1/grafana/dashboards`` default to
+    (the provisioning file's and ``meterline grafana push``'s is ``meterline``)."""
     rating_interval_s: float = Field(5.0, ge=0)
     """How often the rating loop looks for usage or prices that changed and re-rates
     them into ``rated_usage`` (docs/rated-usage.md); 0 turns the loop off (API readers

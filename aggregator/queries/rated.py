@@ -196,7 +196,12 @@ SELECT
        toDecimal256(tt.2, 0) * toDecimal256(tt.4, {AMOUNT_SCALE})) AS amount,
     if(amount IS NULL, NULL,
        amount * toDecimal256(markup_fraction, {MARKUP_FRACTION_SCALE})),
-    {{currency:String}}, source, {{config_version:String}}, {{rated_at:DateTime64(3, 'UTC')}}
+    {{currency:String}}, source, {{config_version:String}}, {{rated_at:DateTime64(3, 'UTC')}},
+    toDecimal128(markup_fraction, {MARKUP_FRACTION_SCALE}),
+    -- the engine may evaluate a branch on rows the condition excludes: never parse ''
+    if(no_price OR per_token[1] = '' OR NOT has({_array(list(TOKEN_TYPES[:4]))}, token_type),
+       NULL, toDecimal256(tt.2, 0)
+           * toDecimal256(if(per_token[1] = '', '0', per_token[1]), {AMOUNT_SCALE}))
 FROM (
     SELECT *,
         indexOf({{cell_keys:Array(Tuple(String, String, String, UInt64, UInt64, UInt64))}},

@@ -25,11 +25,18 @@ class RatingError(MeterlineError):
     """Usage cannot be rated into the table exactly (a price with too many decimals)."""
 
 
+TABLE_LAYOUT = "rated-v2"
+"""The columns a rating writes (v2: ``MarkupFraction``, ``AtInputPrice``, migration 10):
+part of the version, so rows written in an older layout are rated again."""
+
+
 def config_version(pricing: Pricing) -> str:
     """A short digest of everything a rating depends on: currency, configured prices,
     plans and the catalogue in use. Another digest: every month is rated again."""
     catalogue = pricing.catalogue
-    text = repr(pricing.config) + "|" + (catalogue.version if catalogue is not None else "-")
+    text = f"{TABLE_LAYOUT}|{pricing.config!r}|" + (
+        catalogue.version if catalogue is not None else "-"
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

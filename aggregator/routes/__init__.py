@@ -7,6 +7,7 @@ from meterline.aggregator.routes import (
     budgets,
     estimate,
     export,
+    grafana,
     health,
     invoices,
     keys,
@@ -32,6 +33,7 @@ api_router.include_router(reservations.router)
 api_router.include_router(rate_limits.router)
 api_router.include_router(estimate.router)
 api_router.include_router(stripe.router)
+api_router.include_router(grafana.router)
 
 public_router = APIRouter()
 public_router.include_router(health.router)

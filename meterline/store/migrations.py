@@ -29,6 +29,7 @@ from meterline.store.rated_schema import (
     RATED_DAYS_DDL,
     RATED_HOURS_DDL,
     RATED_MONTHS_DDL,
+    RATED_USAGE_DASHBOARD_DDL,
     RATED_USAGE_DDL,
 )
 from meterline.store.stripe_schema import (
@@ -350,6 +351,17 @@ MIGRATIONS += (
 
 # Rate limits (issue 11 §4): definitions changed through the API.
 MIGRATIONS += (Migration(10, "rate_limits", (RATE_LIMITS_DDL,)),)
+
+# What the dashboards read that invoices did not (issue 12 §1): the plan's markup
+# fraction and the amount at the input price (cache savings). The view is recreated so
+# that ``SELECT *`` names the new columns.
+MIGRATIONS += (
+    Migration(
+        11,
+        "rated usage: markup fraction and amount at the input price (dashboards)",
+        (RATED_USAGE_DASHBOARD_DDL, RATED_CURRENT_VIEW_DDL),
+    ),
+)
 
 EMBEDDED_TUNING: tuple[str, ...] = (
     f"ALTER TABLE {{db}}.{TRACES_TABLE} MODIFY SETTING merge_selector_base = 20, "

@@ -140,6 +140,26 @@ WHERE (Hour, Run) IN (SELECT Hour, Run FROM {db}.rated_hours FINAL)
 """The rows in force (each hour's newest completed run): what SQL readers such as Grafana
 should query. Money billed: ``sumIf(Amount + MarkupAmount, Status = 'billed')``."""
 
+RATED_USAGE_DASHBOARD_DDL = (
+    f"ALTER TABLE {{db}}.rated_usage"
+    f" ADD COLUMN IF NOT EXISTS MarkupFraction Decimal(38, {MARKUP_FRACTION_SCALE}),"
+    f" ADD COLUMN IF NOT EXISTS AtInputPrice Nullable(Decimal(76, {AMOUNT_SCALE}))"
+)
+"""Migration 10 (issue 12, what the dashboards need that invoices did not):
+
+- ``MarkupFraction``: ``markup_percent / 100`` of the consumer's plan, so SQL can round
+  the markup of an invoice's subtotal as the invoice does (``round(subtotal ×
+  MarkupFraction, 2)``);
+- ``AtInputPrice``: what the row's tokens would have cost at the group's *input* price
+  (``Quantity × input price``, exact), on rows of the input-side token types (``input``,
+  ``cache_read``, ``cache_write``, ``cache_write_1h``) of priced usage; NULL elsewhere.
+  Cache savings = ``sumIf(AtInputPrice - Amount, TokenType = 'cache_read' AND Status =
+  'billed')``, before the plan's markup.
+
+Rows rated before the migration have 0 / NULL there: the rating version
+(``meterline.aggregator.rated.config_version``) names the table's layout, so every month
+is rated again once after the upgrade."""
+
 RATED_USAGE_COLUMNS: tuple[str, ...] = (
     "Hour",
     "Run",
@@ -163,4 +183,6 @@ RATED_USAGE_COLUMNS: tuple[str, ...] = (
     "PriceSource",
     "ConfigVersion",
     "RatedAt",
+    "MarkupFraction",
+    "AtInputPrice",
 )

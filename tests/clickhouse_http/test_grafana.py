@@ -3,23 +3,24 @@
 The plugin (clickhouse-go v2, protocol "http") POSTs the SQL with ``database``,
 ``default_format=Native`` and ``client_protocol_version``; its query editor reads
 metadata with ``SHOW DATABASES``, ``SHOW TABLES FROM "db"``, ``DESC TABLE "db"."t"``,
-``system.functions`` and ``system.columns`` (``src/data/CHDatasource.ts``). Every panel
-and variable of ``dashboards/*.json`` runs with its macros expanded the way
-tests/dashboards does, and answers the same rows as the store.
+``system.functions`` and ``system.columns`` (``src/data/CHDatasource.ts``). Every panel of the dashboards
+runs with its macros expanded as the plugin expands them (tests/dashboards/grafana_expand.py)
+and answers the same rows as the store.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
 
+from meterline.aggregator.grafana import DASHBOARD_UIDS, build_dashboards
 from tests.clickhouse_http.conftest import Endpoint
 from tests.clickhouse_http.test_endpoint import grafana_post, post
-from tests.dashboards.test_dashboards import DASHBOARDS, expand
+from tests.dashboards.grafana_expand import QueryContext, Variables, expand
 
 if TYPE_CHECKING:
     from meterline.store import Store
@@ -59,29 +60,31 @@ def test_plugin_describe_names_the_columns(readonly: Endpoint) -> None:
     assert {"Timestamp", "ConsumerId", "InputTokens"} <= set(names)
 
 
-@pytest.mark.parametrize("dashboard", DASHBOARDS, ids=lambda p: p.name)
+@pytest.mark.parametrize("uid", DASHBOARD_UIDS)
 def test_every_dashboard_query_answers_like_the_store(
-    readonly: Endpoint, ch_store: Store, dashboard: Path
+    readonly: Endpoint, ch_store: Store, uid: str
 ) -> None:
+    """Each panel's SQL as the plugin sends it (Native) and as JSON answers the rows the
+    store answers (the panels' numbers: tests/dashboards)."""
     now = time.time_ns()
     attrs = {"gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
              "gen_ai.usage.input_tokens": "100", "gen_ai.usage.output_tokens": "10",
              "meterline.consumer.id": "grafana-acme", "meterline.feature": "chat"}  # fmt: skip
     ch_store.insert_columns("otel_traces", [[now], ["c" * 32], ["d" * 16], [attrs]],
                             ["Timestamp", "TraceId", "SpanId", "SpanAttributes"])  # fmt: skip
-    doc = json.loads(dashboard.read_text())
-    start, end = now // 10**9 - 3600, now // 10**9 + 60
-    queries = [var["query"] for var in doc["templating"]["list"]]
-    for selection in ({"consumer": None, "feature": None},
-                      {"consumer": ["grafana-acme"], "feature": ["chat"]}):  # fmt: skip
-        for panel in doc["panels"]:
-            queries += [expand(t["rawSql"], selection, start, end) for t in panel["targets"]]
+    [doc] = [d for d in build_dashboards(database=readonly.database) if d["uid"] == uid]
+    at = datetime.fromtimestamp(now / 1e9, UTC)
+    ctx = QueryContext(at - timedelta(hours=1), at + timedelta(minutes=1), interval_s=60)
+    variables = Variables(current={"database": readonly.database}, options={})
+    for var in doc["templating"]["list"]:
+        if var["type"] == "query":
+            variables.options[var["name"]] = ["grafana-acme"]
+            variables.current[var["name"]] = "grafana-acme" if not var["multi"] else ["$__all"]
+    queries = [expand(t["rawSql"], variables, ctx) for p in doc["panels"] for t in p["targets"]]
     for sql in queries:
-        sql_here = sql.replace("{db}.", "")  # the endpoint's default database is the store's
-        native = grafana_post(readonly, sql_here)
-        assert native.status_code == 200, (sql_here, native.text)
-        as_json = post(readonly, sql_here, params={"default_format": "JSONCompact"})
-        assert as_json.status_code == 200, (sql_here, as_json.text)
-        _, rows = ch_store.query(sql.replace("FROM llm_usage", "FROM {db}.llm_usage"))
-        assert len(json.loads(as_json.content)["data"]) == len(rows), sql_here
-        assert rows, sql_here
+        native = grafana_post(readonly, sql)
+        assert native.status_code == 200, (sql, native.text)
+        as_json = post(readonly, sql, params={"default_format": "JSONCompact"})
+        assert as_json.status_code == 200, (sql, as_json.text)
+        _, rows = ch_store.query(sql)
+        assert len(json.loads(as_json.content)["data"]) == len(rows), sql

@@ -1,0 +1,129 @@
+"""The consumer detail dashboard: one consumer's spend, tokens by type, features, models,
+budgets and the projected month-end spend.
+
+Budgets: each budget of the consumer (``budgets``, as ``/v1/budgets`` defines them) with
+what it has spent in its current period — the rated money (billed, markup included,
+exact) or the input + output tokens its plan bills. Periods are taken in **UTC** here
+(day, ISO week from Monday, month, total); ``/v1/budgets`` applies the budget's own time
+zone and rounds money as the invoice does, so the two can differ for a budget in another
+time zone and by that rounding.
+
+Projected month-end spend: the month-to-date spend scaled to the whole UTC month — a
+straight-line estimate, not an amount anyone is billed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meterline.aggregator.grafana._panels import (
+    BILLED,
+    CACHE_SAVINGS,
+    COUNTED,
+    RATED,
+    Layout,
+    counted_filter,
+    dashboard,
+    filter_variables,
+    rated_filter,
+)
+
+UID = "meterline-consumer"
+
+_PERIOD_START = (
+    "multiIf(Period = 'day', toStartOfDay(now(), 'UTC'),"
+    " Period = 'week', toDateTime(toMonday(now(), 'UTC'), 'UTC'),"
+    " Period = 'month', toDateTime(toStartOfMonth(now(), 'UTC'), 'UTC'),"
+    " toDateTime(0, 'UTC'))"
+)
+
+_IN_BUDGET = "r.hour >= b.since AND (b.HasFeature = 0 OR r.feature = b.Feature)"
+
+BUDGETS_SQL = f"""SELECT if(b.HasFeature = 1, b.Feature, '(all)') AS feature,
+       b.Period AS period, b.unit AS unit, toDecimal256(b.limit_text, 20) AS limit,
+       if(b.unit = 'tokens', toDecimal256(sumIf(r.tokens, {_IN_BUDGET}), 40),
+          toDecimal256(sumIf(r.amount, {_IN_BUDGET}), 40)) AS spent,
+       toFloat64(spent) / greatest(toFloat64(limit), 1e-12) AS used
+FROM (
+    SELECT ConsumerId, Feature, HasFeature, Period, {_PERIOD_START} AS since,
+           JSONExtractString(Definition, 'limit') AS limit_text,
+           JSONExtractString(Definition, 'unit') AS unit
+    FROM ${{database}}.budgets FINAL
+    WHERE Deleted = 0 AND ConsumerId = ${{consumer:singlequote}}
+) AS b
+LEFT JOIN (
+    SELECT ConsumerId, Feature AS feature, Hour AS hour, {BILLED} AS amount,
+           sumIf(Quantity, Status = 'billed' OR Status = 'unpriced') AS tokens
+    FROM {RATED}
+    WHERE ConsumerId = ${{consumer:singlequote}}
+    GROUP BY ConsumerId, feature, hour
+) AS r ON r.ConsumerId = b.ConsumerId
+GROUP BY feature, period, unit, limit, b.HasFeature, b.Feature
+ORDER BY feature, period"""
+
+_MONTH = "toDateTime(toStartOfMonth(now(), 'UTC'), 'UTC')"
+
+PROJECTED_SQL = f"""SELECT {BILLED} AS month_to_date,
+       month_to_date
+           * toUInt32(dateDiff('second', {_MONTH}, {_MONTH} + INTERVAL 1 MONTH))
+           / greatest(toUInt32(dateDiff('second', {_MONTH}, now())), 1) AS projected
+FROM {RATED}
+WHERE ConsumerId = ${{consumer:singlequote}} AND Hour >= {_MONTH}"""
+
+
+def build(
+    *, datasource_uid: str | None, database: str, money: str, minor_units: int
+) -> dict[str, Any]:
+    where = rated_filter(consumer="single")
+    bucket = "toStartOfInterval(Hour, INTERVAL greatest($__interval_s, 3600) second)"
+    layout = Layout()
+    layout.add("stat", "Spend", f"SELECT {BILLED} AS spend FROM {RATED} WHERE {where}",
+               unit=money, decimals=2, w=6, h=5)  # fmt: skip
+    layout.add("stat", "Projected month-end spend", PROJECTED_SQL, unit=money, decimals=2,
+               w=6, h=5, description="This UTC month so far, scaled to the whole month "
+               "(an estimate).")  # fmt: skip
+    layout.add("stat", "Cache savings",
+               f"SELECT {CACHE_SAVINGS} AS savings FROM {RATED} WHERE {where}",
+               unit=money, decimals=2, w=6, h=5)  # fmt: skip
+    layout.add("stat", "Calls", f"SELECT sum(Requests) AS calls FROM {RATED} WHERE {where}",
+               unit="short", w=6, h=5)  # fmt: skip
+    layout.add("timeseries", "Spend by feature",
+               f"SELECT {bucket} AS time, if(Feature = '', '(none)', Feature) AS feature,"
+               f" {BILLED} AS spend\nFROM {RATED}\nWHERE {where}\n"
+               "GROUP BY time, feature\nORDER BY time",
+               unit=money, w=12, h=8)  # fmt: skip
+    layout.add("timeseries", "Tokens by type",
+               f"SELECT {bucket} AS time, TokenType AS type, sum(Quantity) AS tokens\n"
+               f"FROM {RATED}\nWHERE {where} AND Status != 'invalid'\n"
+               "GROUP BY time, type\nORDER BY time",
+               unit="short", w=12, h=8)  # fmt: skip
+    for by, column in (("feature", "if(Feature = '', '(none)', Feature)"), ("model", "Model")):
+        layout.add("table", f"By {by}",
+                   f"SELECT {column} AS {by}, sum(Requests) AS requests,"
+                   f" sumIf(Quantity, Status != 'invalid') AS tokens, {BILLED} AS spend,"
+                   " sumIf(Requests, Status = 'unpriced') AS unpriced\n"
+                   f"FROM {RATED}\nWHERE {where}\nGROUP BY {by}\nORDER BY spend DESC",
+                   unit="short", w=12, h=8, overrides={"spend": money})  # fmt: skip
+    layout.add("table", "Budgets", BUDGETS_SQL, unit="short", w=24, h=7,
+               overrides={"used": "percentunit"},
+               description="Each budget's spend in its current period, taken in UTC "
+               "(/v1/budgets uses the budget's time zone and the invoice's rounding). "
+               "Money budgets: limit and spent in the pricing currency.")  # fmt: skip
+    layout.add("table", "Calls by token counts (counted usage)",
+               "SELECT count() AS requests, sumIf(InputTokens, UsageError = '') AS input,"
+               " sumIf(CacheReadInputTokens, UsageError = '') AS cache_read,"
+               " sumIf(CacheCreationInputTokens, UsageError = '') AS cache_write,"
+               " sumIf(OutputTokens, UsageError = '') AS output,"
+               " sumIf(ReasoningOutputTokens, UsageError = '') AS reasoning,"
+               " countIf(Estimated = 1) AS estimated\n"
+               f"FROM {COUNTED}\nWHERE {counted_filter(consumer='single')}",
+               unit="short", w=24, h=5)  # fmt: skip
+    return dashboard(
+        uid=UID,
+        title="meterline — consumer detail",
+        description="One consumer's spend, tokens, features, models and budgets (meterline).",
+        variables=filter_variables(consumer="single"),
+        layout=layout,
+        datasource_uid=datasource_uid,
+        database=database,
+    )
