@@ -192,3 +192,25 @@ def test_push_cli(grafana: tuple[GrafanaStandin, str], monkeypatch: pytest.Monke
     refused = runner.invoke(app, ["grafana", "push", "--url", url])
     assert refused.exit_code == 1 and "401" in refused.output
     assert "Traceback" not in refused.output
+
+
+def test_push_cli_takes_the_dashboards_from_a_running_server(
+    grafana: tuple[GrafanaStandin, str], store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meterline.aggregator.app import create_app
+    from meterline.settings import ServerSettings
+    from tests.clickhouse_http.conftest import _serve
+
+    state, url = grafana
+    for host, port in _serve(create_app(ServerSettings(admin_key="adm"), store)):
+        monkeypatch.setenv("METERLINE_API_URL", f"http://{host}:{port}")
+        monkeypatch.setenv("METERLINE_API_KEY", "adm")
+        monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+        result = CliRunner().invoke(app, ["grafana", "push", "--url", url])
+        assert result.exit_code == 0, result.output
+    assert sorted(state.dashboards) == sorted(DASHBOARD_UIDS)
+    for stored in state.dashboards.values():
+        [db] = [v for v in stored["dashboard"]["templating"]["list"] if v["name"] == "database"]
+        assert db["query"] == store.database  # the server's database, not the default
+    [ds] = state.datasources.values()
+    assert ds["jsonData"]["defaultDatabase"] == store.database
