@@ -26,7 +26,7 @@ class RatingError(MeterlineError):
 
 
 TABLE_LAYOUT = "rated-v2"
-"""The columns a rating writes (v2: ``MarkupFraction``, ``AtInputPrice``, migration 10):
+"""The columns a rating writes (v2: ``MarkupFraction``, ``AtInputPrice``, migration 11):
 part of the version, so rows written in an older layout are rated again."""
 
 

@@ -145,7 +145,7 @@ RATED_USAGE_DASHBOARD_DDL = (
     f" ADD COLUMN IF NOT EXISTS MarkupFraction Decimal(38, {MARKUP_FRACTION_SCALE}),"
     f" ADD COLUMN IF NOT EXISTS AtInputPrice Nullable(Decimal(76, {AMOUNT_SCALE}))"
 )
-"""Migration 10 (issue 12, what the dashboards need that invoices did not):
+"""Migration 11 (issue 12, what the dashboards need that invoices did not):
 
 - ``MarkupFraction``: ``markup_percent / 100`` of the consumer's plan, so SQL can round
   the markup of an invoice's subtotal as the invoice does (``round(subtotal ×
