@@ -60,6 +60,9 @@ ENV_KEY = "METERLINE_API_KEY"
 MAX_ASKS = 4
 WARN_EVERY = 60.0
 CHARS_PER_TOKEN_BOUND = 3
+INPUT_MARGIN = 1.15
+"""Reserved input = ceil(counted × INPUT_MARGIN) + INPUT_SLACK (see :func:`input_estimate`)."""
+INPUT_SLACK = 8
 _MAX_CACHE = 4096
 
 
@@ -79,7 +82,11 @@ def input_estimate(shape: Any, provider: str, model: str | None, raw: bytes) -> 
 
     :func:`meterline.instrumentation.tokens.count_input_tokens`: exact for OpenAI models
     with ``bpe-openai`` installed, else a calibrated estimate that errs high (see
-    docs/estimate.md). A body over 1 MiB or not a JSON object: ``ceil(bytes / 3)``, an
+    docs/estimate.md) — times :data:`INPUT_MARGIN` plus :data:`INPUT_SLACK`: the actual
+    usage replaces the reservation, and an input counted low would let that actual pass
+    a hard limit (an exact text count can still miss the provider's framing by a few
+    tokens; the simulator's heuristic counts ~12 % more than ``o200k_base`` on short
+    chats). A body over 1 MiB or not a JSON object: ``ceil(bytes / 3)``, an
     over-estimate for prose (~4 characters a token plus the JSON framing) that is near
     1x for UTF-8 CJK text.
     """
@@ -94,7 +101,7 @@ def input_estimate(shape: Any, provider: str, model: str | None, raw: bytes) -> 
             tokens, _exact = count_input_tokens(
                 provider, model or "", body, api=_APIS.get(type(shape).__name__)
             )
-            return tokens
+            return math.ceil(tokens * INPUT_MARGIN) + INPUT_SLACK
     return -(-len(raw) // CHARS_PER_TOKEN_BOUND)
 
 

@@ -4,7 +4,6 @@ reservation id."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -13,32 +12,12 @@ import pytest
 
 import meterline
 from meterline.instrumentation import consumer
-from meterline.simulator import SimulatorConfig, SimulatorServer, start
+from meterline.simulator import SimulatorServer
 
-from ._guard_stack import Aggregator, cost, instrument_guarded, run_aggregator, settled
-from .conftest import Recorded
+from .conftest import cost, settled
 
 MESSAGES = [{"role": "user", "content": "Say something about foxes and their dens."}]
 RID = "meterline.budget.reservation_id"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorServer]:
-    server = start(SimulatorConfig(seed=11))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def agg(store, tmp_path) -> Iterator[Aggregator]:
-    yield from run_aggregator(store, tmp_path)
-
-
-@pytest.fixture
-def guarded(monkeypatch, agg) -> Iterator[Recorded]:
-    yield from instrument_guarded(monkeypatch, agg.url)
 
 
 def oai(sim: SimulatorServer, **kw: Any) -> openai.OpenAI:
@@ -49,13 +28,13 @@ def last_entry(sim: SimulatorServer) -> Any:
     return sim.ledger.entries()[-1]
 
 
-def test_block_raises_budget_exceeded_and_sends_nothing(sim, agg, guarded):
-    agg.budget(limit="0.0001")
+def test_block_raises_budget_exceeded_and_sends_nothing(sim, agg, guarded, who):
+    agg.budget(who, limit="0.0001")
     before = len(sim.ledger.entries())
-    with consumer("acme"), pytest.raises(meterline.BudgetExceeded) as info:
+    with consumer(who), pytest.raises(meterline.BudgetExceeded) as info:
         oai(sim).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=500)
     exc = info.value
-    assert exc.consumer == "acme" and exc.feature is None and exc.policy == "block"
+    assert exc.consumer == who and exc.feature is None and exc.policy == "block"
     assert exc.budget["limit"] == "0.0001" and exc.unit == "USD"
     assert exc.spent == 0 and exc.reserved == 0
     assert exc.estimate > Decimal("0.0001")  # 500 output tokens alone cost 0.0048
@@ -63,14 +42,14 @@ def test_block_raises_budget_exceeded_and_sends_nothing(sim, agg, guarded):
     assert guarded.spans() == []
 
 
-def test_non_streamed_call_reserves_then_settles_to_its_usage(sim, agg, guarded):
-    agg.budget(limit="1.00")
-    with consumer("acme"):
+def test_non_streamed_call_reserves_then_settles_to_its_usage(sim, agg, guarded, who):
+    agg.budget(who, limit="1.00")
+    with consumer(who):
         out = oai(sim).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=60)
     attrs = guarded.one()
     assert attrs[RID].startswith("rsv_")
     settled()
-    state = agg.state()
+    state = agg.state(who)
     entry = last_entry(sim)
     actual = cost("gpt-4o", out.usage.prompt_tokens, out.usage.completion_tokens)
     assert out.usage.prompt_tokens == entry.input_tokens
@@ -78,9 +57,9 @@ def test_non_streamed_call_reserves_then_settles_to_its_usage(sim, agg, guarded)
     assert Decimal(state["spent"]) == actual
 
 
-def test_streamed_call_settles_when_the_stream_ends(sim, agg, guarded):
-    agg.budget(limit="1.00")
-    with consumer("acme"):
+def test_streamed_call_settles_when_the_stream_ends(sim, agg, guarded, who):
+    agg.budget(who, limit="1.00")
+    with consumer(who):
         stream = oai(sim).chat.completions.create(
             model="gpt-4o", messages=MESSAGES, max_tokens=60, stream=True
         )
@@ -89,16 +68,16 @@ def test_streamed_call_settles_when_the_stream_ends(sim, agg, guarded):
     settled()
     attrs = guarded.one()
     assert attrs[RID].startswith("rsv_")
-    state = agg.state()
+    state = agg.state(who)
     usage = last_entry(sim)
     assert Decimal(state["reserved"]) == 0
     assert Decimal(state["spent"]) == cost("gpt-4o", usage.input_tokens, usage.output_tokens)
 
 
-def test_stream_cut_short_settles_from_what_was_metered(sim, agg, guarded):
-    agg.budget(limit="1.00")
+def test_stream_cut_short_settles_from_what_was_metered(sim, agg, guarded, who):
+    agg.budget(who, limit="1.00")
     client = oai(sim, default_headers={"x-simulator-cut-after": "4"})
-    with consumer("acme"), pytest.raises(openai.APIError):
+    with consumer(who), pytest.raises(openai.APIError):
         stream = client.chat.completions.create(
             model="gpt-4o", messages=MESSAGES, max_tokens=200, stream=True
         )
@@ -107,7 +86,7 @@ def test_stream_cut_short_settles_from_what_was_metered(sim, agg, guarded):
     settled()
     attrs = guarded.one()
     assert attrs["meterline.usage.estimated"] is True
-    state = agg.state()
+    state = agg.state(who)
     assert Decimal(state["reserved"]) == 0
     expected = cost(
         "gpt-4o", attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -24,11 +25,13 @@ from meterline.instrumentation import MeterlineInstrumentor, attribution
 from meterline.instrumentation.budgets import _checkpoint
 from meterline.instrumentation.budgets._outbox import OUTBOX
 from meterline.settings import ServerSettings
+from meterline.simulator import SimulatorConfig, SimulatorServer, start
 from tests.aggregator._budgets import ADMIN
 from tests.aggregator._tenants import ADMIN_KEYS
 from tests.aggregator.pricing_config import CONFIG_YAML, write_config
+from tests.conftest import migrated_store
 
-from .conftest import Recorded
+from ..conftest import Recorded
 
 # gpt-4o now: $2.00 / $8.00 per million (acme pays 20 % markup); gpt-4o-mini is cheaper.
 PRICES = CONFIG_YAML.replace(
@@ -40,17 +43,17 @@ PRICES = CONFIG_YAML.replace(
     1,
 )
 MILLION = Decimal(1_000_000)
-MARKUP = Decimal("1.2")
 
 
-def cost(model: str, input_tokens: int, output_tokens: int) -> Decimal:
-    """acme's cost of a call at today's price (gpt-4o / gpt-4o-mini / claude-sonnet-4)."""
+def cost(model: str, input_tokens: int, output_tokens: int, markup: str = "1") -> Decimal:
+    """A call's cost at today's price (gpt-4o / gpt-4o-mini / claude-sonnet-4); consumers
+    other than acme (20 %) have no markup."""
     price = {
         "gpt-4o": (Decimal("2.00"), Decimal("8.00")),
         "gpt-4o-mini": (Decimal("0.15"), Decimal("0.60")),
         "claude-sonnet-4": (Decimal("3.00"), Decimal("15.00")),
     }[model]
-    return (input_tokens * price[0] + output_tokens * price[1]) / MILLION * MARKUP
+    return (input_tokens * price[0] + output_tokens * price[1]) / MILLION * Decimal(markup)
 
 
 class Aggregator:
@@ -62,14 +65,14 @@ class Aggregator:
             base_url=url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=30
         )
 
-    def budget(self, consumer: str = "acme", **body: Any) -> None:
+    def budget(self, consumer: str, **body: Any) -> None:
         feature = body.pop("feature", None)
         body = {"unit": "USD", "period": "month", "mode": "hard", **body}
         params = {"feature": feature} if feature else None
         r = self.http.put(f"/v1/budgets/{consumer}", json=body, params=params)
         assert r.status_code in (200, 201), r.text
 
-    def state(self, consumer: str = "acme", feature: str | None = None) -> dict[str, Any]:
+    def state(self, consumer: str, feature: str | None = None) -> dict[str, Any]:
         params = {"feature": feature} if feature else None
         r = self.http.get(f"/v1/budgets/{consumer}", params=params)
         assert r.status_code == 200, r.text
@@ -140,6 +143,33 @@ def instrument_guarded(
         attribution.load_defaults()
         _checkpoint.on_budget(None)
         provider.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorServer]:
+    server = start(SimulatorConfig(seed=17, retry_after_ms=5))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def agg(engine_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aggregator]:
+    """One aggregator per test module; tests keep apart by consumer (:func:`who`)."""
+    for store in migrated_store(engine_dir, "g"):
+        yield from run_aggregator(store, tmp_path_factory.mktemp("agg"))
+
+
+@pytest.fixture
+def who() -> str:
+    """A consumer of this test alone (no plan: no markup)."""
+    return f"c-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def guarded(monkeypatch: pytest.MonkeyPatch, agg: Aggregator) -> Iterator[Recorded]:
+    yield from instrument_guarded(monkeypatch, agg.url)
 
 
 def settled() -> None:
