@@ -21,7 +21,14 @@ from typing import Any
 
 
 class Unavailable(Exception):
-    """The aggregator did not give a usable answer (the guard's fail-open/closed case)."""
+    """The aggregator did not give a usable answer (the guard's fail-open/closed case).
+
+    ``down`` is True when it did not answer at all (refused, reset, timed out).
+    """
+
+    def __init__(self, reason: str, *, down: bool = False) -> None:
+        super().__init__(reason)
+        self.down = down
 
 
 class ReservationClient:
@@ -76,13 +83,15 @@ class ReservationClient:
                 self._drop()
                 if attempt == 0:
                     continue
-                raise Unavailable(f"{method} {url}: {exc.__class__.__name__}") from None
+                raise Unavailable(f"{method} {url}: {exc.__class__.__name__}", down=True) from None
             except TimeoutError:
                 self._drop()
-                raise Unavailable(f"{method} {url}: no answer within {self.timeout:g} s") from None
+                reason = f"{method} {url}: no answer within {self.timeout:g} s"
+                raise Unavailable(reason, down=True) from None
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
-                raise Unavailable(f"{method} {url}: {exc.__class__.__name__}: {exc}") from None
+                reason = f"{method} {url}: {exc.__class__.__name__}: {exc}"
+                raise Unavailable(reason, down=True) from None
             if response.will_close:
                 self._drop()
             break

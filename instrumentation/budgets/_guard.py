@@ -58,6 +58,10 @@ ENV_URL = "METERLINE_API_URL"
 ENV_KEY = "METERLINE_API_KEY"
 
 MAX_ASKS = 4
+DOWN_SECONDS = 5.0
+"""After the aggregator did not answer (refused, reset, timed out), calls fail open or
+closed at once for this long instead of each waiting for it."""
+DEFAULT_TIMEOUT = 5.0
 WARN_EVERY = 60.0
 CHARS_PER_TOKEN_BOUND = 3
 INPUT_MARGIN = 1.15
@@ -110,7 +114,7 @@ class GuardConfig:
     url: str
     key: str | None
     fail_closed: bool = False
-    timeout: float = 2.0
+    timeout: float = DEFAULT_TIMEOUT
     ttl_seconds: int | None = None
     rate_limit_wait: float = 0.0
 
@@ -144,7 +148,7 @@ class GuardConfig:
             url=url,
             key=env.get(ENV_KEY) or None,
             fail_closed=fail == "closed",
-            timeout=_number(env, ENV_TIMEOUT, 2.0, low=0.001),
+            timeout=_number(env, ENV_TIMEOUT, DEFAULT_TIMEOUT, low=0.001),
             ttl_seconds=int(_number(env, ENV_TTL, 0, low=0)) or None,
             rate_limit_wait=_number(env, ENV_RATE_WAIT, 0.0, low=0.0),
         )
@@ -199,6 +203,8 @@ class Guard:
         self.client = client or ReservationClient(config.url, config.key, timeout=config.timeout)
         self._cache: dict[tuple[str, str | None], float] = {}
         self._warned_at = -math.inf
+        self._down_until = -math.inf
+        self._down_reason = ""
         self._warn_lock = threading.Lock()
 
     # -- before the call ----------------------------------------------------------------
@@ -230,10 +236,12 @@ class Guard:
             while True:
                 kind, arg = action
                 if kind == "reserve":
-                    try:
-                        result: Any = self.client.post("/v1/reservations", arg)
-                    except Unavailable as exc:
-                        result = exc
+                    result: Any = self._down()
+                    if result is None:
+                        try:
+                            result = self.client.post("/v1/reservations", arg)
+                        except Unavailable as exc:
+                            result = self._failed(exc)
                 else:
                     time.sleep(arg)
                     result = None
@@ -255,12 +263,14 @@ class Guard:
             while True:
                 kind, arg = action
                 if kind == "reserve":
-                    try:
-                        result: Any = await loop.run_in_executor(
-                            None, self.client.post, "/v1/reservations", arg
-                        )
-                    except Unavailable as exc:
-                        result = exc
+                    result: Any = self._down()
+                    if result is None:
+                        try:
+                            result = await loop.run_in_executor(
+                                None, self.client.post, "/v1/reservations", arg
+                            )
+                        except Unavailable as exc:
+                            result = self._failed(exc)
                 else:
                     await asyncio.sleep(arg)
                     result = None
@@ -272,6 +282,18 @@ class Guard:
         except Exception as exc:
             logger.debug("meterline: the budget guard failed", exc_info=True)
             return self._unavailable(ask, f"the guard failed ({exc!r})")
+
+    def _down(self) -> Unavailable | None:
+        """While the aggregator is known down, do not wait for it on every call."""
+        if time.monotonic() < self._down_until:
+            return Unavailable(f"{self._down_reason} (not asked again for {DOWN_SECONDS:g} s)")
+        return None
+
+    def _failed(self, exc: Unavailable) -> Unavailable:
+        if exc.down:
+            self._down_reason = str(exc)
+            self._down_until = time.monotonic() + DOWN_SECONDS
+        return exc
 
     def _decide(self, ask: Ask) -> Generator[tuple[str, Any], Any, Admission | None]:
         """The decision, as a generator yielding its round trips (driven sync or async)."""
