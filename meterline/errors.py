@@ -66,18 +66,24 @@ class BudgetExceeded(MeterlineError):
 
 
 class RateLimited(MeterlineError):
-    """A call was not sent: a rate limit of the consumer is reached; try again after
-    ``retry_after`` seconds (``METERLINE_RATE_LIMIT_WAIT`` waits that long by itself,
-    up to its bound)."""
+    """A call was not sent: a rate limit of the consumer is reached.
+
+    ``retry_after`` is the number of seconds until the call would fit, or ``None`` when it
+    never fits as it is (the call alone exceeds the limit). ``METERLINE_RATE_LIMIT_WAIT``
+    makes the guard wait by itself, up to that many seconds in all, before raising.
+    ``limit`` is the rate limit as the aggregator states it (limit, unit, per, used…).
+    """
 
     def __init__(
         self,
         reason: str,
         *,
-        retry_after: float,
+        retry_after: float | None,
         consumer: str | None = None,
         feature: str | None = None,
         limit: dict[str, Any] | None = None,
+        estimate: Decimal | None = None,
+        unit: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -85,7 +91,12 @@ class RateLimited(MeterlineError):
         self.consumer = consumer
         self.feature = feature
         self.limit = limit
+        self.estimate = estimate
+        """The call's amount in the rate limit's ``unit`` (tokens, requests or money)."""
+        self.unit = unit
 
     def __str__(self) -> str:
-        after = f"retry after {self.retry_after:g} s"
+        after = (
+            "it never fits" if self.retry_after is None else f"retry after {self.retry_after:g} s"
+        )
         return f"rate limited for {self.consumer!r}: {self.reason} ({after})"

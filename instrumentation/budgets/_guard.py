@@ -10,20 +10,24 @@ Contract (``METERLINE_BUDGETS=enforce``; the server side is docs/budgets.md):
 * Refused: by the budget's policy — ``block`` raises :class:`meterline.BudgetExceeded`;
   ``degrade`` rewrites the request (the cheaper model first, then the output cap the
   server says still fits) and asks again; ``checkpoint`` asks the user's callback;
-  ``rate_limited`` raises :class:`meterline.RateLimited` or waits ``retry_after`` when
-  that is within ``METERLINE_RATE_LIMIT_WAIT``. At most ``MAX_ASKS`` reserves per call.
+  ``rate_limited`` raises :class:`meterline.RateLimited` or, when the waits add up to at
+  most ``METERLINE_RATE_LIMIT_WAIT`` seconds, waits ``retry_after`` and asks again
+  (``retry_after: null`` — the call alone exceeds the limit — is raised at once).
+  At most ``MAX_ASKS`` reserves per call.
 * The aggregator unreachable, slow (``METERLINE_BUDGETS_TIMEOUT``), answering 5xx/4xx or
   garbage: fail open (the call goes, one warning per minute) or, with
   ``METERLINE_BUDGETS_FAIL=closed``, ``BudgetExceeded`` with the reason. Nothing else is
   ever raised: an error of the guard itself is handled the same way.
 
 The cache, and why it never lets concurrent calls overshoot: an answer that reserved
-nothing because no budget applies to (consumer, feature) — or only soft budgets do —
-is reused for the server's ``cache_ttl_seconds``: such calls cost no round trip (no
-hard limit can be passed by them). A call under a hard budget always reserves on the
+nothing (``id: null``: no budget and no rate limit applies to the consumer and feature)
+is reused for the server's ``cache_ttl_seconds``: such calls cost no round trip, and no
+limit can be passed by them. A call under any budget or rate limit reserves on the
 aggregator, whose check-and-insert is atomic, so whatever the number of threads,
-processes and replicas, spend + reservations stay within the limit. A budget created
-while an answer is cached is enforced at most ``cache_ttl_seconds`` later.
+processes and replicas, spend + reservations stay within every hard limit. (A local
+allowance spent down without round trips would need a lease the aggregator can count
+per call; the contract has none, so the guard does not guess.) A budget created while
+an answer is cached is enforced at most ``cache_ttl_seconds`` later.
 """
 
 from __future__ import annotations
@@ -321,15 +325,20 @@ class Guard:
                     raise ValueError(f"allowed is {allowed!r}")
                 policy = answer.get("policy")
                 if policy == "rate_limited":
-                    retry_after = _seconds(answer.get("retry_after"))
-                    if waited + retry_after <= self.config.rate_limit_wait:
+                    raw_after = answer.get("retry_after")
+                    retry_after = None if raw_after is None else _seconds(raw_after)
+                    if (
+                        retry_after is not None
+                        and waited + retry_after <= self.config.rate_limit_wait
+                    ):
                         waited += retry_after
                         yield ("sleep", retry_after)
                         continue
                     raise surfacing(RateLimited)(
                         str(answer.get("reason") or "the rate limit is reached"),
                         retry_after=retry_after, consumer=ask.consumer, feature=ask.feature,
-                        limit=_object(answer.get("limit")),
+                        limit=_object(answer.get("rate_limit")),
+                        estimate=_decimal(answer.get("estimate")), unit=answer.get("unit"),
                     )  # fmt: skip
                 if policy not in ("degrade", "checkpoint"):
                     raise self._exceeded(ask, answer)
@@ -376,10 +385,8 @@ class Guard:
         rid = answer.get("id")
         if rid is not None and not isinstance(rid, str):
             raise ValueError(f"id is {rid!r}")
-        budgets = answer.get("budgets") or []
-        hard = any(isinstance(b, dict) and b.get("mode") == "hard" for b in budgets)
         ttl = answer.get("cache_ttl_seconds")
-        if not hard and type(ttl) in (int, float) and 0 < ttl <= 3600:
+        if rid is None and type(ttl) in (int, float) and 0 < ttl <= 3600:
             if len(self._cache) >= _MAX_CACHE:
                 self._cache.clear()
             self._cache[(ask.consumer, ask.feature)] = time.monotonic() + float(ttl)

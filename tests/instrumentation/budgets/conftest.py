@@ -175,3 +175,8 @@ def guarded(monkeypatch: pytest.MonkeyPatch, agg: Aggregator) -> Iterator[Record
 def settled() -> None:
     """Wait for the guard's settles and releases to be sent."""
     assert OUTBOX.flush(10), "settles still pending after 10 s"
+
+
+def rate_limit(agg: Aggregator, consumer: str, **body: Any) -> None:
+    r = agg.http.put(f"/v1/rate-limits/{consumer}", json={"per": "minute", **body})
+    assert r.status_code in (200, 201), r.text

@@ -36,6 +36,8 @@ class BadAggregator:
     def __init__(self) -> None:
         self.mode = "500"
         self.settle_mode = "ok"
+        self.script: list[bytes] = []
+        """The answers of mode ``script``, one per reserve (the last one repeats)."""
         self.requests: list[tuple[str, str]] = []
         owner = self
 
@@ -65,6 +67,9 @@ class BadAggregator:
                 mode = owner.settle_mode if self.path.endswith("/settle") else owner.mode
                 if mode == "ok":
                     return self._answer(200, json.dumps(ALLOWED).encode())
+                if mode == "script":
+                    body = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
+                    return self._answer(200, body)
                 if mode == "reset":
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return None
