@@ -11,7 +11,8 @@ Shutdown (SIGTERM/SIGINT) is ordered so nothing acknowledged is lost: the OTLP
 listeners stop taking requests and finish the ones in flight (their acks wait
 for the writer), the writer writes everything queued, the background loops stop
 (the Stripe sync of ``stripe.sync_interval`` after its run in progress, bounded;
-the rating loop), then the API and the store close.
+the rating loop; the alert thread after its webhook attempt in progress, bounded), then
+the API and the store close.
 
 On the embedded store, start first recovers from a killed run: it removes the
 temporary files left under ``<data dir>/meterline-tmp`` (where this process keeps all
@@ -276,7 +277,8 @@ async def _run(
     for listener in listeners:
         await listener.start()
     listening = True
-    rating = _rating_loop(settings, store, api_app)
+    alert_loop = _alert_loop(config, store, api_app)
+    rating = _rating_loop(settings, store, api_app, on_rated=alert_loop.poke)
     stripe_sync = _stripe_loop(config, store, api_app)
     endpoints = Endpoints(
         host=host,
@@ -307,6 +309,8 @@ async def _run(
         logger.warning("stopping with a Stripe sync run still going: the next run settles it")
     if rating is not None:
         await asyncio.to_thread(rating.stop)
+    if not await asyncio.to_thread(alert_loop.stop, ALERTS_STOP_TIMEOUT_S):
+        logger.warning("stopping with an alert delivery in flight: the next start resends it")
     if checkpointer is not None:
         checkpointer.stop()
     logger.info("all acknowledged spans written (%d in this run)", writer.written)
@@ -314,14 +318,43 @@ async def _run(
         await listener.stop()
 
 
-def _rating_loop(settings: ServerSettings, store: Store, app: Any) -> Any:
+def _rating_loop(settings: ServerSettings, store: Store, app: Any, *, on_rated: Any = None) -> Any:
     """Start the loop that keeps ``rated_usage`` current (``None``: turned off)."""
     if not settings.rating_interval_s:
         return None
     from meterline.aggregator.rated import RatingLoop
     from meterline.aggregator.routes._pricing import app_pricing
 
-    loop = RatingLoop(store, lambda: app_pricing(app), interval=settings.rating_interval_s)
+    loop = RatingLoop(
+        store, lambda: app_pricing(app), interval=settings.rating_interval_s, on_rated=on_rated
+    )
+    loop.start()
+    return loop
+
+
+ALERTS_STOP_TIMEOUT_S = 15.0
+"""How long shutdown waits for the alert thread (a webhook attempt times out after 10 s;
+one cut short stays pending and is sent again, under the same delivery id, at the next
+start)."""
+
+
+def _alert_loop(config: ConfigFile, store: Store, app: Any) -> Any:
+    """Start the alert thread: checks budgets and rolling rules after each rating run,
+    each settle and every ``alerts.check_interval``; delivers the webhook outbox."""
+    from meterline.aggregator.alerts import AlertLoop, AlertService
+    from meterline.aggregator.routes._budgets import app_budgets
+    from meterline.aggregator.routes._pricing import app_pricing
+
+    service = AlertService(
+        store,
+        config.alerts,
+        pricing=lambda: app_pricing(app),
+        budgets=lambda: app_budgets(app),
+        currency=config.currency,
+        current=lambda: app.state.config.alerts,
+    )
+    loop = AlertLoop(service)
+    app.state.alert_loop = loop
     loop.start()
     return loop
 

@@ -29,12 +29,19 @@ class RatingLoop:
     """A daemon thread that calls :func:`ensure_rated` for every month."""
 
     def __init__(
-        self, store: Store, pricing: Callable[[], Pricing], *, interval: float = 5.0
+        self,
+        store: Store,
+        pricing: Callable[[], Pricing],
+        *,
+        interval: float = 5.0,
+        on_rated: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.pricing = pricing
         """Returns the pricing in force (it changes on ``prices update``)."""
         self.interval = interval
+        self.on_rated = on_rated
+        """Called after a tick that rated something (the alert loop checks crossings)."""
         self.last_run_seconds = 0.0
         """Duration of the newest tick that rated something."""
         self.last_error: str | None = None
@@ -57,6 +64,8 @@ class RatingLoop:
         seconds = time.perf_counter() - started
         if runs:
             self.last_run_seconds = seconds
+            if self.on_rated is not None:
+                self.on_rated()
         return seconds
 
     def _main(self) -> None:

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Depends
 
 from meterline.aggregator.auth import get_principal
 from meterline.aggregator.routes import (
+    alerts,
     budgets,
     estimate,
     export,
@@ -34,6 +35,7 @@ api_router.include_router(rate_limits.router)
 api_router.include_router(estimate.router)
 api_router.include_router(stripe.router)
 api_router.include_router(grafana.router)
+api_router.include_router(alerts.router)
 
 public_router = APIRouter()
 public_router.include_router(health.router)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from meterline.aggregator.auth import Principal, require_reserve
@@ -72,6 +72,7 @@ def reserve(
 
 @router.post("/{rid}/settle")
 def settle(
+    request: Request,
     rid: str,
     body: ReservationSettle,
     service: BudgetsDep,
@@ -91,6 +92,9 @@ def settle(
         raise HTTPException(status_code=404, detail="Not Found") from None
     except LedgerUnavailable as exc:
         raise HTTPException(status_code=503, detail=str(exc)) from None
+    alerts = getattr(request.app.state, "alert_loop", None)
+    if alerts is not None:  # spent may have changed: check crossings soon
+        alerts.poke()
     return {"id": rid, "status": state}
 
 

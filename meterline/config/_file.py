@@ -11,6 +11,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field
 
+from meterline.config._alerts import AlertsSection
 from meterline.config._base import Section, none_as_empty_list
 from meterline.config._budgets import BudgetsSection
 from meterline.config._pricing import (
@@ -39,6 +40,8 @@ class ConfigFile(Section):
     """Billing through Stripe (so far: the finalisation grace)."""
     budgets: BudgetsSection = BudgetsSection()
     """Budgets and reservation expiry (docs/budgets.md)."""
+    alerts: AlertsSection = AlertsSection()
+    """Alert webhooks, rolling-window rules, the check interval (docs/alerts.md)."""
 
     def summary(self) -> str:
         """A one-line description, for ``config check`` and reload logs."""

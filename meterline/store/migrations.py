@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meterline.store._history import V1_USAGE_DDL, V3_USAGE_MV_DDL, V3_USAGE_MV_QUERY
+from meterline.store.alert_schema import ALERT_DELIVERIES_DDL, ALERTS_DDL
 from meterline.store.budget_schema import BUDGETS_DDL, RATE_LIMITS_DDL, RESERVATIONS_DDL
 from meterline.store.rated_schema import (
     RATED_CURRENT_VIEW_DDL,
@@ -360,6 +361,13 @@ MIGRATIONS += (
         11,
         "rated usage: markup fraction and amount at the input price (dashboards)",
         (RATED_USAGE_DASHBOARD_DDL, RATED_CURRENT_VIEW_DDL),
+    ),
+)
+
+# Alerts (issue 11 §5): each alert once, and the outbox of its webhook deliveries.
+MIGRATIONS += (
+    Migration(
+        12, "alerts, alert_deliveries (the webhook outbox)", (ALERTS_DDL, ALERT_DELIVERIES_DDL)
     ),
 )
 

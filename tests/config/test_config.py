@@ -93,8 +93,8 @@ BAD_FILES = [
      r"models\[0\].tiers\[0\].above_input_tokens: must be at least 0, got -1"),
     ("models:\n  provider: openai\n", r"1: models: expected a list \(one `- ` entry per item\)"),
     ("plans: [acme]\n", r"1: plans: expected a mapping of default, consumers, got a list"),
-    ("- currency: USD\n", r"1: the file: expected a mapping of currency, models, plans, catalogue, stripe, budgets, got a list"),
-    ("just text\n", r"the file: expected a mapping of currency, models, plans, catalogue, stripe, budgets, got 'just text'"),
+    ("- currency: USD\n", r"1: the file: expected a mapping of currency, models, plans, catalogue, stripe, budgets, alerts, got a list"),
+    ("just text\n", r"the file: expected a mapping of currency, models, plans, catalogue, stripe, budgets, alerts, got 'just text'"),
     ("currency: usd\n", r"1: currency: 'usd' is not an ISO 4217 code such as 'USD'"),
     ("currency: 840\n", r"1: currency: 840 is not an ISO 4217 code"),
     # entries

@@ -1,0 +1,241 @@
+"""The alert service: find crossings, record each once, deliver each to its webhooks.
+
+Where crossings are found (docs/alerts.md): ``meterline serve`` runs :class:`AlertLoop`,
+which checks every budget and rolling rule
+
+- right after each rating run that changed the money table (``RatingLoop``'s
+  ``on_rated``: new, late or re-rated usage),
+- right after a reservation is settled (``POST /v1/reservations/{id}/settle``: a settled
+  reservation's actual cost counts as spent before its span is stored),
+- and every ``alerts.check_interval`` (default 60 s) in any case (periods roll over,
+  budgets change through the API).
+
+Pokes are coalesced: one check at a time, at most one a second. Deliveries due are sent
+after each check and whenever one falls due.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from meterline.aggregator.alerts import _webhooks
+from meterline.aggregator.alerts._detect import budget_crossings, rolling_crossings
+from meterline.aggregator.alerts._model import Alert, digest_id
+from meterline.aggregator.alerts._outbox import DELIVERED, FAILED, PENDING, Delivery, Outbox
+from meterline.store import Store
+
+logger = logging.getLogger(__name__)
+
+REPAIR_WINDOW = timedelta(days=7)
+"""How far back a restart looks for planned deliveries a crash left unwritten."""
+
+
+class AlertService:
+    """Alerts over one store, with the ``alerts:`` section of the configuration file."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: Any,
+        *,
+        pricing: Callable[[], Any],
+        budgets: Callable[[], Any] | None = None,
+        currency: str = "USD",
+        clock: Callable[[], datetime] | None = None,
+        current: Callable[[], Any] | None = None,
+    ) -> None:
+        """Args:
+        config: the ``alerts`` section (:class:`meterline.config._alerts.AlertsSection`).
+        pricing: returns the pricing in force.
+        budgets: returns the app's :class:`~meterline.aggregator.budgets.BudgetService`.
+        clock: the time now (tests); default: the budget service's, else the wall clock.
+        current: returns the section in force now (a reloaded configuration file).
+        """
+        self.store = store
+        self._config = config
+        self._current = current
+        self.pricing = pricing
+        self.budgets = budgets
+        self.currency = currency
+        self._clock = clock
+        self.outbox = Outbox(store)
+        self._check_lock = threading.Lock()
+        self._http = httpx.Client(follow_redirects=False)
+        self.last_error: str | None = None
+
+    @property
+    def config(self) -> Any:
+        """The ``alerts`` section in force."""
+        return self._current() if self._current is not None else self._config
+
+    def now(self) -> datetime:
+        if self._clock is not None:
+            return self._clock()
+        service = self.budgets() if self.budgets is not None else None
+        return service.now() if service is not None else datetime.now(UTC)
+
+    def urls_for(self, kind: str) -> list[str]:
+        return [w.url for w in self.config.webhooks if kind in w.events]
+
+    # --- finding and recording ------------------------------------------------------
+
+    def check(self, *, consumers: set[str] | None = None) -> list[Alert]:
+        """Find every crossing now and record the new ones (with their deliveries)."""
+        with self._check_lock:
+            pricing = self.pricing()
+            found: list[Alert] = []
+            service = self.budgets() if self.budgets is not None else None
+            if service is not None:
+                found += budget_crossings(service, pricing, consumers=consumers)
+            rules = [r for r in self.config.rolling
+                     if consumers is None or r.consumer in consumers]  # fmt: skip
+            found += rolling_crossings(self.store, pricing, rules, self.now(),
+                                       currency=self.currency)  # fmt: skip
+            new = self.outbox.record(found, self.urls_for)
+        for a in new:
+            logger.info("alert %s: %s %s%s at %s of %s %s (%s)", a.id, a.kind, a.consumer,
+                        f"/{a.feature}" if a.feature else "", a.spent, a.limit, a.unit,
+                        f"{a.threshold}%" if a.threshold else a.period)  # fmt: skip
+        return new
+
+    def raise_alert(self, kind: str, *, consumer: str, key: str, period_start: datetime,
+                    period_end: datetime, limit: Decimal, unit: str, spent: Decimal,
+                    feature: str | None = None, data: dict[str, Any] | None = None,
+                    ) -> Alert | None:  # fmt: skip
+        """Record an alert of another kind (the hook for rate limits hit repeatedly,
+        ``rate_limit.repeated``): once per (``kind``, ``consumer``, ``feature``, ``key``).
+        Returns it when it is new."""
+        alert = Alert(
+            id=digest_id("alt", kind, consumer, feature or "", key), kind=kind,
+            consumer=consumer, feature=feature, period=key, period_start=period_start,
+            period_end=period_end, threshold="", limit=limit, unit=unit, spent=spent,
+            created_at=self.now(), data=data or {},
+        )  # fmt: skip
+        new = self.outbox.record([alert], self.urls_for)
+        return new[0] if new else None
+
+    # --- delivering ------------------------------------------------------------------
+
+    def _webhook(self, url: str) -> Any:
+        return next((w for w in self.config.webhooks if w.url == url), None)
+
+    def deliver(self, *, stop: threading.Event | None = None) -> datetime | None:
+        """Attempt every pending delivery that is due; returns when the next falls due."""
+        now = datetime.now(UTC)
+        retry = self.config.retry
+        upcoming: datetime | None = None
+        for d in self.outbox.deliveries(state=PENDING):
+            if stop is not None and stop.is_set():
+                break
+            if d.next_at > now:
+                upcoming = d.next_at if upcoming is None else min(upcoming, d.next_at)
+                continue
+            hook = self._webhook(d.url)
+            secret = os.environ.get(hook.secret_variable, "") if hook is not None else ""
+            if hook is None or not secret:
+                why = "webhook no longer configured" if hook is None else "secret not set"
+                self.outbox.write([d.moved(FAILED, attempts=d.attempts, error=why)])
+                continue
+            kind = _kind_of(d)
+            error = _webhooks.post(self._http, d.url, secret=secret, body=d.payload,
+                                   delivery=d.id, kind=kind)  # fmt: skip
+            attempts = d.attempts + 1
+            if error is None:
+                self.outbox.write([d.moved(DELIVERED, attempts=attempts)])
+                logger.info("alert delivery %s to %s: delivered", d.id, d.url)
+            elif attempts >= retry.attempts:
+                self.outbox.write([d.moved(FAILED, attempts=attempts, error=error)])
+                logger.warning("alert delivery %s to %s failed after %d attempts: %s",
+                               d.id, d.url, attempts, error)  # fmt: skip
+            else:
+                wait = _webhooks.backoff(attempts, initial=retry.initial, most=retry.max)
+                at = datetime.now(UTC) + wait
+                self.outbox.write([d.moved(PENDING, attempts=attempts, next_at=at, error=error)])
+                upcoming = at if upcoming is None else min(upcoming, at)
+                logger.info("alert delivery %s to %s: %s; retry in %.1fs", d.id, d.url,
+                            error, wait.total_seconds())  # fmt: skip
+        return upcoming
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _kind_of(d: Delivery) -> str:
+    import json
+
+    try:
+        return str(json.loads(d.payload)["type"])
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
+
+
+class AlertLoop:
+    """The alert thread of ``meterline serve``: checks on pokes and every interval,
+    delivers what is due; :meth:`stop` ends it after the attempt in progress."""
+
+    MIN_GAP_S = 1.0
+
+    def __init__(self, service: AlertService) -> None:
+        self.service = service
+        self.interval = service.config.check_interval.total_seconds()
+        self.checks = 0
+        self._poke = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="meterline-alerts", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Check soon (spent changed)."""
+        self._poke.set()
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        self._stop.set()
+        self._poke.set()
+        self._thread.join(timeout)
+        self.service.close()
+        return not self._thread.is_alive()
+
+    def _main(self) -> None:
+        try:
+            repaired = self.service.outbox.repair(datetime.now(UTC) - REPAIR_WINDOW)
+            if repaired:
+                logger.info("alerts: %d planned deliveries written after a crash", repaired)
+        except Exception as exc:
+            logger.warning("alerts: repair failed: %s", exc)
+        last_check = -1e18
+        upcoming: datetime | None = None
+        while not self._stop.is_set():
+            if time.monotonic() - last_check >= self.interval or self._poke.is_set():
+                self._poke.clear()
+                last_check = time.monotonic()
+                self._guard("check", self.service.check)
+                self.checks += 1
+            upcoming = self._guard("delivery", lambda: self.service.deliver(stop=self._stop))
+            wait = self.interval - (time.monotonic() - last_check)
+            if upcoming is not None:
+                wait = min(wait, (upcoming - datetime.now(UTC)).total_seconds())
+            if self._stop.wait(self.MIN_GAP_S):
+                break
+            self._poke.wait(max(0.0, wait - self.MIN_GAP_S))
+
+    def _guard(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            result = fn()
+            self.service.last_error = None
+            return result
+        except Exception as exc:  # keep going: the next round retries
+            if str(exc) != self.service.last_error:
+                logger.warning("alerts: %s failed (retried): %s", what, exc, exc_info=True)
+            self.service.last_error = str(exc)
+            return None
