@@ -17,9 +17,10 @@ Three figures for one request (the JSON body the app would send):
   that is higher). A model without a price has ``null`` costs (never 0).
 
 Each budget that applies (:meth:`~meterline.aggregator.budgets.BudgetService.budgets_for`)
-is listed with whether the worst case fits it now; ``allowed`` is true when it fits every
-hard budget. Nothing is reserved: a call may still be refused when its reservation is
-asked (other calls may have reserved in between).
+is listed with whether the worst case fits it now, and each rate limit that applies with
+whether the worst case fits its window now (docs/rate-limits.md); ``allowed`` is true when
+it fits every hard budget and every rate limit. Nothing is reserved: a call may still be
+refused when its reservation is asked (other calls may have reserved in between).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class Estimate:
     prices: dict[str, Decimal] | None
     costs: dict[str, Decimal | None]
     budgets: list[tuple[BudgetState, bool]] = field(default_factory=list)
+    rate_limits: list[dict[str, Any]] = field(default_factory=list)
+    """Each rate limit that applies: its state now and ``worst_case_fits``."""
 
     def to_dict(self) -> dict[str, Any]:
         r = self.request
@@ -115,7 +118,9 @@ class Estimate:
             else {k: shown(v, False) for k, v in self.prices.items()},
             "cost": money,
             "budgets": [s.to_dict() | {"worst_case_fits": fits} for s, fits in self.budgets],
-            "allowed": all(fits for _, fits in self.budgets),
+            "rate_limits": self.rate_limits,
+            "allowed": all(fits for _, fits in self.budgets)
+            and all(r["worst_case_fits"] for r in self.rate_limits),
         }
 
 
@@ -198,5 +203,13 @@ def estimate(
             # unpriced: never passes a hard money budget
             fits = state.budget.mode == "soft" if amount is None else state.fits(amount)
             checked.append((state, fits))
+    rates: list[dict[str, Any]] = []
+    if budgets is not None:
+        applicable = budgets.registry.applicable_rates(req.consumer, req.provider, req.model)
+        for rate, state in zip(applicable, budgets.rate_states(applicable), strict=True):
+            amount = rate.amount(worst.tokens, worst.money)
+            unpriced = rate.in_money and worst.money is None
+            fits = not unpriced and Decimal(state["remaining"]) >= amount
+            rates.append(state | {"worst_case_fits": fits})
     return Estimate(req, input_tokens, exact, hist, max_tokens, pricing.config.currency,
-                    prices, costs, checked)  # fmt: skip
+                    prices, costs, checked, rates)  # fmt: skip

@@ -67,6 +67,7 @@ def test_costs_without_history(app):
     assert e["cost"] == {"p50": "0.0027552", "p95": "0.0050976", "worst_case": "0.0050976"}
     assert e["currency"] == "USD" and e["priced"] is True
     assert e["prices_per_million"]["input"] == "2.00" and e["budgets"] == []
+    assert e["rate_limits"] == []
     assert e["allowed"] is True
 
 
@@ -131,6 +132,20 @@ def test_budgets_are_checked_against_the_worst_case(app):
     assert fits[("chat", "tokens")] is False and fits[("chat", "USD")] is True
     assert fits[(None, "USD")] is False and e["allowed"] is False
     assert a.get("/v1/budgets/acme").json()["reserved"] == "0.00"
+
+
+def test_rate_limits_are_checked_against_the_worst_case(app):
+    a = admin(app)
+    a.put("/v1/rate-limits/acme", json={"limit": "624", "unit": "tokens", "per": "minute"})
+    a.put("/v1/rate-limits/acme", json={"limit": "1", "unit": "requests", "per": "hour",
+                                        "model": "gpt-4o-mini"})  # fmt: skip
+    e = a.post("/v1/estimate", json=body()).json()  # 124 + 500 tokens: exactly the limit
+    assert [(r["unit"], r["worst_case_fits"]) for r in e["rate_limits"]] == [("tokens", True)]
+    assert e["rate_limits"][0]["used"] == "0" and e["allowed"] is True
+    e = a.post("/v1/estimate", json=body(max_tokens=501)).json()
+    assert e["rate_limits"][0]["worst_case_fits"] is False and e["allowed"] is False
+    # estimating reserves nothing: the window is still empty
+    assert a.get("/v1/rate-limits/acme").json()["rate_limits"][0]["used"] == "0"
 
 
 def test_unpriced_model_has_no_cost_and_fails_a_hard_money_budget(app):
