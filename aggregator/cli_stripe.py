@@ -1,11 +1,12 @@
-"""``meterline stripe sync|setup|reconcile|status``: usage to Stripe meters, exactly once.
+"""``meterline stripe sync|setup|reconcile|status|push-invoices``: usage to Stripe meters,
+exactly once, and (``push-invoices``) finalised invoices as Stripe invoice items.
 
 Through the API when ``METERLINE_API_URL`` is set (admin key in ``METERLINE_API_KEY``;
 the server holds ``STRIPE_API_KEY``), else on the store (``--data-dir`` /
 ``--clickhouse-url``) with ``STRIPE_API_KEY`` and ``METERLINE_STRIPE_API_BASE`` /
 ``METERLINE_STRIPE_METER_EVENTS_BASE`` from this process's environment. ``sync``
 prints a one-line summary (``--format json``: everything); ``reconcile`` exits 1 on a
-difference.
+difference; ``push-invoices`` exits 1 while a request's outcome is unknown (run it again).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from meterline.aggregator.cli import (
 _RECONCILE = ("consumer", "customer", "meter", "expected", "accepted", "difference", "ok")
 _ITEMS = ("consumer", "meter", "window", "kind", "value", "reason")
 _FORMAT = "table or json"
+_PUSHED = ("consumer", "customer", "kind", "amount", "currency", "description")
 
 
 def _config(b: _Local) -> Any:
@@ -69,6 +71,7 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Usage to Stripe Billing meters, exactly once (docs/stripe.md).",
                         no_args_is_help=True)  # fmt: skip
     app.add_typer(group, name="stripe")
+    register_push(group)
 
     @group.command("sync")
     def sync_cmd(
@@ -182,3 +185,62 @@ def register(app: typer.Typer) -> None:
         rows = _run((data_dir, clickhouse_url, database, config),
                     lambda r: r.call("POST", "/v1/stripe/setup"), local)  # fmt: skip
         typer.echo(table(rows, ("event_name", "action")))
+
+
+def _render_push(d: dict[str, Any]) -> str:
+    from meterline.aggregator.stripe import PushSummary
+
+    lines = []
+    if d["pushed"]:
+        title = "Would push:" if d["dry_run"] else "Pushed:"
+        lines += [title, table(d["pushed"], _PUSHED), ""]
+    if d["reported"]:
+        lines += ["Reported (not pushed):", table(d["reported"], ("consumer", "total", "reason")),
+                  ""]  # fmt: skip
+    for key in ("unknown", "rejected"):
+        if d[key]:
+            lines += [f"{key.capitalize()}:", table(d[key], ("consumer", "customer", "answer")), ""]
+    summary = PushSummary(d["period"], d["revision"], d["dry_run"])
+    for key in ("pushed", "drafts", "unchanged", "recovered", "reported", "unknown", "rejected"):
+        setattr(summary, key, d[key])
+    return "\n".join([*lines, summary.line()])
+
+
+def register_push(group: typer.Typer) -> None:
+    """Add ``push-invoices`` to the ``stripe`` group."""
+
+    @group.command("push-invoices")
+    def push_invoices_cmd(
+        period: Annotated[str, typer.Option("--period", help="A finalised UTC month, YYYY-MM.")],
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Send nothing; list what would be pushed.")
+        ] = False,
+        fmt: Annotated[str, typer.Option("--format", help=_FORMAT)] = "table",
+        data_dir: DataDir = None,
+        clickhouse_url: ClickhouseUrl = None,
+        database: Database = None,
+        config: Config = None,
+    ) -> None:
+        """Finalised invoices → items on Stripe draft invoices, once (resumes after a crash)."""
+
+        def local(b: _Local) -> dict[str, Any]:
+            from meterline.aggregator.stripe import load_stripe_config, push_invoices
+
+            stripe_config = load_stripe_config(b.settings.config)
+            return push_invoices(
+                b.store, b.pricing, stripe_config, period, dry_run=dry_run
+            ).to_dict()
+
+        def remote(r: _Remote) -> dict[str, Any]:
+            params = {"period": period, "dry_run": dry_run and "true"}
+            return r.call("POST", "/v1/stripe/push-invoices", params)
+
+        data = _run((data_dir, clickhouse_url, database, config), remote, local)
+        _emit(data, fmt, _render_push, lambda d: (d["pushed"], _PUSHED))
+        if not data["ok"]:
+            typer.echo(
+                f"error: {len(data['unknown'])} requests without an answer and "
+                f"{len(data['rejected'])} refused by Stripe; run push-invoices again",
+                err=True,
+            )
+            raise typer.Exit(1)

@@ -1,6 +1,7 @@
 """Stripe: who a consumer is in Stripe (``PUT``/``GET /v1/consumers/{consumer}``), and the
 sync (``POST /v1/stripe/sync``, ``GET /v1/stripe/status``, ``GET /v1/stripe/reconcile``,
-``POST /v1/stripe/setup``), the same as ``meterline stripe …``.
+``POST /v1/stripe/setup``) and the invoice mode (``POST /v1/stripe/push-invoices``), the
+same as ``meterline stripe …``.
 
 Admin routes (a consumer key gets 403). The assignment
 made here wins over ``stripe.customers`` of the configuration file; ``null`` removes it.
@@ -15,11 +16,13 @@ from pydantic import BaseModel, ConfigDict
 
 from meterline.aggregator.auth import require_admin
 from meterline.aggregator.deps import StoreDep
+from meterline.aggregator.invoices import InvoiceError
 from meterline.aggregator.routes._pricing import PricingDep
 from meterline.aggregator.stripe import (
     StripeAuthError,
     StripeConfig,
     load_customer_map,
+    push_invoices,
     reconcile,
     set_customer,
     setup_meters,
@@ -120,3 +123,22 @@ def post_setup(config: StripeConfigDep) -> list[dict[str, str]]:
         return setup_meters(_config_or_409(config))
     except StripeAuthError as exc:
         raise HTTPException(status_code=502, detail=str(exc)) from None
+
+
+@router.post("/v1/stripe/push-invoices")
+def post_push_invoices(
+    period: str,
+    store: StoreDep,
+    config: StripeConfigDep,
+    pricing: PricingDep,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Push the month's finalised invoices to Stripe (``meterline stripe push-invoices``)."""
+    try:
+        return push_invoices(store, pricing, config, period, dry_run=dry_run).to_dict()
+    except StripeAuthError as exc:
+        raise HTTPException(status_code=502, detail=str(exc)) from None
+    except InvoiceError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None

@@ -7,6 +7,8 @@
   (:class:`SyncSummary`); :class:`SyncLoop` runs it inside ``meterline serve``.
 - :func:`status`, :func:`reconcile`, :func:`setup_meters` — what ``meterline stripe``
   shows and checks.
+- :func:`push_invoices` — invoice mode (§4): finalised invoices → items on draft
+  invoices (:class:`PushSummary`), through :class:`InvoicesClient`.
 - :class:`MeterEventsClient` / :class:`StripeEnv` — the official SDK, carefully.
 
 Tables: :mod:`meterline.store.stripe_schema`.
@@ -27,6 +29,7 @@ from meterline.aggregator.stripe._config import (
     parse_duration,
     parse_stripe_config,
 )
+from meterline.aggregator.stripe._invoice_client import InvoicesClient
 from meterline.aggregator.stripe._ledger import Ledger, LedgerRow, identifier
 from meterline.aggregator.stripe._mapping import (
     CustomerMap,
@@ -34,6 +37,7 @@ from meterline.aggregator.stripe._mapping import (
     load_customer_map,
     set_customer,
 )
+from meterline.aggregator.stripe._push_invoices import PushSummary, push_invoices
 from meterline.aggregator.stripe._service import (
     ReconcileRow,
     SyncLoop,
@@ -48,10 +52,12 @@ from meterline.aggregator.stripe._windows import WindowValue, window_values
 __all__ = [
     "DEFAULT_GRACE",
     "CustomerMap",
+    "InvoicesClient",
     "Ledger",
     "LedgerRow",
     "MeterConfig",
     "MeterEventsClient",
+    "PushSummary",
     "ReconcileRow",
     "Retrying",
     "StripeAuthError",
@@ -67,6 +73,7 @@ __all__ = [
     "load_stripe_config",
     "parse_duration",
     "parse_stripe_config",
+    "push_invoices",
     "reconcile",
     "run_sync",
     "set_customer",

@@ -35,6 +35,7 @@ from meterline.store.rated_schema import (
 )
 from meterline.store.stripe_schema import (
     STRIPE_CUSTOMERS_DDL,
+    STRIPE_INVOICE_PUSHES_DDL,
     STRIPE_LEDGER_DDL,
     STRIPE_RUNS_DDL,
 )
@@ -368,6 +369,15 @@ MIGRATIONS += (
 MIGRATIONS += (
     Migration(
         12, "alerts, alert_deliveries (the webhook outbox)", (ALERTS_DDL, ALERT_DELIVERIES_DDL)
+    ),
+)
+
+# The Stripe invoice mode (issue 10 §4): draft invoices and invoice items pushed.
+MIGRATIONS += (
+    Migration(
+        13,
+        "stripe_invoice_pushes: invoice items and drafts pushed to Stripe",
+        (STRIPE_INVOICE_PUSHES_DDL,),
     ),
 )
 

@@ -11,6 +11,10 @@
   ``reported`` rows were never sent (a credit to grant by hand, an unknown outcome past
   Stripe's 24 h de-duplication). The ledger, not Stripe, says what was sent once.
 - ``stripe_runs``: one summary per sync run (``GET /v1/stripe/status``).
+- ``stripe_invoice_pushes``: the invoice mode (``meterline stripe push-invoices``): every
+  draft invoice and invoice item meterline created or means to create in Stripe, one
+  logical row per (period, consumer, key), each state change a new version (read with
+  ``FINAL``). Written ``pending`` before the request leaves; Stripe's id once it answered.
 """
 
 from __future__ import annotations
@@ -75,6 +79,54 @@ LEDGER_COLUMNS: tuple[str, ...] = (
     "Target",
     "State",
     "Api",
+    "Answer",
+    "CreatedAt",
+    "UpdatedAt",
+    "Version",
+)
+
+STRIPE_INVOICE_PUSHES_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.stripe_invoice_pushes (
+    Period String,
+    ConsumerId String,
+    Key String,
+    Kind LowCardinality(String),
+    Revision UInt32,
+    CustomerId String,
+    Currency LowCardinality(String),
+    Amount Int64,
+    Description String,
+    StripeInvoice String,
+    StripeId String,
+    Attempt UInt32,
+    State LowCardinality(String),
+    Answer String CODEC(ZSTD(1)),
+    CreatedAt DateTime64(3, 'UTC'),
+    UpdatedAt DateTime64(3, 'UTC'),
+    Version UInt64
+) ENGINE = ReplacingMergeTree(Version)
+ORDER BY (Period, ConsumerId, Key)
+"""
+"""``Kind``: ``draft`` (a Stripe draft invoice; ``StripeId`` is ``in_…``), ``line``,
+``markup``, ``adjustment`` (items of ``Revision``) or ``credit`` (minus an item of an
+older revision, ``Key`` ``credit/<its key>``). ``Amount``: Stripe's minor units.
+``Attempt`` is part of the idempotency key: it moves on only when Stripe, listed, does
+not hold the item and the old key cannot be used again."""
+
+INVOICE_PUSH_COLUMNS: tuple[str, ...] = (
+    "Period",
+    "ConsumerId",
+    "Key",
+    "Kind",
+    "Revision",
+    "CustomerId",
+    "Currency",
+    "Amount",
+    "Description",
+    "StripeInvoice",
+    "StripeId",
+    "Attempt",
+    "State",
     "Answer",
     "CreatedAt",
     "UpdatedAt",
