@@ -20,7 +20,7 @@ from typing import Any
 BUDGET_THRESHOLD = "budget.threshold"
 ROLLING_THRESHOLD = "rolling.threshold"
 RATE_LIMIT_REPEATED = "rate_limit.repeated"
-"""Reserved for the rate limits of issue 11 §4 (``AlertService.raise_alert``)."""
+"""One rate limit refused ``alerts.rate_limit_refusals`` calls within one UTC hour."""
 
 
 def digest_id(prefix: str, *parts: object) -> str:

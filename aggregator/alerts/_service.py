@@ -29,7 +29,7 @@ import httpx
 
 from meterline.aggregator.alerts import _webhooks
 from meterline.aggregator.alerts._detect import budget_crossings, rolling_crossings
-from meterline.aggregator.alerts._model import Alert, digest_id
+from meterline.aggregator.alerts._model import RATE_LIMIT_REPEATED, Alert, digest_id
 from meterline.aggregator.alerts._outbox import DELIVERED, FAILED, PENDING, Delivery, Outbox
 from meterline.store import Store
 
@@ -70,6 +70,8 @@ class AlertService:
         self.outbox = Outbox(store)
         self._check_lock = threading.Lock()
         self._http = httpx.Client(follow_redirects=False)
+        self._refusals: dict[tuple[Any, datetime], int] = {}
+        self._refusals_lock = threading.Lock()
         self.last_error: str | None = None
 
     @property
@@ -122,6 +124,29 @@ class AlertService:
         )  # fmt: skip
         new = self.outbox.record([alert], self.urls_for)
         return new[0] if new else None
+
+    def rate_limited(self, limit: Any, *, used: Decimal | None = None) -> Alert | None:
+        """Count one refusal by the rate limit ``limit``; the ``rate_limit_refusals``-th
+        within one UTC hour records a ``rate_limit.repeated`` alert (once per limit and
+        hour; the counts are this process's, so a restart within the hour starts again
+        from zero, and several replicas each count their own refusals)."""
+        now = self.now()
+        hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        key = (tuple(limit.key), hour)
+        with self._refusals_lock:
+            for old in [k for k in self._refusals if k[1] < hour]:
+                del self._refusals[old]
+            self._refusals[key] = count = self._refusals.get(key, 0) + 1
+        if count != self.config.rate_limit_refusals:
+            return None
+        return self.raise_alert(
+            RATE_LIMIT_REPEATED, consumer=limit.consumer,
+            key=f"{'/'.join(limit.key)}@{hour.isoformat()}", period_start=hour,
+            period_end=hour + timedelta(hours=1), limit=limit.limit, unit=limit.unit,
+            spent=used if used is not None else Decimal(0),
+            data={"refusals": count, "per": limit.per, "provider": limit.provider,
+                  "model": limit.model},
+        )  # fmt: skip
 
     # --- delivering ------------------------------------------------------------------
 
@@ -198,6 +223,15 @@ class AlertLoop:
     def poke(self) -> None:
         """Check soon (spent changed)."""
         self._poke.set()
+
+    def rate_limited(self, limit: Any, *, used: Decimal | None = None) -> None:
+        """A reserve was refused by ``limit`` (the reserve route): counted, and alerted
+        when repeated; never raises into the request."""
+        try:
+            if self.service.rate_limited(limit, used=used) is not None:
+                self._poke.set()  # deliver it now
+        except Exception as exc:
+            logger.warning("alerts: a rate-limit refusal was not counted: %s", exc)
 
     def stop(self, timeout: float = 30.0) -> bool:
         self._stop.set()

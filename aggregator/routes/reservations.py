@@ -55,7 +55,11 @@ def _own(principal: Principal) -> str | None:
 
 @router.post("")
 def reserve(
-    body: ReservationCreate, service: BudgetsDep, pricing: PricingDep, principal: ReserveDep
+    request: Request,
+    body: ReservationCreate,
+    service: BudgetsDep,
+    pricing: PricingDep,
+    principal: ReserveDep,
 ) -> dict[str, Any]:
     """Reserve the call's worst case against every budget that applies, atomically."""
     own = _own(principal)
@@ -67,6 +71,9 @@ def reserve(
         raise HTTPException(status_code=422, detail=str(exc)) from None
     except LedgerUnavailable as exc:
         raise HTTPException(status_code=503, detail=str(exc)) from None
+    alerts = getattr(request.app.state, "alert_loop", None)
+    if decision.rate is not None and alerts is not None:
+        alerts.rate_limited(decision.rate.limit, used=decision.rate_used)
     return decision.to_dict()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 from datetime import timedelta
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -23,8 +22,7 @@ from meterline.config._base import Money, Section, none_as_empty_list
 from meterline.config._stripe import duration
 
 EVENTS = ("budget.threshold", "rolling.threshold", "rate_limit.repeated")
-"""Alert kinds a webhook may subscribe to (``rate_limit.repeated``: reserved for the rate
-limits of issue 11 §4, which record through the same service)."""
+"""Alert kinds a webhook may subscribe to."""
 
 _SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -145,6 +143,9 @@ class AlertsSection(Section):
         default_factory=list
     )
     retry: RetrySection = RetrySection()
+    rate_limit_refusals: int = Field(5, ge=1, le=1_000_000)
+    """Refusals of one rate limit within one UTC hour that make a ``rate_limit.repeated``
+    alert (once per limit and hour)."""
 
     @model_validator(mode="after")
     def _checks(self) -> AlertsSection:
@@ -155,7 +156,3 @@ class AlertsSection(Section):
             if urls.count(url) > 1:
                 raise ValueError(f"webhooks: {url!r} appears twice")
         return self
-
-
-def rolling_limit(rule: RollingSection) -> Decimal:
-    return rule.limit

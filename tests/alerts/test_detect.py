@@ -223,3 +223,39 @@ def test_a_settle_makes_the_alert_loop_check_at_once(store, tmp_path):
         assert alert.threshold == "100" and loop.checks >= 2
     finally:
         loop.stop()
+
+
+def test_a_rate_limit_refusing_repeatedly_is_one_alert_per_hour(store, tmp_path):
+    from meterline.aggregator.alerts import AlertLoop
+    from tests.aggregator._budgets import reserve_body
+
+    limits = ("budgets:\n  rate_limits:\n"
+              "    - {consumer: acme, limit: \"1\", unit: requests, per: minute}\n")  # fmt: skip
+    clock = Clock(utc(2026, 3, 20, 12, 10))
+    app, service = alert_app(store, tmp_path, clock,
+                             limits + alerts_yaml() + "  rate_limit_refusals: 3\n")  # fmt: skip
+    app.state.alert_loop = AlertLoop(service)  # not started: the route only counts
+    api = admin(app)
+
+    def reserve_all(n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            answer = api.post("/v1/reservations", json=reserve_body())
+            assert answer.status_code == 200, answer.text
+            out.append(answer.json().get("policy") or "allowed")
+        return out
+
+    assert reserve_all(3) == ["allowed", "rate_limited", "rate_limited"]
+    assert service.outbox.alerts(Scope.ALL) == []
+    assert reserve_all(3) == ["rate_limited"] * 3  # the 3rd refusal alerts, later ones not
+    [alert] = service.outbox.alerts(Scope.ALL)
+    assert (alert.kind, alert.consumer, alert.unit, alert.limit) == (
+        "rate_limit.repeated",
+        "acme",
+        "requests",
+        Decimal(1),
+    )
+    assert alert.data["refusals"] == 3 and alert.period_start == utc(2026, 3, 20, 12)
+    clock.now = utc(2026, 3, 20, 13, 30)  # the next hour: counted again from zero
+    assert reserve_all(4) == ["allowed"] + ["rate_limited"] * 3
+    assert len(service.outbox.alerts(Scope.ALL, kind="rate_limit.repeated")) == 2
