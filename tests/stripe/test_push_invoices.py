@@ -398,3 +398,18 @@ def test_the_api_route_pushes_for_the_admin_only(env: Env, monkeypatch: pytest.M
     assert dry.status_code == 200 and len(dry.json()["pushed"]) == 19 and env.items() == []
     done = client.post(url, headers=admin).json()
     assert done["ok"] and len(done["pushed"]) == 19 and len(env.items()) == 19
+
+
+def test_cli_through_a_running_server(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``METERLINE_API_URL`` set: the command runs in the server (which holds the key)."""
+    from tests.aggregator.test_invoices_cli import serve
+
+    monkeypatch.setenv("STRIPE_API_KEY", env.fake.api_key)
+    monkeypatch.setenv("METERLINE_STRIPE_API_BASE", env.fake.base_addresses["api"])
+    with serve(env.store, env.path, monkeypatch):
+        refused = runner.invoke(app, ["stripe", "push-invoices", "--period", "2026-04"])
+        assert refused.exit_code == 1 and "not finalised" in refused.stderr
+        done = runner.invoke(app, ["stripe", "push-invoices", "--period", PERIOD, "--format",
+                                   "json"])  # fmt: skip
+        assert done.exit_code == 0, done.output
+        assert len(json.loads(done.stdout)["pushed"]) == 19 and len(env.items()) == 19
