@@ -105,7 +105,8 @@ class Outbox:
         """
         unique = {a.id: a for a in alerts}
         with self.lock:
-            new = [a for i, a in unique.items() if i not in self.known(list(unique))]
+            stored = self.known(list(unique))
+            new = [a for i, a in unique.items() if i not in stored]
             if not new:
                 return []
             plans = {a.id: [(delivery_id(a.id, u), u) for u in urls_for(a.kind)] for a in new}
