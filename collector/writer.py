@@ -112,6 +112,24 @@ class _Piece:
     """The UTC days of its spans' start times, or a superset (set for queued pieces)."""
 
 
+@dataclass(frozen=True)
+class WriterStats:
+    """A snapshot of the writer's counters (:meth:`Writer.stats`)."""
+
+    written: int
+    """Spans written since start."""
+    rejected: int
+    """Spans rejected before the store since start (answered in ``partial_success``)."""
+    refused: int
+    """Spans the engine refused since start (also answered as rejected)."""
+    pending: int
+    """Spans accepted and not yet written: the queue."""
+    pending_bytes: int
+    lag_ns: int
+    """Largest delay, among the writes since the previous snapshot, from the newest span's
+    start to its write (0: no write)."""
+
+
 class Writer:
     """Batches rows from concurrent requests into durable inserts on ``threads`` threads."""
 
@@ -158,12 +176,29 @@ class Writer:
         """Spans written since start."""
         self.refused = 0
         """Spans the engine refused for their data since start."""
+        self.rejected = 0
+        """Spans rejected before the store (unreadable, invalid at decode) since start."""
+        self._lag_max_ns = 0  # the oldest "newest span" of a write since stats() last ran
         for thread in self._threads:
             thread.start()
 
     @property
     def pending(self) -> int:
         return self._pending
+
+    def stats(self) -> WriterStats:
+        """The counters since start, the queue now, and the largest lag of a write since
+        the previous call (which it resets): what ``ingest_stats`` records."""
+        with self._cond:
+            lag, self._lag_max_ns = self._lag_max_ns, 0
+            return WriterStats(
+                written=self.written,
+                rejected=self.rejected,
+                refused=self.refused,
+                pending=self._pending,
+                pending_bytes=self._pending_bytes,
+                lag_ns=lag,
+            )
 
     def decode(self, parsed: Parsed, *, keep_all: bool) -> Batchable:
         """What :meth:`submit` takes for a parsed request, with the spans the parser
@@ -185,6 +220,9 @@ class Writer:
         """Queue ``rows``; the future gives the number written once durable."""
         future: Future[int] = Future()
         n = len(rows)
+        if rows.rejected:
+            with self._cond:
+                self.rejected += rows.rejected
         if n == 0:
             future.set_result(0)
             return future
@@ -301,7 +339,10 @@ class Writer:
         elapsed = max(time.perf_counter() - started, 1e-6)
         logger.debug("inserted %d spans in %.3fs", n, elapsed)
         self._rate = 0.8 * self._rate + 0.2 * (n / elapsed)
-        self.written += n
+        lag = time.time_ns() - max(piece.item.last for piece in pieces)
+        with self._cond:
+            self.written += n
+            self._lag_max_ns = max(self._lag_max_ns, lag)
         for piece in pieces:
             self._settle(piece, written=len(piece.item))
         return True

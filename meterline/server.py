@@ -212,6 +212,7 @@ async def _run(
     from meterline.collector.budget import BodyBudget
     from meterline.collector.otlp_grpc import add_trace_service
     from meterline.collector.otlp_http import OTLPHTTPApp
+    from meterline.collector.stats import IngestStats
     from meterline.collector.writer import Writer
 
     try:
@@ -237,6 +238,11 @@ async def _run(
         threads=settings.writer_threads,
     )
     checkpointer = Checkpointer(store, writer.safe_time) if store.kind == "chdb" else None
+    ingest_stats = (
+        IngestStats(store, writer, interval=settings.ingest_stats_interval_s).start()
+        if settings.ingest_stats_interval_s
+        else None
+    )
     listening = False
     host = settings.host
 
@@ -302,6 +308,8 @@ async def _run(
     listening = False
     await asyncio.gather(otlp.stop(), grpc_server.stop(grace=30))
     await asyncio.to_thread(writer.close)
+    if ingest_stats is not None:
+        await asyncio.to_thread(ingest_stats.stop)
     stopped = stripe_sync is None or await asyncio.to_thread(
         stripe_sync.stop, STRIPE_STOP_TIMEOUT_S
     )

@@ -70,6 +70,9 @@ class ServerSettings(BaseSettings):
     """Inserts running at once (one engine insert is mostly single-threaded)."""
     fsync: bool = False
     """fsync each insert's parts (survives power loss; slower)."""
+    ingest_stats_interval_s: float = Field(10.0, ge=0)
+    """How often the writer's counters (spans written and rejected, the queue, the lag) are
+    sampled into ``ingest_stats`` for the pipeline health dashboard; 0 turns it off."""
     grafana_datasource_uid: str = Field("meterline", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     """The Grafana datasource uid the dashboards of ``/v1/grafana/dashboards`` default to
     (the provisioning file's and ``meterline grafana push``'s is ``meterline``)."""

@@ -1,16 +1,19 @@
 """The pipeline health dashboard: what the store shows of ingest, rating and the Stripe
 sync.
 
-- ingest: spans stored per second (by the spans' own start time), usage reports against
-  counted responses (duplicates), the age of the newest span, the active parts of the
-  ingest tables (merges falling behind the writer show here first);
+- ingest: spans written and rejected per second as they arrive, the writer's queue and
+  the ingest lag (``ingest_stats``, sampled by ``meterline serve`` every
+  ``METERLINE_INGEST_STATS_INTERVAL_S``, default 10 s: meterline.collector.stats), spans
+  stored per second by their own start time, usage reports against counted responses
+  (duplicates), the age of the newest span, the active parts of the ingest tables (merges
+  falling behind the writer show here first);
 - rating: the age of the newest rating run and its duration (``rated_months``) — the lag
   from usage to ``rated_usage_current`` (docs/rated-usage.md);
 - Stripe: the sync's runs (``stripe_runs``) and its ledger by state (``stripe_ledger``).
 
-Known limits: the writer's queue and the spans rejected at ingest live in the collector's
-memory, not in the store, so no panel shows them; the ingest rate is by span time, so
-late (spooled) spans count at the time they happened, not when they arrived.
+Known limits: ``ingest_stats`` is written by meterline's own collector; a deployment fed
+by otelcol has none (those panels stay empty: otelcol reports its own metrics). Requests
+refused whole (not OTLP: 400; back-pressure: 503) are not counted as rejected spans.
 """
 
 from __future__ import annotations
@@ -22,12 +25,36 @@ from meterline.aggregator.grafana._panels import Layout, dashboard
 UID = "meterline-pipeline"
 
 SPANS = "${database}.otel_traces"
+STATS = "${database}.ingest_stats"
 
 
 def build(
     *, datasource_uid: str | None, database: str, money: str, minor_units: int
 ) -> dict[str, Any]:
     layout = Layout()
+    layout.add("timeseries", "Spans written and rejected",
+               "SELECT $__timeInterval(At) AS time, sum(Written) / $__interval_s AS written,"
+               " sum(Rejected + Refused) / $__interval_s AS rejected\n"
+               f"FROM {STATS}\nWHERE $__timeFilter(At)\nGROUP BY time\nORDER BY time",
+               unit="ops", w=12, h=8,
+               description="Spans per second as they arrive (meterline's collector), and "
+               "those rejected at ingest (answered in partial_success).")  # fmt: skip
+    layout.add("stat", "Spans rejected at ingest",
+               "SELECT sum(Rejected + Refused) AS rejected"
+               f" FROM {STATS} WHERE $__timeFilter(At)",
+               unit="short", w=4, h=8)  # fmt: skip
+    layout.add("timeseries", "Writer queue",
+               "SELECT $__timeInterval(At) AS time, max(Pending) AS spans\n"
+               f"FROM {STATS}\nWHERE $__timeFilter(At)\nGROUP BY time\nORDER BY time",
+               unit="short", w=4, h=8,
+               description="Spans accepted and not yet written (back-pressure starts at "
+               "METERLINE_MAX_PENDING_SPANS).")  # fmt: skip
+    layout.add("timeseries", "Ingest lag",
+               "SELECT $__timeInterval(At) AS time, max(LagMs) AS lag\n"
+               f"FROM {STATS}\nWHERE $__timeFilter(At)\nGROUP BY time\nORDER BY time",
+               unit="ms", w=4, h=8,
+               description="Largest delay from a written batch's newest span start to its "
+               "write (export interval, spool replays and the writer).")  # fmt: skip
     layout.add("timeseries", "Spans stored",
                "SELECT $__timeInterval(Timestamp) AS time, count() / $__interval_s AS spans\n"
                f"FROM {SPANS}\nWHERE $__timeFilter(Timestamp)\nGROUP BY time\nORDER BY time",

@@ -1,9 +1,10 @@
 """The data quality dashboard: unpriced usage by model, estimated (cut-short) usage,
 failed calls by ``error.type``, and usage the store flagged invalid.
 
-Known limit: spans the collector *rejected* at ingest (counted in OTLP
-``partial_success``) never reach the store, so no panel can count them; what reaches the
-store but cannot be trusted is stored flagged (``UsageError``) and shown here.
+Spans the collector *rejected* at ingest (counted in OTLP ``partial_success``) never reach
+``otel_traces``: their count comes from ``ingest_stats`` (sampled by meterline's
+collector; not by otelcol). What reaches the store but cannot be trusted is stored
+flagged (``UsageError``) and shown as invalid usage.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def build(
                f" FROM {COUNTED} WHERE {counted}", unit="short", w=6, h=5,
                description="Reports whose counts cannot be trusted: stored, flagged, in no "
                "token total, never billed.")  # fmt: skip
+    layout.add("stat", "Spans rejected at ingest",
+               "SELECT sum(Rejected + Refused) AS rejected FROM ${database}.ingest_stats"
+               " WHERE $__timeFilter(At)", unit="short", w=24, h=4,
+               description="Spans the collector refused (unreadable, invalid times, refused "
+               "by the engine): answered in partial_success, not stored.")  # fmt: skip
     layout.add("table", "Unpriced usage by model",
                "SELECT Provider AS provider, Model AS model, sum(Requests) AS requests,"
                " sum(Quantity) AS tokens, min(Hour) AS first_hour, max(Hour) AS last_hour\n"

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from meterline.store._history import V1_USAGE_DDL, V3_USAGE_MV_DDL, V3_USAGE_MV_QUERY
 from meterline.store.alert_schema import ALERT_DELIVERIES_DDL, ALERTS_DDL
 from meterline.store.budget_schema import BUDGETS_DDL, RATE_LIMITS_DDL, RESERVATIONS_DDL
+from meterline.store.ingest_schema import INGEST_STATS_DDL
 from meterline.store.rated_schema import (
     RATED_CURRENT_VIEW_DDL,
     RATED_DAILY_DDL,
@@ -380,6 +381,9 @@ MIGRATIONS += (
         (STRIPE_INVOICE_PUSHES_DDL,),
     ),
 )
+
+# The collector's counters, sampled for the pipeline health dashboard (issue 12 §2).
+MIGRATIONS += (Migration(14, "ingest_stats: the writer's counters, sampled", (INGEST_STATS_DDL,)),)
 
 EMBEDDED_TUNING: tuple[str, ...] = (
     f"ALTER TABLE {{db}}.{TRACES_TABLE} MODIFY SETTING merge_selector_base = 20, "
