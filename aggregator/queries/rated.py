@@ -61,6 +61,12 @@ WHERE Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')}
 """
 """The run in force for each hour of a range, and what it rated."""
 
+BUSY_HOURS_SQL = """
+SELECT Hour FROM {db}.rated_hours FINAL
+WHERE Hour IN {hours:Array(DateTime64(0, 'UTC'))} AND Responses > 0
+"""
+"""Which of ``hours`` hold counted usage (by their markers)."""
+
 HOURS_COLUMNS = ("Hour", "Run", "Responses", "Fingerprint", "ConfigVersion", "RatedAt")
 MONTHS_COLUMNS = ("Month", "Run", "Signature", "ConfigVersion", "RatedAt", "Seconds", "HoursRated")
 
@@ -251,17 +257,29 @@ def _days(start: datetime, end: datetime, params: dict[str, Any]) -> str:
 
 
 def invoice_sql(
-    start: datetime, end: datetime, consumer: str | None, *, scope: Scope, daily: bool = False
+    start: datetime,
+    end: datetime,
+    consumer: str | None,
+    *,
+    scope: Scope,
+    daily: bool = False,
+    feature: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """What invoices need from ``[start, end)`` (whole hours; with ``daily``, whole UTC
     days, read from ``rated_daily``), per consumer, status, provider, model, token type
-    and price: quantities and requests."""
+    and price: quantities and requests. ``feature``: that feature's calls only (hourly
+    rows: the daily sums have no feature)."""
+    if daily and feature is not None:
+        raise ValueError("rated_daily has no Feature: read the hourly rows for a feature")
     params: dict[str, Any] = {}
     where = _days(start, end, params) if daily else _range(start, end, params)
     where = f"{scope.condition(params)} AND {where}"
     if consumer is not None:
         where = f"ConsumerId = {{consumer:String}} AND {where}"
         params["consumer"] = consumer
+    if feature is not None:
+        where = f"Feature = {{feature:String}} AND {where}"
+        params["feature"] = feature
     table = "rated_daily" if daily else "rated_usage"
     sql = f"""SELECT ConsumerId, Status, Billable, Provider, Model, TokenType,
     UnitPricePerMillion, any(UnitPrice), UsageError,

@@ -7,7 +7,7 @@ Both read whole UTC hours; callers rate stale months first (:func:`ensure_rated`
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -31,6 +31,25 @@ def whole_hours(*instants: datetime | None) -> bool:
     )
 
 
+def _floor_hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def table_range(store: Store, start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    """``[start, end)`` as whole UTC hours the table can answer exactly: itself when whole
+    hours; widened to the hours around a partial edge hour that holds no counted usage (a
+    budget's ``total`` ends at the last storable instant, 23:47:16 of its hour); else
+    ``None`` (rate on the fly). Call when the months of the range are current."""
+    if whole_hours(start, end):
+        return start, end
+    edges = [h for h, t in ((_floor_hour(start), start), (_floor_hour(end), end)) if h != t]
+    _, rows = store.query(sql.BUSY_HOURS_SQL, {"hours": edges})
+    if rows:
+        return None
+    wide_end = end if whole_hours(end) else _floor_hour(end) + timedelta(hours=1)
+    return _floor_hour(start), wide_end
+
+
 def whole_days(start: datetime, end: datetime) -> bool:
     """True when both instants are UTC midnights."""
     return whole_hours(start, end) and start.hour == 0 and end.hour == 0
@@ -52,13 +71,16 @@ def invoices_from_table(
     label: str,
     scope: Scope,
     consumer: str | None = None,
+    feature: str | None = None,
     daily: bool | None = None,
 ) -> dict[str, Invoice]:
     """Invoices of ``[start, end)`` from the rated rows (see ``build_invoices`` for the
     rules: this applies them to the table's ``Status``). Ranges of whole days read the
-    daily sums (``daily``: force either table)."""
-    daily = whole_days(start, end) if daily is None else daily
-    query, params = sql.invoice_sql(start, end, consumer, scope=scope, daily=daily)
+    daily sums (``daily``: force either table) unless ``feature`` is given (only that
+    feature's calls: a budget's share; read from the hourly rows, which keep the feature)."""
+    if daily is None:
+        daily = feature is None and whole_days(start, end)
+    query, params = sql.invoice_sql(start, end, consumer, scope=scope, daily=daily, feature=feature)
     _, rows = store.query(query, params, settings=READ_SETTINGS)
     drafts: dict[str, _Draft] = {}
     if consumer is not None:
