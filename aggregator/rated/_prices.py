@@ -26,9 +26,11 @@ class RatingError(MeterlineError):
     """Usage cannot be rated into the table exactly (a price with too many decimals)."""
 
 
-TABLE_LAYOUT = "rated-v2"
-"""The columns a rating writes (v2: ``MarkupFraction``, ``AtInputPrice``, migration 11):
-part of the version, so rows written in an older layout are rated again."""
+TABLE_LAYOUT = "rated-v3"
+"""The columns a rating writes (v2: ``MarkupFraction``, ``AtInputPrice``, migration 11;
+v3: ``Fingerprint``, ``Keys`` and the markers' key sets, migration 15 — incremental runs
+need every hour's key set): part of the version, so rows written in an older layout are
+rated again."""
 
 
 def config_version(pricing: Pricing) -> str:
