@@ -21,12 +21,15 @@ from meterline.store import Store
 from tests.aggregator._calls import Call, insert_calls
 
 ALL = Scope.ALL
-PRICING = Pricing.build(
-    parse_pricing_config({"currency": "USD", "models": [
-        {"provider": "openai", "model": "gpt-4o",
-         "per_million_tokens": {"input": "1", "output": "2"}}]}),  # fmt: skip
-    None,
-)
+
+
+def _pricing(input_price: str) -> Pricing:
+    model = {"provider": "openai", "model": "gpt-4o",
+             "per_million_tokens": {"input": input_price, "output": "2"}}  # fmt: skip
+    return Pricing.build(parse_pricing_config({"currency": "USD", "models": [model]}), None)
+
+
+PRICING = _pricing("1")
 MARCH = month("2026-03")
 
 
@@ -50,9 +53,7 @@ def _merge(store: Store) -> None:
 
 
 def _responses_by_hour(store: Store) -> dict[datetime, int]:
-    _, rows = store.query(
-        "SELECT Hour, Responses FROM {db}.rated_hours FINAL WHERE Responses > 0"
-    )
+    _, rows = store.query("SELECT Hour, Responses FROM {db}.rated_hours FINAL WHERE Responses > 0")
     return {h.replace(tzinfo=UTC) if h.tzinfo is None else h: int(n) for h, n in rows}
 
 
@@ -82,9 +83,7 @@ def test_a_displaced_report_dropped_by_a_merge_before_the_run_is_not_counted(
     insert_calls(store, [Call(at=_at(2, 7, 1), input=1010, output=10, response_id="seed-10",
                               consumer="acme")])  # fmt: skip
     _merge(store)
-    _, [(left,)] = store.query(
-        "SELECT count() FROM {db}.llm_usage WHERE DedupKey LIKE '%seed-10'"
-    )
+    _, [(left,)] = store.query("SELECT count() FROM {db}.llm_usage WHERE DedupKey LIKE '%seed-10'")
     assert left == 1  # the displaced report is gone
     [run] = ensure_rated(store, PRICING)
     assert run.incremental and run.hours_rated == 2  # hour 7 (new) and hour 10 (old)
@@ -95,8 +94,9 @@ def test_a_displaced_report_dropped_by_a_merge_before_the_run_is_not_counted(
 
 def test_a_displacing_report_that_loses_changes_nothing(store: Store) -> None:
     _seed(store)
-    insert_calls(store, [Call(at=_at(2, 12, 59), input=5, output=5, response_id="seed-10",
-                              consumer="acme")])  # fmt: skip (later: loses)
+    insert_calls(
+        store, [Call(at=_at(2, 12, 59), input=5, output=5, response_id="seed-10", consumer="acme")]
+    )  # fmt: skip (later: loses)
     _merge(store)
     [run] = ensure_rated(store, PRICING)
     assert run.incremental
@@ -139,12 +139,7 @@ def test_a_run_with_nothing_new_reads_no_hour_and_a_mutation_rates_in_full(
 
 def test_a_price_change_rates_in_full(store: Store) -> None:
     _seed(store)
-    dearer = Pricing.build(
-        parse_pricing_config({"currency": "USD", "models": [
-            {"provider": "openai", "model": "gpt-4o",
-             "per_million_tokens": {"input": "3", "output": "2"}}]}),  # fmt: skip
-        None,
-    )
+    dearer = _pricing("3")
     insert_calls(store, [Call(at=_at(3, 1, 1), input=7, output=7)])
     [run] = ensure_rated(store, dearer)
     assert not run.incremental and run.hours_rated == 72
