@@ -347,7 +347,9 @@ def invoice_sql(
 ) -> tuple[str, dict[str, Any]]:
     """What invoices need from ``[start, end)`` (whole hours; with ``daily``, whole UTC
     days, read from ``rated_daily``), per consumer, status, provider, model, token type
-    and price: quantities and requests. ``feature``: that feature's calls only (hourly
+    and price (as configured, text: cheaper to group and to fetch than the Decimal;
+    equal prices written differently are one line again in Python): quantities (as
+    text: a UInt128 fetched is slow) and requests. ``feature``: that feature's calls only (hourly
     rows: the daily sums have no feature)."""
     if daily and feature is not None:
         raise ValueError("rated_daily has no Feature: read the hourly rows for a feature")
@@ -361,13 +363,11 @@ def invoice_sql(
         where = f"Feature = {{feature:String}} AND {where}"
         params["feature"] = feature
     table = "rated_daily" if daily else "rated_usage"
-    sql = f"""SELECT ConsumerId, Status, Billable, Provider, Model, TokenType,
-    UnitPricePerMillion, any(UnitPrice), UsageError,
-    sum(Quantity), sum(Requests)
+    sql = f"""SELECT ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPrice,
+    UsageError, toString(sum(Quantity)), sum(Requests)
 FROM {{db}}.{table}
 WHERE {where}
-GROUP BY ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPricePerMillion,
-    UsageError"""
+GROUP BY ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPrice, UsageError"""
     return sql, params
 
 

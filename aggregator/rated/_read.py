@@ -86,30 +86,34 @@ def invoices_from_table(
     if consumer is not None:
         drafts[consumer] = _Draft()
     invalid: dict[tuple[str, str, str, str], int] = {}
-    prices: dict[Decimal, Decimal] = {}
-    for c, status, billable, provider, model, token_type, unit, text, reason, q, n in rows:
-        c, provider, model = str(c), str(provider), str(model)
+    prices: dict[str, Decimal] = {}
+    for c, status, billable, provider, model, token_type, text, reason, q, n in rows:
         draft = drafts.get(c)
         if draft is None:
             draft = drafts[c] = _Draft()
-        quantity, requests = int(q), int(n)
+        if status == "billed":
+            if q != "0":
+                price = prices.get(text)
+                if price is None:
+                    price = prices[text] = Decimal(text)
+                key = (provider, model, _INDEX[token_type], price)
+                lines = draft.lines
+                lines[key] = lines.get(key, 0) + int(q)
+            if not billable:
+                draft.failed += n
+            continue
+        quantity, requests = int(q), n
         if status == "invalid":
             key4 = (c, provider, model, str(reason))
             invalid[key4] = invalid.get(key4, 0) + requests
             continue
         if not billable:
             draft.failed += requests
-        if status in ("failed", "unpriced"):
-            into = draft.failed_usage if status == "failed" else draft.unpriced
-            counts = _unbilled_totals(into, (provider, model))
-            counts[0] += requests
-            counts[1 if token_type in _INPUT_TYPES else 2] += quantity
-            counts[3 + _INDEX[token_type]] += quantity
-            continue
-        if quantity:
-            price = prices.setdefault(unit, Decimal(text))
-            key = (provider, model, _INDEX[token_type], price)
-            draft.lines[key] = draft.lines.get(key, 0) + quantity
+        into = draft.failed_usage if status == "failed" else draft.unpriced
+        counts = _unbilled_totals(into, (provider, model))
+        counts[0] += requests
+        counts[1 if token_type in _INPUT_TYPES else 2] += quantity
+        counts[3 + _INDEX[token_type]] += quantity
     for c, *_ in invalid:
         drafts.setdefault(c, _Draft())
     with localcontext(MONEY_CONTEXT):
