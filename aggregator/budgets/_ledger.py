@@ -340,10 +340,11 @@ class Ledger:
         self,
         rid: str,
         consumer: str | None,
-        price: Callable[[Reservation], tuple[Decimal | None, int]],
+        price: Callable[[Reservation, str], tuple[Decimal | None, int]],
         model: str | None,
     ) -> tuple[str | None, Reservation | None]:
-        """Settle a live ``reserved`` reservation at ``price(r)`` (money, tokens). Returns
+        """Settle a live ``reserved`` reservation at ``price(r, model)`` (money, tokens) of
+        the settled model (``model``, else the reserved one). Returns
         (status afterwards, the new state to persist); status ``None``: not live here."""
         with self.lock:
             r = self.find(rid)
@@ -351,7 +352,7 @@ class Ledger:
             return None, None
         if r.status != "reserved":
             return r.status, None
-        money, tokens = price(replace(r, model=model or r.model))
+        money, tokens = price(r, model or r.model)
         with self.lock:
             current = self.find(rid)
             if current is None or current.status != "reserved":

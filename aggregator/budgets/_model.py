@@ -17,7 +17,7 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any, Literal
 
 from meterline.errors import MeterlineError
@@ -111,7 +111,7 @@ def _limit(value: Any, unit: str) -> Decimal:
         raise BudgetError(f"limit {value!r} must be a whole number of tokens")
     if amount.adjusted() > 30:
         raise BudgetError(f"limit {value!r} is too large")
-    return amount
+    return amount.copy_abs()  # "-0" is 0 (exact: abs() would round to the context)
 
 
 def _choice(value: Any, allowed: tuple[str, ...], name: str) -> Any:
@@ -265,11 +265,12 @@ def shown(value: Decimal, in_tokens: bool) -> str:
     """How an amount is shown: tokens as a whole number; money with at least the
     invoice's two decimals (``2.40``, ``0.00``) and every further one that is not a
     trailing zero (``0.0072``), never an exponent."""
-    from meterline.aggregator.pricing import money_str
+    from meterline.aggregator.pricing import MONEY_CONTEXT, money_str
 
-    if in_tokens:
-        return money_str(value.quantize(Decimal(1)))
-    normal = value.normalize()
-    if normal.as_tuple().exponent > -2:  # type: ignore[operator]
-        normal = normal.quantize(Decimal("0.01"))
-    return money_str(normal)
+    with localcontext(MONEY_CONTEXT):  # a limit may have 31 digits before the point
+        if in_tokens:
+            return money_str(value.quantize(Decimal(1)))
+        normal = value.normalize()
+        if normal.as_tuple().exponent > -2:  # type: ignore[operator]
+            normal = normal.quantize(Decimal("0.01"))
+        return money_str(normal)

@@ -465,7 +465,7 @@ class RedisLedger(Ledger):
         if r is None:
             return None, None
         used_model = model or r.model
-        money, tokens = price(replace(r, model=used_model))
+        money, tokens = price(r, used_model)
         before = self._run(
             self._settle,
             [self._key(r.consumer), self._rate_key(r.consumer)],

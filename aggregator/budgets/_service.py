@@ -387,7 +387,8 @@ class BudgetService:
         consumer: str | None = None,
     ) -> str:  # fmt: skip
         """Replace the reservation's worst case by the actual cost of ``usage`` (the price
-        at the reservation's time, ``model`` when given).
+        at the reservation's time, ``model`` when given and priced, else the reserved
+        model's: an unpriced name never makes a call cost nothing).
 
         Idempotent: a reservation already settled, released, expired or counted is left
         as it is. Returns the reservation's status afterwards.
@@ -396,9 +397,18 @@ class BudgetService:
             UnknownReservation: no such reservation (or another consumer's).
         """
 
-        def price(r: Reservation) -> tuple[Decimal | None, int]:
+        def price(r: Reservation, settled_model: str) -> tuple[Decimal | None, int]:
             cost = _cost.actual(pricing, consumer=r.consumer, provider=r.provider,
-                                model=r.model, usage=usage, at=r.created_at)  # fmt: skip
+                                model=settled_model, usage=usage, at=r.created_at)  # fmt: skip
+            if cost.money is None and settled_model != r.model:
+                # a settled model without a price would make the call free until its span
+                # is stored: price it as the model whose worst case was reserved
+                logger.warning(
+                    "budgets: settle of %s names model %r, which has no price; priced as "
+                    "the reserved %r", r.id, settled_model, r.model,
+                )  # fmt: skip
+                cost = _cost.actual(pricing, consumer=r.consumer, provider=r.provider,
+                                    model=r.model, usage=usage, at=r.created_at)  # fmt: skip
             return cost.money, cost.tokens
 
         status, updated = self.ledger.settle(rid, consumer, price, model)
