@@ -56,3 +56,38 @@ def test_a_retried_failure_releases_its_reservation(sim, agg, guarded, who, sdk)
     state = agg.state(who)
     assert Decimal(state["reserved"]) == 0
     assert Decimal(state["spent"]) == cost(MODELS[sdk], used_in, used_out)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_provider_that_cannot_be_reached_releases_the_reservation(agg, guarded, who, mode):
+    import socket
+
+    import anthropic
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    agg.budget(who, limit="5.00")
+    with consumer(who), pytest.raises(anthropic.APIConnectionError):
+        if mode == "sync":
+            anthropic.Anthropic(base_url=dead, api_key="sk", max_retries=0).messages.create(
+                model="claude-sonnet-4", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+            )
+        else:
+
+            async def go() -> None:
+                async with anthropic.AsyncAnthropic(
+                    base_url=dead, api_key="sk", max_retries=0
+                ) as c:
+                    await c.messages.create(model="claude-sonnet-4", max_tokens=50,
+                                            messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+
+            import asyncio
+
+            asyncio.run(go())
+    settled()
+    (span,) = guarded.spans()
+    assert span.attributes[RID].startswith("rsv_") and "error.type" in span.attributes
+    state = agg.state(who)
+    assert Decimal(state["reserved"]) == 0 and Decimal(state["spent"]) == 0
