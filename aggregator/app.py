@@ -79,9 +79,6 @@ def create_app(
     app.include_router(public_router)
     app.include_router(api_router)
     app.include_router(_docs_router())
-    from meterline.aggregator.page import mount_page
-
-    mount_page(app)
     return app
 
 

@@ -13,10 +13,6 @@ Contract:
 - Lookups of consumer keys are cached for :data:`KEY_CACHE_SECONDS`; creating or
   revoking a key through this API clears the cache, so in one process a revoke is
   immediate and across replicas it takes at most that long.
-- The overview page's login (:mod:`meterline.aggregator.page`) keeps the key in the
-  cookie :data:`KEY_COOKIE` (HttpOnly, SameSite=Strict). It counts as the key on GET and
-  HEAD only: a page on another port of the same host is same-site, so a state-changing
-  request must carry the key in ``Authorization``, which no form can set.
 - With no admin key the API is open ("anyone on this machine"): ``serve`` binds it to
   loopback unless told otherwise (:func:`open_api_refusal`), and requests a browser page
   could forge are refused: the ``Host`` header must name the address served (an IP
@@ -55,9 +51,6 @@ _CACHE_ENTRIES = 10_000
 OPEN_WARNING = "API open to anyone on this machine: set METERLINE_ADMIN_KEY"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _ADMIN_SCOPES = frozenset({"admin", "read", "reserve"})
-KEY_COOKIE = "meterline_key"
-"""The cookie the overview page's login sets (HttpOnly, SameSite=Strict): a key a browser
-sends on navigation, accepted like ``Authorization`` on GET and HEAD only."""
 
 
 @dataclass(frozen=True)
@@ -184,10 +177,6 @@ def get_principal(
 ) -> Principal:
     """The caller: 401 when a key is needed and missing, unknown, revoked or expired."""
     admin_keys = settings.admin_keys
-    if credentials is None and request.method in ("GET", "HEAD"):
-        cookie = request.cookies.get(KEY_COOKIE)
-        if cookie:
-            credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=cookie)
     if not admin_keys:
         _refuse_forgeable(request, credentials is not None)
     if credentials is None:

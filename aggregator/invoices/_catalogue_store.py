@@ -22,6 +22,7 @@ from meterline.aggregator.pricing import (
     Pricing,
     load_pricing_config,
 )
+from meterline.aggregator.pricing._catalogue import PriceScaleError
 from meterline.aggregator.queries import invoices as sql
 from meterline.errors import MeterlineError
 from meterline.store import Store
@@ -142,6 +143,8 @@ def update_catalogue(
             f"cannot fetch prices from {url}: {type(exc).__name__}: {exc or 'no detail'}; "
             f"prices unchanged ({in_use})"
         ) from None
+    except PriceScaleError as exc:
+        raise PriceUpdateError(f"{exc}; prices unchanged") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise PriceUpdateError(
             f"{url} did not return genai-prices data ({exc}); prices unchanged"

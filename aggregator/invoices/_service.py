@@ -98,31 +98,33 @@ def compute_invoices(
     admits; a requested consumer without usage gets an empty invoice. ``feature``: only
     that feature's calls (a budget's share of the invoice).
 
-    A period of whole UTC hours (every month) is read from ``rated_usage`` when its months
-    are current; any other range, or one with months the rating loop has not caught up
-    with yet, is rated on the fly (:func:`rate_invoices_on_the_fly`) — the same figures
-    either way, never stale. With ``feature`` it is rated on the fly too.
+    A period of whole UTC hours (every month; or one whose partial edge hours hold no
+    usage, such as a budget's ``total``) is read from ``rated_usage`` when its months are
+    current; any other range, or one with months the rating loop has not caught up with
+    yet, is rated on the fly (:func:`rate_invoices_on_the_fly`) — the same figures
+    either way, never stale. With ``feature``, only that feature's calls (the hourly
+    rows, which keep the feature).
 
     Raises:
         NotVisible: ``consumer`` is outside ``scope``.
     """
-    from meterline.aggregator.rated import invoices_from_table, stale_months, whole_hours
+    from meterline.aggregator.rated import invoices_from_table, stale_months, table_range
 
     if consumer is not None:
         scope.check(consumer)
-    if (
-        feature is None
-        and whole_hours(period.start, period.end)
-        and not stale_months(store, pricing, period.start, period.end)
-    ):
+    hours = None
+    if not stale_months(store, pricing, period.start, period.end):
+        hours = table_range(store, period.start, period.end)
+    if hours is not None:
         return invoices_from_table(
             store,
             pricing,
-            start=period.start,
-            end=period.end,
+            start=hours[0],
+            end=hours[1],
             label=period.label,
             scope=scope,
             consumer=consumer,
+            feature=feature,
         )
     return rate_invoices_on_the_fly(
         store, pricing, period, scope=scope, consumer=consumer, feature=feature

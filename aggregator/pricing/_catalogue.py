@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
-from functools import cached_property
+from decimal import Decimal
+from functools import cache, cached_property
 from typing import Any
 
 from meterline.aggregator.pricing._prices import PriceSet, Tier
@@ -71,6 +72,58 @@ def _price_set(model_price: Any) -> PriceSet:
             base[token_type] = value
     tiers = tuple(Tier(start, prices) for start, prices in sorted(by_start.items()))
     return PriceSet(base, tiers)
+
+
+def _model_prices(model: Any) -> list[Any]:
+    from genai_prices.types import ModelPrice
+
+    prices = model.prices
+    return [prices] if isinstance(prices, ModelPrice) else [c.prices for c in prices]
+
+
+class PriceScaleError(ValueError):
+    """Catalogue data holds a price finer than the rated-usage table (not loaded)."""
+
+
+def check_scale(providers: list[Any], *, source: str) -> None:
+    """Refuse data with a price finer than the rated-usage table holds (it would be
+    rounded there, and every amount meterline shows is read from that table).
+
+    Raises:
+        PriceScaleError: one line naming the first such price.
+    """
+    from genai_prices.types import TieredPrices
+
+    from meterline.config._pricing import decimals
+    from meterline.store.rated_schema import PRICE_SCALE
+
+    for provider in providers:
+        for model in provider.models:
+            for model_price in _model_prices(model):
+                for raw_key in _KEYS:
+                    value = model_price.__dict__.get(raw_key)
+                    if value is None:
+                        continue
+                    values = (
+                        [value.base, *(t.price for t in value.tiers)]
+                        if isinstance(value, TieredPrices)
+                        else [value]
+                    )
+                    for v in values:
+                        if decimals(Decimal(v)) > PRICE_SCALE:
+                            raise PriceScaleError(
+                                f"{source}: {provider.id}/{model.id} {raw_key} {Decimal(v):f}"
+                                f" has more than {PRICE_SCALE} decimals (the rated-usage table"
+                                f" holds prices to {PRICE_SCALE}); not loaded"
+                            )
+
+
+@cache
+def _check_bundled(source: str) -> None:
+    """The installed package's data is checked once per process."""
+    from genai_prices.data import providers
+
+    check_scale(list(providers), source=source)
 
 
 def _seconds(value: time) -> int:
@@ -156,9 +209,18 @@ class CatalogueModel:
 class Catalogue:
     """The dated price catalogue (genai-prices data), with cached lookups."""
 
-    def __init__(self, providers: list[Any], *, source: str, version: str | None = None) -> None:
+    def __init__(
+        self,
+        providers: list[Any],
+        *,
+        source: str,
+        version: str | None = None,
+        checked: bool = False,
+    ) -> None:
         from genai_prices.data_snapshot import DataSnapshot
 
+        if not checked:
+            check_scale(providers, source=source)
         self.providers = providers
         self.source = source
         """Where the data came from: ``genai-prices <version> (bundled)`` or a fetch."""
@@ -174,7 +236,9 @@ class Catalogue:
         import genai_prices
         from genai_prices.data import providers
 
-        return cls(list(providers), source=f"genai-prices {genai_prices.__version__} (bundled)")
+        source = f"genai-prices {genai_prices.__version__} (bundled)"
+        _check_bundled(source)
+        return cls(list(providers), source=source, checked=True)
 
     @classmethod
     def from_raw(cls, raw: Any, *, source: str, version: str | None = None) -> Catalogue:

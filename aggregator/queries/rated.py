@@ -38,15 +38,58 @@ from meterline.store.rated_schema import (
 )
 
 SIGNATURES_SQL = """
-SELECT toUInt32(partition_id) AS month,
-       concat(toString(max(max_block_number)), ':', toString(max(data_version))) AS signature
+SELECT toUInt32(partition_id) AS month, max(max_block_number) AS block,
+    min(min_block_number) AS first
 FROM system.parts
 WHERE database = {database:String} AND table = 'llm_usage' AND active
 GROUP BY partition_id
 """
-"""Per month partition of ``llm_usage``: the newest block and mutation. New rows (late
-data, duplicates, month-edge copies) make new blocks; deletes and updates make a new
-data version; merges make neither (they change no counted response)."""
+"""Per month partition of ``llm_usage``: the newest and the oldest block. Every insert
+(new usage, late usage, a duplicate, a month-edge copy) makes a new block, numbered
+above every block committed before it (plain MergeTree numbers blocks under its parts
+lock, at commit); merges make none and keep the oldest. Parts removed (``TRUNCATE``,
+``DROP PARTITION``) change the oldest, or the month disappears."""
+
+MUTATIONS_SQL = """
+SELECT max(arrayMax(arrayConcat([toInt64(0)], block_numbers.number)))
+FROM system.mutations
+WHERE database = {database:String} AND table = 'llm_usage'
+"""
+"""The newest mutation of ``llm_usage`` (a ``DELETE``, an ``UPDATE``): it can change any
+month, so every month is rated again in full."""
+
+NEW_PARTS_SQL = """
+SELECT name FROM system.parts
+WHERE database = {database:String} AND table = 'llm_usage' AND active
+  AND partition_id = {partition:String} AND max_block_number > {block:Int64}
+"""
+"""Parts of a month holding a block newer than ``block`` (fresh, or merged with one)."""
+
+KEY_HASH = "toUInt32(cityHash64(ConsumerId, DedupKey) % 4294967296)"
+"""The 32-bit hash of a response's identity kept in ``Keys`` (a collision only makes a
+run rate one more hour)."""
+
+AFFECTED_HOURS_SQL = f"""
+WITH fresh AS (
+    SELECT ConsumerId, DedupKey FROM {{db}}.llm_usage
+    WHERE Month = {{month:UInt32}} AND _part IN {{parts:Array(String)}}
+      AND _block_number > {{block:UInt64}}
+)
+SELECT DISTINCT hour FROM (
+    SELECT {HOUR_EXPR} AS hour FROM {{db}}.llm_usage
+    WHERE Month = {{month:UInt32}} AND Home = 1
+      AND (ConsumerId, DedupKey) IN (SELECT ConsumerId, DedupKey FROM fresh)
+    UNION ALL
+    SELECT Hour AS hour FROM {{db}}.rated_hours FINAL
+    WHERE Hour >= {{start:DateTime64(0, 'UTC')}} AND Hour < {{end:DateTime64(0, 'UTC')}}
+      AND bitmapHasAny(Keys, (SELECT groupBitmapState({KEY_HASH}) FROM fresh))
+)
+"""
+"""The hours a month's rows newer than ``block`` can change: the hours of every report
+in the month of each response they belong to (the one counted before, and the one that
+counts now, both among them while the old one is stored), and the hours whose rated
+responses include one of them (the counted report may be gone: a merge drops a report a
+higher-ranked one displaced)."""
 
 MONTHS_SQL = """
 SELECT Month, Run, Signature, ConfigVersion, RatedAt, Seconds
@@ -60,6 +103,32 @@ FROM {db}.rated_hours FINAL
 WHERE Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')}
 """
 """The run in force for each hour of a range, and what it rated."""
+
+BUSY_HOURS_SQL = """
+SELECT Hour FROM {db}.rated_hours FINAL
+WHERE Hour IN {hours:Array(DateTime64(0, 'UTC'))} AND Responses > 0
+"""
+"""Which of ``hours`` hold counted usage (by their markers)."""
+
+MARKERS_SQL = """
+INSERT INTO {db}.rated_hours (Hour, Run, Responses, Fingerprint, ConfigVersion, RatedAt, Keys)
+SELECT h.Hour, {run:UInt64}, r.responses, r.fingerprint, {config_version:String},
+    {rated_at:DateTime64(3, 'UTC')}, r.keys
+FROM (SELECT arrayJoin({hours:Array(DateTime64(0, 'UTC'))}) AS Hour) AS h
+LEFT JOIN (
+    SELECT Hour, sum(Requests) AS responses, groupBitXor(Fingerprint) AS fingerprint,
+        groupBitmapMergeState(Keys) AS keys
+    FROM {db}.rated_usage
+    WHERE Run = {run:UInt64} AND Hour IN {hours:Array(DateTime64(0, 'UTC'))}
+      AND TokenType = 'input'
+    GROUP BY Hour
+) AS r ON r.Hour = h.Hour
+SETTINGS join_use_nulls = 0
+"""
+"""The markers of a run's hours (one insert: one part, all or nothing), made from the rows
+it wrote — so what a marker says was rated (responses, fingerprint, keys) is what its
+rows hold, whatever arrived while the run read the usage. An hour without rows (its
+usage moved away) gets a marker with none."""
 
 HOURS_COLUMNS = ("Hour", "Run", "Responses", "Fingerprint", "ConfigVersion", "RatedAt")
 MONTHS_COLUMNS = ("Month", "Run", "Signature", "ConfigVersion", "RatedAt", "Seconds", "HoursRated")
@@ -121,14 +190,20 @@ _FINGERPRINTED = (
 rating reads (rows written around the view, e.g. by tests, may reuse a rank)."""
 
 
-def scan_sql(f: UsageFilter, grid: RatingGrid) -> tuple[str, dict[str, Any]]:
-    """Pass 1 over the counted usage selected by ``f`` (one scan, two grouping sets).
+def scan_sql(
+    f: UsageFilter, grid: RatingGrid, *, hours: list[datetime] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Pass 1 over the counted usage selected by ``f`` (one scan, two grouping sets);
+    ``hours``: only those UTC hours.
 
     Rows with ``by_cell = 0``: ``hour``, ``responses``, ``fingerprint``. Rows with
     ``by_cell = 1``: ``provider``, ``response_model``, ``request_model``, ``segment``,
     ``tod``, ``tier``, ``first_at``.
     """
     source, where, params = counted_usage(f)
+    if hours is not None:
+        where = f"({where}) AND {HOUR_EXPR} IN {{hours:Array(DateTime64(0, 'UTC'))}}"
+        params["hours"] = hours
     points = [
         p
         for p in grid.change_points
@@ -176,7 +251,16 @@ def insert_sql(
     A group whose cell is missing (usage that arrived after pass 1 in a cell pass 1 did
     not see) fails the insert: the run leaves no marker and is retried.
     """
-    inner, inner_params = rating_sql(f, grid, extra_keys=("utc_hour", "feature"), hours=hours)
+    inner, inner_params = rating_sql(
+        f,
+        grid,
+        extra_keys=("utc_hour", "feature"),
+        hours=hours,
+        metrics=(
+            f"groupBitXor(cityHash64({_FINGERPRINTED})) AS fingerprint",
+            f"groupBitmapState({KEY_HASH}) AS keys",
+        ),
+    )
     types = _array(list(TOKEN_TYPES))
     n = len(TOKEN_TYPES)
     empty = _array([""] * n)
@@ -201,7 +285,9 @@ SELECT
     -- the engine may evaluate a branch on rows the condition excludes: never parse ''
     if(no_price OR per_token[1] = '' OR NOT has({_array(list(TOKEN_TYPES[:4]))}, token_type),
        NULL, toDecimal256(tt.2, 0)
-           * toDecimal256(if(per_token[1] = '', '0', per_token[1]), {AMOUNT_SCALE}))
+           * toDecimal256(if(per_token[1] = '', '0', per_token[1]), {AMOUNT_SCALE})),
+    if(token_type = 'input', fingerprint, 0),
+    if(token_type = 'input', keys, arrayReduce('groupBitmapState', CAST([], 'Array(UInt32)')))
 FROM (
     SELECT *,
         indexOf({{cell_keys:Array(Tuple(String, String, String, UInt64, UInt64, UInt64))}},
@@ -251,25 +337,60 @@ def _days(start: datetime, end: datetime, params: dict[str, Any]) -> str:
 
 
 def invoice_sql(
-    start: datetime, end: datetime, consumer: str | None, *, scope: Scope, daily: bool = False
+    start: datetime,
+    end: datetime,
+    consumer: str | None,
+    *,
+    scope: Scope,
+    daily: bool = False,
+    feature: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """What invoices need from ``[start, end)`` (whole hours; with ``daily``, whole UTC
     days, read from ``rated_daily``), per consumer, status, provider, model, token type
-    and price: quantities and requests."""
+    and price (as configured, text: cheaper to group and to fetch than the Decimal;
+    equal prices written differently are one line again in Python): quantities (as
+    text: a UInt128 fetched is slow) and requests. ``feature``: that feature's calls only (hourly
+    rows: the daily sums have no feature)."""
+    if daily and feature is not None:
+        raise ValueError("rated_daily has no Feature: read the hourly rows for a feature")
     params: dict[str, Any] = {}
     where = _days(start, end, params) if daily else _range(start, end, params)
     where = f"{scope.condition(params)} AND {where}"
     if consumer is not None:
         where = f"ConsumerId = {{consumer:String}} AND {where}"
         params["consumer"] = consumer
+    if feature is not None:
+        where = f"Feature = {{feature:String}} AND {where}"
+        params["feature"] = feature
     table = "rated_daily" if daily else "rated_usage"
-    sql = f"""SELECT ConsumerId, Status, Billable, Provider, Model, TokenType,
-    UnitPricePerMillion, any(UnitPrice), UsageError,
-    sum(Quantity), sum(Requests)
+    sql = f"""SELECT ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPrice,
+    UsageError, toString(sum(Quantity)), sum(Requests)
 FROM {{db}}.{table}
 WHERE {where}
-GROUP BY ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPricePerMillion,
-    UsageError"""
+GROUP BY ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPrice, UsageError"""
+    return sql, params
+
+
+SPEND_KEYS: dict[str, str] = {
+    "consumer": "ConsumerId",
+    "model": "concat(Provider, '/', Model)",
+}
+"""Daily spend group key → expression over ``rated_daily``."""
+
+
+def daily_spend_sql(
+    start: datetime, end: datetime, *, by: str, scope: Scope
+) -> tuple[str, dict[str, Any]]:
+    """Billed money (amount + markup, exact) per UTC day of ``[start, end)`` (whole days)
+    and ``by`` (:data:`SPEND_KEYS`), from the daily sums in force."""
+    params: dict[str, Any] = {}
+    where = f"{scope.condition(params)} AND {_days(start, end, params)}"
+    sql = f"""SELECT toString(Day) AS day, {SPEND_KEYS[by]} AS name,
+    sumIf(Amount + MarkupAmount, Status = 'billed') AS billed
+FROM {{db}}.rated_daily
+WHERE {where}
+GROUP BY day, name
+HAVING countIf(Status = 'billed') > 0"""
     return sql, params
 
 
@@ -310,23 +431,4 @@ def usage_cost_sql(f: UsageFilter) -> tuple[str, dict[str, Any]]:
     )
     if f.group_by:
         sql += "\nGROUP BY " + ", ".join(f"`k_{g}`" for g in f.group_by)
-    return sql, params
-
-
-SPEND_KEYS: dict[str, str] = {"consumer": "ConsumerId", "model": "Model"}
-"""The overview page's daily spend series → column of ``rated_daily``."""
-
-
-def daily_spend_sql(
-    start: datetime, end: datetime, key: str, *, scope: Scope
-) -> tuple[str, dict[str, Any]]:
-    """Billed money (amount + markup, exact) per UTC day of ``[start, end)`` (whole days)
-    and ``key`` (:data:`SPEND_KEYS`), read from ``rated_daily`` — the sums invoices read."""
-    params: dict[str, Any] = {}
-    where = f"{scope.condition(params)} AND {_days(start, end, params)}"
-    sql = f"""SELECT Day, {SPEND_KEYS[key]} AS key, sum(Amount + MarkupAmount)
-FROM {{db}}.rated_daily
-WHERE {where} AND Status = 'billed'
-GROUP BY Day, key
-ORDER BY Day, key"""
     return sql, params

@@ -101,6 +101,7 @@ def rating_sql(
     *,
     extra_keys: tuple[str, ...] = (),
     hours: list[datetime] | None = None,
+    metrics: tuple[str, ...] = (),
 ) -> tuple[str, dict[str, Any]]:
     """SQL and parameters of the rating query.
 
@@ -111,6 +112,7 @@ def rating_sql(
             or ``utc_hour`` (:data:`HOUR_EXPR`), returned after :data:`RATING_KEYS` as
             ``k_<key>``.
         hours: only usage in these UTC hours (applied to the counted usage).
+        metrics: further aggregates (``expr AS name``), after the quantities.
 
     Raises:
         ValueError: an unknown extra key.
@@ -141,7 +143,7 @@ def rating_sql(
     ]
     names = [*RATING_KEYS, *(f"k_{k}" for k in extra_keys)]
     sql = (
-        f"SELECT {', '.join(keys)},\n    {_AGGREGATES}\n"
+        f"SELECT {', '.join(keys)},\n    {', '.join([_AGGREGATES, *metrics])}\n"
         f"FROM ({_INNER.format(source=source, where=where)}\n)\n"
         f"GROUP BY {', '.join(names)}, invalid"
     )

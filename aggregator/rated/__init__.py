@@ -11,7 +11,13 @@ Tables: :mod:`meterline.store.rated_schema`; SQL: :mod:`meterline.aggregator.que
 
 from meterline.aggregator.rated._loop import RatingLoop
 from meterline.aggregator.rated._prices import RatingError, config_version
-from meterline.aggregator.rated._read import costs_from_table, invoices_from_table, whole_hours
+from meterline.aggregator.rated._read import (
+    costs_from_table,
+    daily_spend,
+    invoices_from_table,
+    table_range,
+    whole_hours,
+)
 from meterline.aggregator.rated._run import MonthRun, ensure_rated, rate_month, stale_months
 
 __all__ = [
@@ -20,9 +26,11 @@ __all__ = [
     "RatingLoop",
     "config_version",
     "costs_from_table",
+    "daily_spend",
     "ensure_rated",
     "invoices_from_table",
     "rate_month",
     "stale_months",
+    "table_range",
     "whole_hours",
 ]

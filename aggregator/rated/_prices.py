@@ -14,6 +14,7 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from meterline.aggregator.pricing import MONEY_CONTEXT, Pricing, Rater, money_str
+from meterline.config._pricing import decimals
 from meterline.errors import MeterlineError
 from meterline.store.rated_schema import MARKUP_FRACTION_SCALE, PRICE_SCALE
 
@@ -25,9 +26,11 @@ class RatingError(MeterlineError):
     """Usage cannot be rated into the table exactly (a price with too many decimals)."""
 
 
-TABLE_LAYOUT = "rated-v2"
-"""The columns a rating writes (v2: ``MarkupFraction``, ``AtInputPrice``, migration 11):
-part of the version, so rows written in an older layout are rated again."""
+TABLE_LAYOUT = "rated-v3"
+"""The columns a rating writes (v2: ``MarkupFraction``, ``AtInputPrice``, migration 11;
+v3: ``Fingerprint``, ``Keys`` and the markers' key sets, migration 15 — incremental runs
+need every hour's key set): part of the version, so rows written in an older layout are
+rated again."""
 
 
 def config_version(pricing: Pricing) -> str:
@@ -40,18 +43,13 @@ def config_version(pricing: Pricing) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _decimals(value: Decimal) -> int:
-    exponent = value.normalize().as_tuple().exponent
-    return max(0, -exponent) if isinstance(exponent, int) else 0
-
-
 def _shifted(value: Decimal, places: int) -> str:
     with localcontext(MONEY_CONTEXT):  # 60 digits: a shift never rounds
         return money_str(value.scaleb(places))
 
 
 def _text(price: Decimal, where: str) -> str:
-    if _decimals(price) > PRICE_SCALE:
+    if decimals(price) > PRICE_SCALE:
         raise RatingError(
             f"{where}: price {money_str(price)} per million tokens has more than "
             f"{PRICE_SCALE} decimals; rated_usage holds prices to {PRICE_SCALE} decimals"
@@ -84,7 +82,7 @@ def cell_params(rater: Rater, cells: Iterable[tuple[CellKey, datetime]]) -> dict
 
 
 def _fraction(percent: Decimal, where: str) -> str:
-    if _decimals(percent) > MARKUP_FRACTION_SCALE - 2:
+    if decimals(percent) > MARKUP_FRACTION_SCALE - 2:
         raise RatingError(
             f"{where}: markup_percent {money_str(percent)} has more than "
             f"{MARKUP_FRACTION_SCALE - 2} decimals; rated_usage holds markups to "

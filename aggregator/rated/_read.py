@@ -7,7 +7,7 @@ Both read whole UTC hours; callers rate stale months first (:func:`ensure_rated`
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -31,6 +31,25 @@ def whole_hours(*instants: datetime | None) -> bool:
     )
 
 
+def _floor_hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def table_range(store: Store, start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    """``[start, end)`` as whole UTC hours the table can answer exactly: itself when whole
+    hours; widened to the hours around a partial edge hour that holds no counted usage (a
+    budget's ``total`` ends at the last storable instant, 23:47:16 of its hour); else
+    ``None`` (rate on the fly). Call when the months of the range are current."""
+    if whole_hours(start, end):
+        return start, end
+    edges = [h for h, t in ((_floor_hour(start), start), (_floor_hour(end), end)) if h != t]
+    _, rows = store.query(sql.BUSY_HOURS_SQL, {"hours": edges})
+    if rows:
+        return None
+    wide_end = end if whole_hours(end) else _floor_hour(end) + timedelta(hours=1)
+    return _floor_hour(start), wide_end
+
+
 def whole_days(start: datetime, end: datetime) -> bool:
     """True when both instants are UTC midnights."""
     return whole_hours(start, end) and start.hour == 0 and end.hour == 0
@@ -52,42 +71,49 @@ def invoices_from_table(
     label: str,
     scope: Scope,
     consumer: str | None = None,
+    feature: str | None = None,
     daily: bool | None = None,
 ) -> dict[str, Invoice]:
     """Invoices of ``[start, end)`` from the rated rows (see ``build_invoices`` for the
     rules: this applies them to the table's ``Status``). Ranges of whole days read the
-    daily sums (``daily``: force either table)."""
-    daily = whole_days(start, end) if daily is None else daily
-    query, params = sql.invoice_sql(start, end, consumer, scope=scope, daily=daily)
+    daily sums (``daily``: force either table) unless ``feature`` is given (only that
+    feature's calls: a budget's share; read from the hourly rows, which keep the feature)."""
+    if daily is None:
+        daily = feature is None and whole_days(start, end)
+    query, params = sql.invoice_sql(start, end, consumer, scope=scope, daily=daily, feature=feature)
     _, rows = store.query(query, params, settings=READ_SETTINGS)
     drafts: dict[str, _Draft] = {}
     if consumer is not None:
         drafts[consumer] = _Draft()
     invalid: dict[tuple[str, str, str, str], int] = {}
-    prices: dict[Decimal, Decimal] = {}
-    for c, status, billable, provider, model, token_type, unit, text, reason, q, n in rows:
-        c, provider, model = str(c), str(provider), str(model)
+    prices: dict[str, Decimal] = {}
+    for c, status, billable, provider, model, token_type, text, reason, q, n in rows:
         draft = drafts.get(c)
         if draft is None:
             draft = drafts[c] = _Draft()
-        quantity, requests = int(q), int(n)
+        if status == "billed":
+            if q != "0":
+                price = prices.get(text)
+                if price is None:
+                    price = prices[text] = Decimal(text)
+                key = (provider, model, _INDEX[token_type], price)
+                lines = draft.lines
+                lines[key] = lines.get(key, 0) + int(q)
+            if not billable:
+                draft.failed += n
+            continue
+        quantity, requests = int(q), n
         if status == "invalid":
             key4 = (c, provider, model, str(reason))
             invalid[key4] = invalid.get(key4, 0) + requests
             continue
         if not billable:
             draft.failed += requests
-        if status in ("failed", "unpriced"):
-            into = draft.failed_usage if status == "failed" else draft.unpriced
-            counts = _unbilled_totals(into, (provider, model))
-            counts[0] += requests
-            counts[1 if token_type in _INPUT_TYPES else 2] += quantity
-            counts[3 + _INDEX[token_type]] += quantity
-            continue
-        if quantity:
-            price = prices.setdefault(unit, Decimal(text))
-            key = (provider, model, _INDEX[token_type], price)
-            draft.lines[key] = draft.lines.get(key, 0) + quantity
+        into = draft.failed_usage if status == "failed" else draft.unpriced
+        counts = _unbilled_totals(into, (provider, model))
+        counts[0] += requests
+        counts[1 if token_type in _INPUT_TYPES else 2] += quantity
+        counts[3 + _INDEX[token_type]] += quantity
     for c, *_ in invalid:
         drafts.setdefault(c, _Draft())
     with localcontext(MONEY_CONTEXT):
@@ -118,4 +144,35 @@ def costs_from_table(store: Store, f: UsageFilter) -> dict[tuple[Any, ...], list
             Decimal(0) if cost is None else Decimal(cost),
             unpriced,
         ]
+    return out
+
+
+def daily_spend(
+    store: Store,
+    pricing: Pricing,
+    start: datetime,
+    end: datetime,
+    *,
+    by: str,
+    scope: Scope,
+) -> dict[tuple[str, str], Decimal]:
+    """Billed money per (UTC day ``YYYY-MM-DD``, consumer or ``provider/model``) over the
+    whole days ``[start, end)``: from the daily sums when the months are current, else
+    rated on the fly (the same money)."""
+    from meterline.aggregator.rated._run import stale_months
+
+    if whole_days(start, end) and not stale_months(store, pricing, start, end):
+        query, params = sql.daily_spend_sql(start, end, by=by, scope=scope)
+        _, rows = store.query(query, params, settings=READ_SETTINGS)
+        return {(str(d), str(n)): Decimal(b) for d, n, b in rows if b is not None}
+    from meterline.aggregator.invoices._usage_costs import usage_costs_on_the_fly
+
+    keys = ("day", "consumer") if by == "consumer" else ("day", "provider", "model")
+    f = UsageFilter(start=start, end=end, group_by=keys, scope=scope)
+    out: dict[tuple[str, str], Decimal] = {}
+    for key, (cost, _) in usage_costs_on_the_fly(store, pricing, f).by_key.items():
+        if cost:
+            day = key[0].date().isoformat()
+            name = key[1] if by == "consumer" else f"{key[1]}/{key[2]}"
+            out[(day, name)] = out.get((day, name), Decimal(0)) + cost
     return out

@@ -96,6 +96,8 @@ class MonthRun:
     hours_rated: int
     """Hours whose rows were replaced (0: the month was current already in substance)."""
     seconds: float
+    incremental: bool = False
+    """Only the hours the rows inserted since the last run can change were read."""
 
 
 def _utc(value: datetime) -> datetime:
@@ -103,8 +105,20 @@ def _utc(value: datetime) -> datetime:
 
 
 def _signatures(store: Store) -> dict[int, str]:
-    _, rows = store.query(sql.SIGNATURES_SQL, {"database": store.database})
-    return {int(m): str(s) for m, s in rows}
+    """Per month of ``llm_usage``: ``v2:<newest block>:<newest mutation>:<oldest block>``."""
+    database = {"database": store.database}
+    _, [(mutation,)] = store.query(sql.MUTATIONS_SQL, database)
+    _, rows = store.query(sql.SIGNATURES_SQL, database)
+    return {int(m): f"v2:{int(b)}:{int(mutation or 0)}:{int(first)}" for m, b, first in rows}
+
+
+def _parse(signature: str) -> tuple[int, tuple[int, int]] | None:
+    """(newest block, (newest mutation, oldest block)) of a ``v2`` signature; ``None`` for
+    others (runs of an earlier release: rated again in full)."""
+    parts = signature.split(":")
+    if len(parts) != 4 or parts[0] != "v2":
+        return None
+    return int(parts[1]), (int(parts[2]), int(parts[3]))
 
 
 def _rated_months(store: Store) -> dict[int, tuple[str, str]]:
@@ -117,6 +131,14 @@ def stale_months(
 ) -> list[tuple[int, str]]:
     """Months (``YYYYMM``, current signature) in ``[start, end)`` whose rated usage is not
     current: usage changed since their last run, or the pricing did."""
+    return [(m, s) for m, s, _ in _stale(store, pricing, start, end)]
+
+
+def _stale(
+    store: Store, pricing: Pricing, start: datetime | None, end: datetime | None
+) -> list[tuple[int, str, str | None]]:
+    """Stale months with their current signature and the signature of their last
+    completed run under the same pricing (``None``: none — a full run)."""
     version = config_version(pricing)
     signatures = _signatures(store)
     rated = _rated_months(store)
@@ -127,8 +149,10 @@ def stale_months(
         if not lo <= month <= hi:
             continue
         signature = signatures.get(month, "")
-        if rated.get(month, ("", "")) != (signature, version) and (signature or month in rated):
-            stale.append((month, signature))
+        last = rated.get(month, ("", ""))
+        if last != (signature, version) and (signature or month in rated):
+            previous = last[0] if last[1] == version and last[0] and signature else None
+            stale.append((month, signature, previous))
     return stale
 
 
@@ -137,15 +161,15 @@ _TICK = timedelta(microseconds=1)
 
 
 def _scan(
-    store: Store, pricing: Pricing, f: UsageFilter
+    store: Store, pricing: Pricing, f: UsageFilter, hours: list[datetime] | None = None
 ) -> tuple[Any, dict[datetime, tuple[int, int]], list[tuple[Any, datetime]]]:
     """Pass 1 with a grid that covers every model present (at most one retry)."""
     book = pricing.book
     for attempt in range(2):
         grid = book.grid(book.seen)
-        query, params = sql.scan_sql(f, grid)
+        query, params = sql.scan_sql(f, grid, hours=hours)
         names, rows = store.query(query, params, settings=READ_SETTINGS)
-        hours: dict[datetime, tuple[int, int]] = {}
+        found: dict[datetime, tuple[int, int]] = {}
         cells: list[tuple[Any, datetime]] = []
         for row in rows:
             r = dict(zip(names, row, strict=True))
@@ -160,15 +184,36 @@ def _scan(
                 )
                 cells.append((key, _utc(r["first_at"])))
             else:
-                hours[_utc(r["hour"])] = (int(r["responses"]), int(r["fingerprint"]))
+                found[_utc(r["hour"])] = (int(r["responses"]), int(r["fingerprint"]))
         present = {k[:3] for k, _ in cells}
         if present <= book.seen:
-            return grid, hours, cells
+            return grid, found, cells
         book.remember(present)
         if attempt == 0 and not grid.covers(book.grid(present), f.start, f.end):
             continue
-        return grid, hours, cells
-    return grid, hours, cells
+        return grid, found, cells
+    return grid, found, cells
+
+
+def _affected_hours(
+    store: Store, month: int, block: int, start: datetime, end: datetime
+) -> list[datetime]:
+    """The hours of ``month`` that its rows newer than ``block`` can change."""
+    _, parts = store.query(
+        sql.NEW_PARTS_SQL,
+        {"database": store.database, "partition": str(month), "block": block},
+    )
+    if not parts:
+        return []
+    params = {
+        "month": month,
+        "parts": [str(p[0]) for p in parts],
+        "block": block,
+        "start": start,
+        "end": end,
+    }
+    _, rows = store.query(sql.AFFECTED_HOURS_SQL, params, settings=READ_SETTINGS)
+    return sorted(h for h in (_utc(r[0]) for r in rows) if start <= h < end)
 
 
 def _roll_up_days(store: Store, run: int, start: datetime, end: datetime, now: datetime) -> None:
@@ -188,22 +233,41 @@ def _roll_up_days(store: Store, run: int, start: datetime, end: datetime, now: d
     store.command(sql.DAILY_CLEANUP_SQL, {"days": days, "run": run})
 
 
-def rate_month(store: Store, pricing: Pricing, month: int, signature: str) -> MonthRun:
-    """One run of ``month`` (``YYYYMM``); call with the store's rating lock held."""
+def rate_month(
+    store: Store,
+    pricing: Pricing,
+    month: int,
+    signature: str,
+    previous: str | None = None,
+) -> MonthRun:
+    """One run of ``month`` (``YYYYMM``) up to its usage ``signature``; call with the
+    store's rating lock held. ``previous``: the signature of its last completed run with
+    the same pricing — then only the hours the rows inserted since can change are read
+    and rated (incremental); otherwise every hour whose counted usage or pricing differs
+    from its marker (full)."""
     started = time.perf_counter()
     run = _next_run()
     version = config_version(pricing)
     start, end = month_bounds(month)
     f = UsageFilter(start=start, end=end, scope=Scope.ALL)  # the table rates everyone
-    grid, hours, cells = _scan(store, pricing, f)
-    _step("scan", month)
-    _, marked = store.query(sql.HOURS_SQL, {"start": start, "end": end})
-    current = {_utc(r[0]): (int(r[2]), int(r[3]), str(r[4])) for r in marked}
-    changed = sorted(
-        h
-        for h in set(hours) | set(current)
-        if current.get(h) != (*hours.get(h, (0, 0)), version) and (h in hours or current[h][0] > 0)
-    )
+    now_sig, old_sig = _parse(signature), _parse(previous) if previous else None
+    incremental = now_sig is not None and old_sig is not None and now_sig[1] == old_sig[1]
+    if incremental:
+        assert old_sig is not None
+        changed = _affected_hours(store, month, old_sig[0], start, end)
+        grid, _, cells = _scan(store, pricing, f, changed) if changed else (None, {}, [])
+        _step("scan", month)
+    else:
+        grid, hours, cells = _scan(store, pricing, f)
+        _step("scan", month)
+        _, marked = store.query(sql.HOURS_SQL, {"start": start, "end": end})
+        current = {_utc(r[0]): (int(r[2]), int(r[3]), str(r[4])) for r in marked}
+        changed = sorted(
+            h
+            for h in set(hours) | set(current)
+            if current.get(h) != (*hours.get(h, (0, 0)), version)
+            and (h in hours or current[h][0] > 0)
+        )
     now = datetime.now(UTC)
     if changed:
         params = {
@@ -216,18 +280,9 @@ def rate_month(store: Store, pricing: Pricing, month: int, signature: str) -> Mo
         query, all_params = sql.insert_sql(f, grid, hours=changed, params=params)
         store.command(query, all_params)
         _step("rows", month)
-        responses = [hours.get(h, (0, 0)) for h in changed]
-        store.insert_columns(
-            "rated_hours",
-            [
-                changed,
-                [run] * len(changed),
-                [r[0] for r in responses],
-                [r[1] for r in responses],
-                [version] * len(changed),
-                [now] * len(changed),
-            ],
-            sql.HOURS_COLUMNS,
+        store.command(
+            sql.MARKERS_SQL,
+            {"run": run, "hours": changed, "config_version": version, "rated_at": now},
         )
         _step("markers", month)
         store.command(sql.CLEANUP_SQL, {"hours": changed, "run": run})
@@ -240,9 +295,14 @@ def rate_month(store: Store, pricing: Pricing, month: int, signature: str) -> Mo
         sql.MONTHS_COLUMNS,
     )
     logger.info(
-        "rated %d: %d hour(s) replaced in %.3f s (run %d)", month, len(changed), seconds, run
+        "rated %d (%s): %d hour(s) replaced in %.3f s (run %d)",
+        month,
+        "incremental" if incremental else "full",
+        len(changed),
+        seconds,
+        run,
     )
-    return MonthRun(month, run, len(changed), seconds)
+    return MonthRun(month, run, len(changed), seconds, incremental)
 
 
 def ensure_rated(
@@ -254,17 +314,19 @@ def ensure_rated(
         return []
     with _lock(store):
         return [
-            _rate_with_retry(store, pricing, month, signature)
-            for month, signature in stale_months(store, pricing, start, end)
+            _rate_with_retry(store, pricing, month, signature, previous)
+            for month, signature, previous in _stale(store, pricing, start, end)
         ]
 
 
-def _rate_with_retry(store: Store, pricing: Pricing, month: int, signature: str) -> MonthRun:
+def _rate_with_retry(
+    store: Store, pricing: Pricing, month: int, signature: str, previous: str | None
+) -> MonthRun:
     """A run fails, leaving no marker, when usage of a price cell its scan had not seen
     arrives before its insert (a new model or tier): scan again, at most twice more."""
     for attempt in range(3):
         try:
-            return rate_month(store, pricing, month, signature)
+            return rate_month(store, pricing, month, signature, previous)
         except Exception as exc:
             if attempt == 2 or _MISSING_CELL not in str(exc):
                 raise

@@ -12,6 +12,7 @@ from meterline.aggregator.routes import (
     health,
     invoices,
     keys,
+    overview,
     periods,
     prices,
     rate_limits,
@@ -34,10 +35,12 @@ api_router.include_router(reservations.router)
 api_router.include_router(rate_limits.router)
 api_router.include_router(estimate.router)
 api_router.include_router(stripe.router)
+api_router.include_router(overview.router)
 api_router.include_router(grafana.router)
 api_router.include_router(alerts.router)
 
 public_router = APIRouter()
 public_router.include_router(health.router)
+public_router.include_router(overview.page_router)
 
 __all__ = ["api_router", "public_router"]

@@ -8,10 +8,12 @@ model says what may be written, not how prices are matched.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from meterline.config._base import Money, Section, none_as_empty_dict, none_as_empty_list
@@ -57,15 +59,62 @@ def _instant(value: Any) -> datetime | None:
 Instant = Annotated[datetime | None, BeforeValidator(_instant)]
 
 
+def decimals(value: Decimal) -> int:
+    """Digits after the point that ``value`` needs (``2.50`` → 1, ``1E-30`` → 30), exactly
+    (``Decimal.normalize`` would round to the context's 28 digits first)."""
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        return 0
+    trailing = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -(exponent + trailing)) if any(digits) else 0
+
+
+def _at_most(places: Callable[[], int], what: str) -> Callable[[Decimal], Decimal]:
+    """A validator refusing an amount finer than the rated-usage table holds: stored, it
+    would be rounded; every amount meterline shows is read from that table."""
+
+    def check(value: Decimal) -> Decimal:
+        limit = places()
+        if decimals(value) > limit:
+            raise PydanticCustomError(
+                "money_scale",
+                "{value} has {n} decimals; {what} may have at most {limit} (the rated-usage "
+                "table holds them exactly to that scale): round it",
+                {"value": f"{value:f}", "n": decimals(value), "what": what, "limit": limit},
+            )
+        return value
+
+    return check
+
+
+def _price_scale() -> int:
+    from meterline.store.rated_schema import PRICE_SCALE
+
+    return PRICE_SCALE
+
+
+def _markup_scale() -> int:
+    from meterline.store.rated_schema import MARKUP_FRACTION_SCALE
+
+    return MARKUP_FRACTION_SCALE - 2  # percent: the fraction has two more
+
+
+Price = Annotated[Money, AfterValidator(_at_most(_price_scale, "a price per million tokens"))]
+"""A price per million tokens: money with at most ``PRICE_SCALE`` (24) decimals."""
+
+MarkupPercent = Annotated[Money, AfterValidator(_at_most(_markup_scale, "markup_percent"))]
+"""``markup_percent``: money with at most 8 decimals."""
+
+
 class TokenPrices(Section):
     """Prices per million tokens, by token type (docs/pricing.md, "Token types")."""
 
-    input: Money | None = None
-    cache_read: Money | None = None
-    cache_write: Money | None = None
-    cache_write_1h: Money | None = None
-    output: Money | None = None
-    reasoning: Money | None = None
+    input: Price | None = None
+    cache_read: Price | None = None
+    cache_write: Price | None = None
+    cache_write_1h: Price | None = None
+    output: Price | None = None
+    reasoning: Price | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> TokenPrices:
@@ -128,7 +177,7 @@ class ModelPriceSection(Section):
 class PlanSection(Section):
     """A plan; a key it omits comes from ``plans.default``."""
 
-    markup_percent: Money | None = None
+    markup_percent: MarkupPercent | None = None
     bill_failed_requests: bool | None = None
 
 

@@ -26,6 +26,7 @@ from meterline.store.alert_schema import ALERT_DELIVERIES_DDL, ALERTS_DDL
 from meterline.store.budget_schema import BUDGETS_DDL, RATE_LIMITS_DDL, RESERVATIONS_DDL
 from meterline.store.ingest_schema import INGEST_STATS_DDL
 from meterline.store.rated_schema import (
+    INCREMENTAL_DDL,
     RATED_CURRENT_VIEW_DDL,
     RATED_DAILY_DDL,
     RATED_DAYS_DDL,
@@ -384,6 +385,16 @@ MIGRATIONS += (
 
 # The collector's counters, sampled for the pipeline health dashboard (issue 12 §2).
 MIGRATIONS += (Migration(14, "ingest_stats: the writer's counters, sampled", (INGEST_STATS_DDL,)),)
+
+# Incremental rating (issue 10 §1): rows since the last run by block number; where each
+# response was counted, per hour.
+MIGRATIONS += (
+    Migration(
+        15,
+        "incremental rating: llm_usage block numbers kept; key sets per rated group and hour",
+        INCREMENTAL_DDL,
+    ),
+)
 
 EMBEDDED_TUNING: tuple[str, ...] = (
     f"ALTER TABLE {{db}}.{TRACES_TABLE} MODIFY SETTING merge_selector_base = 20, "

@@ -160,6 +160,24 @@ Rows rated before the migration have 0 / NULL there: the rating version
 (``meterline.aggregator.rated.config_version``) names the table's layout, so every month
 is rated again once after the upgrade."""
 
+KEYS_TYPE = "AggregateFunction(groupBitmap, UInt32)"
+"""A set of 32-bit hashes of counted responses' identities (``ConsumerId``, ``DedupKey``)."""
+
+INCREMENTAL_DDL: tuple[str, ...] = (
+    "ALTER TABLE {db}.llm_usage MODIFY SETTING enable_block_number_column = 1",
+    "ALTER TABLE {db}.rated_usage ADD COLUMN IF NOT EXISTS Fingerprint UInt64,"
+    f" ADD COLUMN IF NOT EXISTS Keys {KEYS_TYPE}",
+    f"ALTER TABLE {{db}}.rated_hours ADD COLUMN IF NOT EXISTS Keys {KEYS_TYPE}",
+)
+"""Migration 15 (incremental rating, docs/rated-usage.md):
+
+- ``llm_usage`` keeps each row's insert block number through merges (``_block_number``),
+  so a run finds the rows inserted since the last one without reading the month;
+- each rated group's ``input`` row carries the fingerprint and the set of key hashes of
+  its counted responses (``Fingerprint``, ``Keys``; other rows: 0 and empty), and each
+  hour's marker their union: where every response was counted, even after a merge
+  dropped the report that was counted (a later duplicate displaced it)."""
+
 RATED_USAGE_COLUMNS: tuple[str, ...] = (
     "Hour",
     "Run",
@@ -185,4 +203,6 @@ RATED_USAGE_COLUMNS: tuple[str, ...] = (
     "RatedAt",
     "MarkupFraction",
     "AtInputPrice",
+    "Fingerprint",
+    "Keys",
 )

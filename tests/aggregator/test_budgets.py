@@ -260,3 +260,50 @@ def test_state_survives_a_new_app(store, tmp_path, clock):
                       json={"usage": {"input": 1000, "output": 10}}).status_code == 200  # fmt: skip
     clock.now += timedelta(days=40)  # a later month: nothing reserved there
     assert again.get("/v1/budgets/acme").json()["reserved"] == "0.00"
+
+
+@pytest.mark.parametrize("period", ["month", "day", "total"])
+def test_a_feature_budget_reads_the_feature_filtered_invoice_from_rated_usage(
+    store, tmp_path, clock, monkeypatch, period
+):
+    """A feature budget's ``spent`` is the feature-filtered invoice total, read from the
+    rated table once its months are rated (the on-the-fly path is switched off to prove
+    it), and equal to the feature-filtered invoice rated on the fly to the cent."""
+    from meterline.aggregator.invoices import _service, between
+    from meterline.aggregator.pricing import load_pricing
+    from meterline.aggregator.rated import ensure_rated
+    from meterline.aggregator.tenancy import Scope
+    from tests.aggregator.pricing_config import CONFIG_YAML, write_config
+
+    day = [  # the budget day of the clock (2026-03-20 UTC), and the day before
+        Call(utc(2026, 3, 20, 0), input=250_001, output=3_333, feature="chat"),
+        Call(utc(2026, 3, 20, 11, 59), input=100_001, output=7_777, feature="summarize"),
+        Call(utc(2026, 3, 19, 23, 59, 59), input=9_999, output=99, feature="chat"),
+    ]
+    insert_calls(store, [*MARCH, *day])
+    pricing = load_pricing(write_config(tmp_path, CONFIG_YAML))
+    ensure_rated(store, pricing)
+    app = budget_app(store, tmp_path, clock)
+    a = admin(app)
+    spans = {"month": between(utc(2026, 3, 1), utc(2026, 4, 1)),
+             "day": between(utc(2026, 3, 20), utc(2026, 3, 21)),
+             "total": between(utc(1900, 1, 1), utc(2262, 4, 11))}  # fmt: skip
+    expected = {
+        f: _service.rate_invoices_on_the_fly(
+            store, pricing, spans[period], scope=Scope.ALL, consumer="acme", feature=f
+        )["acme"].total
+        for f in ("chat", "summarize", "none-yet")
+    }
+
+    def no_fly(*args, **kwargs):
+        raise AssertionError("rated on the fly: the feature filter did not reach the table")
+
+    monkeypatch.setattr(_service, "rate_invoices_on_the_fly", no_fly)
+    for feature, total in expected.items():
+        a.put(f"/v1/budgets/acme?feature={feature}", json={**MONTH, "period": period})
+        got = a.get(f"/v1/budgets/acme?feature={feature}")
+        assert got.status_code == 200, got.text
+        spent = got.json()["spent"]
+        assert Decimal(spent) == total, feature
+    assert expected["chat"] > 0 and expected["summarize"] > 0
+    assert expected["none-yet"] == 0

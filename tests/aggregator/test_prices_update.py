@@ -42,13 +42,12 @@ PUBLISHED = [
 
 @pytest.fixture
 def published() -> Iterator[str]:
-    body = json.dumps(PUBLISHED).encode()
-
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path != "/data.json":
                 self.send_error(404)
                 return
+            body = json.dumps(PUBLISHED).encode()  # read now: a test may change it
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
@@ -71,6 +70,23 @@ def published() -> Iterator[str]:
 def test_unreachable_host_changes_nothing(store: Store) -> None:
     with pytest.raises(PriceUpdateError, match=r"cannot fetch prices from http://127\.0\.0\.1:9/"):
         update_catalogue(store, Catalogue.bundled(), url="http://127.0.0.1:9/x.json", timeout=2)
+    assert stored_catalogue(store) is None
+
+
+def test_a_price_finer_than_the_rated_table_is_refused(
+    store: Store, published: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A published price with more than 24 decimals would be rounded in rated_usage: the
+    update is refused with one line naming it, and nothing is stored."""
+    fine = json.loads(json.dumps(PUBLISHED))
+    fine[0]["models"][0]["prices"]["cache_read_mtok"] = "1." + "0" * 27 + "1"
+    monkeypatch.setitem(PUBLISHED[0], "models", fine[0]["models"])
+    with pytest.raises(PriceUpdateError) as caught:
+        update_catalogue(store, None, url=published + "/data.json")
+    assert str(caught.value) == (
+        f"{published}/data.json: openai/gpt-4o cache_read_mtok 1.{'0' * 27}1 has more than 24"
+        " decimals (the rated-usage table holds prices to 24); not loaded; prices unchanged"
+    )
     assert stored_catalogue(store) is None
 
 

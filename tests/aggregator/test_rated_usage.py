@@ -37,6 +37,7 @@ from meterline.aggregator.pricing import (
     Pricing,
     parse_pricing_config,
 )
+from meterline.aggregator.pricing._catalogue import PriceScaleError
 from meterline.aggregator.queries.usage import UsageFilter
 from meterline.aggregator.rated import (
     RatingError,
@@ -216,9 +217,10 @@ def assert_table_is_the_fly(store: Store, pricing: Pricing) -> None:
     before=pricing_data(),
     after=pricing_data(),
     change_at=instants(),
+    merge=st.booleans(),
 )
 def test_table_money_equals_on_the_fly_rating(
-    store: Store, first, late, displacing, before, after, change_at
+    store: Store, first, late, displacing, before, after, change_at, merge
 ) -> None:
     store.command("TRUNCATE TABLE {db}.otel_traces")
     store.command("TRUNCATE TABLE {db}.llm_usage")
@@ -250,6 +252,8 @@ def test_table_money_equals_on_the_fly_rating(
         for i, offset in displacing
     ]  # fmt: skip
     insert_calls(store, late_calls + dupes)
+    if merge:  # displaced reports dropped before the (incremental) run
+        store.command("OPTIMIZE TABLE {db}.llm_usage FINAL")
     assert_table_is_the_fly(store, changed)
 
 
@@ -325,9 +329,19 @@ def test_a_duplicate_across_a_month_boundary_counts_once_in_the_winners_month(
 
 
 def test_a_price_with_more_decimals_than_the_table_holds_is_refused(store: Store) -> None:
-    """The rating refuses it (never truncates); readers keep rating on the fly, exactly."""
-    pricing = _pricing({"currency": "USD", "models": [{"provider": "openai", "model": "gpt-4o",
-                        "per_million_tokens": {"input": "0." + "1" * 25, "output": "1"}}]})  # fmt: skip
+    """The configuration and the catalogue refuse such prices at load (tests/config,
+    test_prices_update); the rating refuses them too (never truncates) should one reach it —
+    here a catalogue built without the check. Readers keep rating on the fly, exactly."""
+    fine = "0." + "1" * 25
+    raw = [{"id": "openai", "name": "OpenAI", "api_pattern": "x", "models": [
+        {"id": "gpt-4o", "match": {"equals": "gpt-4o"},
+         "prices": {"input_mtok": fine, "output_mtok": "1"}}]}]  # fmt: skip
+    with pytest.raises(PriceScaleError, match=r"^t: openai/gpt-4o input_mtok 0\.1{25} has more"):
+        Catalogue.from_raw(raw, source="t")
+    from genai_prices.types import _providers_from_raw
+
+    unchecked = Catalogue(_providers_from_raw(raw), source="t", checked=True)
+    pricing = Pricing.build(parse_pricing_config({"currency": "USD"}), unchecked)
     insert_calls(store, [Call(at=datetime(2026, 3, 2, 10, tzinfo=UTC), input=10, output=1)])
     with pytest.raises(RatingError, match=r"more than 24 decimals"):
         ensure_rated(store, pricing)

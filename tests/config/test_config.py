@@ -71,6 +71,25 @@ BAD_FILES = [
      r"output: expected an amount as a quoted decimal string"),
     ("models:\n  - {provider: o, model: m, per_million_tokens: {}}\n",
      r"2: models\[0\].per_million_tokens: give at least one price"),
+    # money finer than the rated-usage table holds (24 decimals per million tokens,
+    # 8 for markup_percent) is refused, never rounded
+    (f'models:\n  - {{provider: o, model: m, per_million_tokens: {{input: "0.{"0" * 24}1"}}}}\n',
+     r"2: models\[0\].per_million_tokens.input: 0.0{24}1 has 25 decimals; a price per million "
+     r"tokens may have at most 24 .*: round it$"),
+    (f'models:\n  - provider: o\n    model: m\n    {PRICE}\n    tiers:\n'
+     f'      - above_input_tokens: 5\n        per_million_tokens:\n'
+     f'          cache_write_1h: "3.{"3" * 30}"\n',
+     r"8: models\[0\].tiers\[0\].per_million_tokens.cache_write_1h: 3.3{30} has 30 decimals"),
+    ('models:\n  - {provider: o, model: m, per_million_tokens: {output: "1E-25"}}\n',
+     r"output: 0.0{24}1 has 25 decimals"),
+    # more significant digits than Decimal's default context (28): counted exactly
+    (f'models:\n  - {{provider: o, model: m, per_million_tokens: {{output: "1.{"0" * 27}1"}}}}\n',
+     r"output: 1.0{27}1 has 28 decimals"),
+    ('plans:\n  default: {markup_percent: "12.123456789"}\n',
+     r"2: plans.default.markup_percent: 12.123456789 has 9 decimals; markup_percent may have "
+     r"at most 8"),
+    ('plans:\n  consumers:\n    acme: {markup_percent: "0.000000001"}\n',
+     r"3: plans.consumers.acme.markup_percent: 0.000000001 has 9 decimals"),
     # dates
     (f"models:\n  - {{provider: o, model: m, effective_from: soon, {PRICE}}}\n",
      r"2: models\[0\].effective_from: 'soon' is not a date \(YYYY-MM-DD\)"),
@@ -160,6 +179,14 @@ def test_valid_files_that_worked_before_still_do(tmp_path: Path) -> None:
     # empty sections, an empty file, whole numbers as amounts, a consumer with no keys,
     # YAML merge keys and anchors
     assert _load(tmp_path, "").summary() == "currency USD, 0 model prices, 0 plans"
+    finest = _load(  # the table's own scale is fine: 24 decimals, markup 8
+        tmp_path,
+        f'models:\n  - {{provider: o, model: m, per_million_tokens: {{input: "0.{"0" * 23}1"}}}}\n'
+        'plans:\n  default: {markup_percent: "12.12345678"}\n',
+    )
+    assert finest.models[0].per_million_tokens.input == Decimal("1E-24")
+    assert finest.plans is not None and finest.plans.default is not None
+    assert finest.plans.default.markup_percent == Decimal("12.12345678")
     assert _load(tmp_path, "# prices come later\n") == ConfigFile()
     assert _load(tmp_path, "models:\nplans:\n") == ConfigFile()
     text = 'base: &base {provider: openai, per_million_tokens: {input: 2, output: "8"}}\n'
