@@ -447,6 +447,16 @@ class RedisLedger(Ledger):
             rate_used,
         ), []  # fmt: skip
 
+    def ended_status(self, rid: str, consumer: str | None) -> str | None:
+        """As stored, but a reservation still ``reserved`` in the store and no longer in
+        Redis has expired: the reserve script drops it without telling the store (or
+        Redis lost it, which frees the budget the same way). Before: 404 for a settle of
+        an expired reservation, where the contract says ``{"status": "expired"}``."""
+        found = self.stored_status(rid)
+        if found is None or (consumer is not None and found[1] != consumer):
+            return None
+        return "expired" if found[0] == "reserved" else found[0]
+
     def _owner(self, rid: str, consumer: str | None) -> str | None:
         owner = self._do("hget", self._owner_key(), rid)
         if owner is None or (consumer is not None and owner != consumer):

@@ -7,6 +7,7 @@ Amounts: gpt-4o 2.00 / 8.00 per million in / out, acme +20 % → 1000 in + 500 o
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -106,3 +107,22 @@ def test_negative_zero_is_zero(app):
                        ("/v1/rate-limits/acme", {"limit": "-0.0", "unit": "USD", "per": "hour"})]:  # fmt: skip
         shown = a.put(path, json=body).json()
         assert not shown["limit"].startswith("-") and not shown["remaining"].startswith("-")
+
+
+def test_a_late_settle_counts_until_the_reservation_is_ended(each, clock):
+    """Expiry is applied at the consumer's next reserve (docs/budgets.md): a settle after
+    ``expires_at`` but before it counts the actual; after it, a settle is a no-op."""
+    a = admin(each)
+    a.put("/v1/budgets/acme", json={**HARD, "limit": "1"})
+    late = a.post("/v1/reservations", json=reserve_body(ttl_seconds=10)).json()
+    gone = a.post("/v1/reservations", json=reserve_body(ttl_seconds=10)).json()
+    clock.now += timedelta(seconds=11)
+    settled = a.post(f"/v1/reservations/{late['id']}/settle", json={"usage": USAGE})
+    assert settled.json()["status"] == "settled"
+    assert a.post("/v1/reservations", json=reserve_body(max_tokens=0)).json()["allowed"]
+    again = a.post(f"/v1/reservations/{gone['id']}/settle", json={"usage": USAGE})
+    assert again.json()["status"] == "expired"
+    state = a.get("/v1/budgets/acme").json()
+    # the late one's actual (0.0072) + the new worst case (1000 in: 0.0024); not the expired
+    assert Decimal(state["spent"]) == Decimal("0.0072")
+    assert Decimal(state["reserved"]) == Decimal("0.0024")
