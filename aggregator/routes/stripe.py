@@ -21,6 +21,7 @@ from meterline.aggregator.routes._pricing import PricingDep
 from meterline.aggregator.stripe import (
     StripeAuthError,
     StripeConfig,
+    StripeRequestError,
     load_customer_map,
     push_invoices,
     reconcile,
@@ -121,7 +122,7 @@ def get_reconcile(
 def post_setup(config: StripeConfigDep) -> list[dict[str, str]]:
     try:
         return setup_meters(_config_or_409(config))
-    except StripeAuthError as exc:
+    except StripeRequestError as exc:
         raise HTTPException(status_code=502, detail=str(exc)) from None
 
 

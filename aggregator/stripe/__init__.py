@@ -19,6 +19,7 @@ from meterline.aggregator.stripe._client import (
     Retrying,
     StripeAuthError,
     StripeEnv,
+    StripeRequestError,
 )
 from meterline.aggregator.stripe._config import (
     DEFAULT_GRACE,
@@ -64,6 +65,7 @@ __all__ = [
     "StripeConfig",
     "StripeConfigError",
     "StripeEnv",
+    "StripeRequestError",
     "SyncLoop",
     "SyncSummary",
     "WindowValue",

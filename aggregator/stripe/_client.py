@@ -68,7 +68,11 @@ REQUEST_TIMEOUT_S = 20.0
 logging.getLogger("stripe").setLevel(logging.WARNING)  # one INFO line per request
 
 
-class StripeAuthError(MeterlineError):
+class StripeRequestError(MeterlineError):
+    """A read Stripe must answer before anything is sent failed (unreachable, refused)."""
+
+
+class StripeAuthError(StripeRequestError):
     """Stripe refused the key: nothing more can be sent until it is fixed."""
 
 
@@ -312,11 +316,21 @@ class MeterEventsClient:
 
     def meter_names(self) -> set[str]:
         """Event names of the account's active meters."""
+        stripe = self._stripe
         names: set[str] = set()
-        for meter in self.client.v1.billing.meters.list(
-            {"status": "active", "limit": 100}
-        ).auto_paging_iter():
-            names.add(str(meter.event_name))
+        try:
+            for meter in self.client.v1.billing.meters.list(
+                {"status": "active", "limit": 100}
+            ).auto_paging_iter():
+                names.add(str(meter.event_name))
+        except stripe.AuthenticationError as exc:
+            raise StripeAuthError(f"Stripe refused the key: {exc.user_message or exc}") from None
+        except stripe.StripeError as exc:
+            why = " ".join(str(exc.user_message or exc).split())
+            raise StripeRequestError(
+                f"listing Stripe's meters at {self.env.api_base} failed ({why}): check "
+                "METERLINE_STRIPE_API_BASE and the network, then run it again"
+            ) from None
         return names
 
     def create_meter(self, event_name: str, display_name: str) -> Answer:
