@@ -111,16 +111,34 @@ class SyncSummary:
     resent: int = 0
     """Rows of unknown outcome re-sent and settled."""
     unknown: int = 0
-    """Requests that ended with no answer (re-sent by the next run)."""
+    """Rows whose requests ended with no answer (re-sent by the next run); each row once,
+    however many rounds of the run tried it."""
     rejected: int = 0
     throttled: int = 0
     """Rows not sent because Stripe kept answering 429 (sent by the next run)."""
     held: list[dict[str, object]] = field(default_factory=list)
     reported: list[dict[str, object]] = field(default_factory=list)
     would_send: list[dict[str, object]] = field(default_factory=list)
+    _unsettled: dict[str, str] = field(default_factory=dict, repr=False)
+    """Identifier → ``unknown``/``throttled`` for rows still without a definite answer."""
+
+    def settle(self, identifier: str, outcome: str | None) -> None:
+        """Count a row's latest outcome once (a row re-tried by a later round moves)."""
+        previous = self._unsettled.pop(identifier, None)
+        if previous == UNKNOWN:
+            self.unknown -= 1
+        elif previous == THROTTLED:
+            self.throttled -= 1
+        if outcome == UNKNOWN:
+            self.unknown += 1
+        elif outcome == THROTTLED:
+            self.throttled += 1
+        if outcome in (UNKNOWN, THROTTLED):
+            self._unsettled[identifier] = outcome
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("_unsettled")
         data["started_at"] = _iso(self.started_at)
         data["finished_at"] = _iso(self.finished_at) if self.finished_at else None
         return data
@@ -187,10 +205,7 @@ class _Runner:
                 s.rejected += 1
                 s.reported.append(_row_item(row, reason="rejected by Stripe",
                                             answer=answer.detail[:300]))  # fmt: skip
-            elif answer.outcome == UNKNOWN:
-                s.unknown += 1
-            elif answer.outcome == THROTTLED:
-                s.throttled += 1
+            s.settle(row.identifier, answer.outcome)
             self.done += 1
             if self.progress is not None:
                 self.progress(self.done, self.total)

@@ -387,3 +387,30 @@ def test_api_routes_are_admin_only(
     assert got["pending_events"] == 0 and got["last_run"]["sent"] == 9
     month = hours_ago(3).strftime("%Y-%m")
     assert client.get(f"/v1/stripe/reconcile?period={month}", headers=admin).json()["ok"]
+
+
+def test_stripe_unreachable_counts_each_row_unknown_once_then_a_rerun_settles_them(
+    env: Env,
+) -> None:
+    """The run's rounds re-try rows of unknown outcome; the summary counts rows, not tries."""
+    import socket
+
+    from meterline.aggregator.stripe import MeterEventsClient, Retrying, StripeEnv
+
+    _seed(env.store)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    down = MeterEventsClient(
+        StripeEnv(api_key=env.fake.api_key, api_base=dead, meter_events_base=dead),
+        retrying=Retrying(attempts=2, base=0.01, cap=0.02),
+    )
+    first = run_sync(env.store, env.config, pricing=env.pricing, client=down, api="v1")
+    assert (first.sent, first.unknown, first.throttled) == (0, 9, 0)
+    # the rows are now of unknown outcome: this run re-sends them, in up to three rounds
+    summary = run_sync(env.store, env.config, pricing=env.pricing, client=down, api="v1")
+    assert (summary.sent, summary.resent, summary.unknown, summary.throttled) == (0, 0, 9, 0)
+    assert summary.to_dict()["unknown"] == 9 and "_unsettled" not in summary.to_dict()
+    again = env.sync()
+    assert (again.resent, again.unknown, again.sent) == (9, 0, 0)
+    env.assert_exact()
