@@ -36,7 +36,8 @@ def _validate(data: Any, *, path: str | Path, node: Any) -> ConfigFile:
     from meterline.config._errors import config_error
 
     try:
-        return ConfigFile.model_validate(data)
+        currency = data.get("currency", "USD") if isinstance(data, dict) else "USD"
+        return ConfigFile.model_validate(data, context={"currency": currency})
     except ValidationError as exc:
         raise config_error(exc, path=path, node=node) from None
 

@@ -125,6 +125,18 @@ BAD_FILES = [
     (f"models:\n  - {{provider: '', model: m, {PRICE}}}\n", r"models\[0\].provider: must not be empty"),
     (f"models:\n  - {{provider: o, match: '(', {PRICE}}}\n",
      r"2: models\[0\].match: invalid regular expression '\(': missing \)"),
+    # budgets and rate limits: the aggregator's own checks, at load, not at first use
+    ("budgets:\n  limits:\n    - {consumer: acme, limit: abc, unit: USD, period: month}\n",
+     r"1: budgets: limits\[0\]: limit 'abc' is not a decimal number"),
+    ("currency: EUR\nbudgets:\n  limits:\n    - {consumer: a, limit: '1', unit: USD, period: day}\n",
+     r"2: budgets: limits\[0\]: unit 'USD' must be the pricing currency 'EUR' or 'tokens'"),
+    ("budgets:\n  limits:\n    - {consumer: a, limit: '1', unit: USD, period: fortnight}\n",
+     r"budgets: limits\[0\]: .*fortnight"),
+    ("budgets:\n  timezone: Mars/Olympus\n  limits:\n    - {consumer: a, limit: '1', unit: USD, period: day}\n",
+     r"budgets: limits\[0\]: timezone 'Mars/Olympus' is unknown"),
+    ("budgets:\n  timezone: Mars/Olympus\n", r"1: budgets: timezone: .*Mars/Olympus"),
+    ("budgets:\n  rate_limits:\n    - {consumer: a, limit: '5', unit: bogus, per: minute}\n",
+     r"budgets: rate_limits\[0\]: unit 'bogus' must be"),
     # YAML itself
     ("models:\n  - provider: openai\n   model: m\n", r" not valid YAML: line 3, column \d+: "),
     ("currency: [USD\n", r" not valid YAML: line \d+, column \d+: "),

@@ -97,6 +97,8 @@ CONFIGS = {
     "duplicate key": ("models: []\ncurrency: USD\nmodels: []\n",
                       "not valid YAML: line 3, column 1: key 'models' is given twice "
                       "(first on line 1): keep one"),
+    "bad budget": ("budgets:\n  limits:\n    - {consumer: acme, limit: '25', unit: EUR, period: month}\n",
+                   ":1: budgets: limits[0]: unit 'EUR' must be the pricing currency 'USD' or 'tokens'"),
 }  # fmt: skip
 
 
