@@ -261,7 +261,10 @@ def test_rate_limit_storm_and_server_errors(env: Env) -> None:
     assert summary.sent == 9 and summary.unknown == 0 and summary.rejected == 0
     assert not faults.pending()
     env.assert_exact()  # applied-then-500 and dropped answers were not counted twice
-    assert len(env.fake.state.duplicates) >= 2
+    # at least one applied event was sent again and refused as a duplicate identifier; how
+    # many depends on which requests the faults hit (an idempotency-key replay answers the
+    # others with the stored result, and the four send queues run in parallel)
+    assert len(env.fake.state.duplicates) >= 1
 
 
 def test_overlapping_calls_per_customer_and_meter_never_happen(
