@@ -5,8 +5,12 @@ Through the API when ``METERLINE_API_URL`` is set (admin key in ``METERLINE_API_
 the server holds ``STRIPE_API_KEY``), else on the store (``--data-dir`` /
 ``--clickhouse-url``) with ``STRIPE_API_KEY`` and ``METERLINE_STRIPE_API_BASE`` /
 ``METERLINE_STRIPE_METER_EVENTS_BASE`` from this process's environment. ``sync``
-prints a one-line summary (``--format json``: everything); ``reconcile`` exits 1 on a
-difference; ``push-invoices`` exits 1 while a request's outcome is unknown (run it again).
+prints a one-line summary (``--format json``: everything) and exits 1 when an event ended
+without a definite answer, was refused or throttled, or its customer is missing in Stripe
+(one line on stderr); ``setup`` exits 1 when a meter could not be created or a mapped
+customer is missing in Stripe; ``reconcile`` exits 1 on a difference (consumers without a
+customer are listed apart, outside it); ``push-invoices`` exits 1 while a request's
+outcome is unknown (run it again).
 """
 
 from __future__ import annotations
@@ -98,6 +102,9 @@ def register(app: typer.Typer) -> None:
 
         data = _run((data_dir, clickhouse_url, database, config), remote, local)
         _emit(data, fmt, _render_sync, lambda d: (d["would_send"], _ITEMS))
+        if not data.get("ok", True):
+            typer.echo(f"error: {data['error']}", err=True)
+            raise typer.Exit(1)
 
     @group.command("status")
     def status_cmd(
@@ -150,17 +157,24 @@ def register(app: typer.Typer) -> None:
         """Invoices against what Stripe accepted (by the ledger); exit 1 on a difference."""
 
         def local(b: _Local) -> dict[str, Any]:
-            from meterline.aggregator.stripe import reconcile
+            from meterline.aggregator.stripe import reconcile_report
 
-            rows = [r.to_dict() for r in reconcile(b.store, b.pricing, _config(b), period)]
-            return {"period": period, "rows": rows, "ok": all(r["ok"] for r in rows)}
+            return reconcile_report(b.store, b.pricing, _config(b), period)
 
         data = _run(
             (data_dir, clickhouse_url, database, config),
             lambda r: r.call("GET", "/v1/stripe/reconcile", {"period": period}),
             local,
         )
-        _emit(data, fmt, lambda d: table(d["rows"], _RECONCILE), lambda d: (d["rows"], _RECONCILE))
+
+        def render(d: dict[str, Any]) -> str:
+            out = [table(d["rows"], _RECONCILE)]
+            if d.get("not_billed"):
+                out += ["", "Not billed through Stripe (no Stripe customer; not checked):",
+                        table(d["not_billed"], ("consumer", "meter", "expected"))]  # fmt: skip
+            return "\n".join(out)
+
+        _emit(data, fmt, render, lambda d: (d["rows"], _RECONCILE))
         if not data["ok"]:
             typer.echo(f"error: Stripe and the invoices of {period} differ", err=True)
             raise typer.Exit(1)
@@ -172,19 +186,22 @@ def register(app: typer.Typer) -> None:
         database: Database = None,
         config: Config = None,
     ) -> None:
-        """Create the configured meters Stripe lacks (by event name)."""
+        """Create the configured meters Stripe lacks (by event name); check the customers."""
 
-        def local(b: _Local) -> list[dict[str, str]]:
-            from meterline.aggregator.stripe import load_stripe_config, setup_meters
+        def local(b: _Local) -> dict[str, Any]:
+            from meterline.aggregator.stripe import setup
 
-            config = load_stripe_config(b.settings.config)
-            if config is None or not config.meters:
-                raise CommandError("no stripe: section with meters; see docs/stripe.md")
-            return setup_meters(config)
+            return setup(b.store, _config(b))
 
-        rows = _run((data_dir, clickhouse_url, database, config),
+        data = _run((data_dir, clickhouse_url, database, config),
                     lambda r: r.call("POST", "/v1/stripe/setup"), local)  # fmt: skip
-        typer.echo(table(rows, ("event_name", "action")))
+        out = [table(data["meters"], ("event_name", "action"))]
+        if data["customers"]:
+            out += ["", table(data["customers"], ("customer", "consumers", "status"))]
+        typer.echo("\n".join(out))
+        if not data["ok"]:
+            typer.echo(f"error: {data['error']}", err=True)
+            raise typer.Exit(1)
 
 
 def _render_push(d: dict[str, Any]) -> str:
@@ -203,6 +220,7 @@ def _render_push(d: dict[str, Any]) -> str:
     summary = PushSummary(d["period"], d["revision"], d["dry_run"])
     for key in ("pushed", "drafts", "unchanged", "recovered", "reported", "unknown", "rejected"):
         setattr(summary, key, d[key])
+    summary.zero = d.get("zero", [])
     return "\n".join([*lines, summary.line()])
 
 

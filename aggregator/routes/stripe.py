@@ -22,11 +22,11 @@ from meterline.aggregator.stripe import (
     StripeAuthError,
     StripeConfig,
     StripeRequestError,
+    assign_customer,
     load_customer_map,
     push_invoices,
-    reconcile,
-    set_customer,
-    setup_meters,
+    reconcile_report,
+    setup,
     status,
     sync,
 )
@@ -65,11 +65,14 @@ def _public(store: StoreDep, config: StripeConfig | None, consumer: str) -> dict
 def put_consumer(
     consumer: str, body: ConsumerUpdate, store: StoreDep, config: StripeConfigDep
 ) -> dict[str, Any]:
+    """Assign a Stripe customer (``null``: the file's applies again). 422 for an id that is
+    not ``cus_…`` of at most 255 characters, or that Stripe says does not exist (checked
+    when the server has ``STRIPE_API_KEY``); ``warnings`` says when it could not be checked
+    or the consumer has no usage and no key yet (accepted: mapping before the first call)."""
     try:
-        set_customer(store, consumer, body.stripe_customer_id)
+        return assign_customer(store, config, consumer, body.stripe_customer_id)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    return _public(store, config, consumer)
 
 
 @router.get("/v1/consumers/{consumer}")
@@ -111,17 +114,19 @@ def get_status(store: StoreDep, config: StripeConfigDep, pricing: PricingDep) ->
 def get_reconcile(
     period: str, store: StoreDep, config: StripeConfigDep, pricing: PricingDep
 ) -> dict[str, Any]:
+    """Invoices against what Stripe accepted; consumers without a customer are listed in
+    ``not_billed`` and left out of ``ok``."""
     try:
-        rows = [r.to_dict() for r in reconcile(store, pricing, _config_or_409(config), period)]
+        return reconcile_report(store, pricing, _config_or_409(config), period)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    return {"period": period, "rows": rows, "ok": all(r["ok"] for r in rows)}
 
 
 @router.post("/v1/stripe/setup")
-def post_setup(config: StripeConfigDep) -> list[dict[str, str]]:
+def post_setup(store: StoreDep, config: StripeConfigDep) -> dict[str, Any]:
+    """Create the meters Stripe lacks and check the mapped customers (``ok``, ``error``)."""
     try:
-        return setup_meters(_config_or_409(config))
+        return setup(store, _config_or_409(config))
     except StripeRequestError as exc:
         raise HTTPException(status_code=502, detail=str(exc)) from None
 

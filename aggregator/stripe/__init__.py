@@ -40,9 +40,13 @@ from meterline.aggregator.stripe._mapping import (
 )
 from meterline.aggregator.stripe._push_invoices import PushSummary, push_invoices
 from meterline.aggregator.stripe._service import (
+    CustomerMissingError,
     ReconcileRow,
     SyncLoop,
+    assign_customer,
     reconcile,
+    reconcile_report,
+    setup,
     setup_meters,
     status,
     sync,
@@ -53,6 +57,7 @@ from meterline.aggregator.stripe._windows import WindowValue, window_values
 __all__ = [
     "DEFAULT_GRACE",
     "CustomerMap",
+    "CustomerMissingError",
     "InvoicesClient",
     "Ledger",
     "LedgerRow",
@@ -69,6 +74,7 @@ __all__ = [
     "SyncLoop",
     "SyncSummary",
     "WindowValue",
+    "assign_customer",
     "customer_for",
     "identifier",
     "load_customer_map",
@@ -77,8 +83,10 @@ __all__ = [
     "parse_stripe_config",
     "push_invoices",
     "reconcile",
+    "reconcile_report",
     "run_sync",
     "set_customer",
+    "setup",
     "setup_meters",
     "status",
     "sync",

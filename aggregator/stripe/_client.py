@@ -14,6 +14,9 @@ Contract:
   identifier already exists — an earlier attempt counted), :data:`REJECTED` (a 4xx about
   the request: re-sending cannot help), :data:`UNKNOWN` (no answer, or 5xx, after the
   retries — it may have been applied). A bad key raises :class:`StripeAuthError`.
+- Customers: :meth:`MeterEventsClient.customer_exists` asks Stripe (``GET
+  /v1/customers/{id}``) before usage is sent for a customer; a confirmed one is not asked
+  again for an hour (one client), a missing one is asked again every run.
 - v2 streams: a session is created on first use and renewed a minute before it expires
   (or when Stripe says it expired); 100 events per request.
 - A request without an answer within ``timeout`` (default 20 s; meter events answer in
@@ -62,6 +65,8 @@ DEFAULT_API_BASE = "https://api.stripe.com"
 DEFAULT_METER_EVENTS_BASE = "https://meter-events.stripe.com"
 STREAM_MAX_EVENTS = 100
 _RENEW_BEFORE = timedelta(seconds=60)
+CUSTOMER_KNOWN_FOR_S = 3600.0
+"""A customer Stripe confirmed is not asked about again for this long (one client)."""
 REQUEST_TIMEOUT_S = 20.0
 """Seconds a request may take before its outcome is unknown (retried, same key)."""
 
@@ -179,6 +184,7 @@ class MeterEventsClient:
         )
         self._session_lock = threading.Lock()
         self._session: tuple[str, datetime] | None = None
+        self._customers_seen: dict[str, float] = {}
 
     # -- the retry loop ------------------------------------------------------------------
 
@@ -311,6 +317,32 @@ class MeterEventsClient:
             return {}
 
         return self._call(key, send, duplicate_ok=False)
+
+    # -- customers ---------------------------------------------------------------------
+
+    def customer_exists(self, customer_id: str) -> bool | None:
+        """Whether Stripe has the customer (``GET /v1/customers/{id}``): ``False`` when it
+        answers ``resource_missing`` or the customer was deleted, ``None`` when it gave no
+        definite answer (unreachable, throttled: the caller decides)."""
+        found: dict[str, bool] = {}
+
+        def send(_key: str) -> Any:
+            customer = self.client.v1.customers.retrieve(customer_id)
+            found["deleted"] = bool(customer.to_dict().get("deleted"))
+            return {}
+
+        seen = self._customers_seen.get(customer_id)
+        if seen is not None and time.monotonic() - seen < CUSTOMER_KNOWN_FOR_S:
+            return True
+        answer = self._call(f"get-{customer_id}", send, duplicate_ok=False)
+        if answer.outcome == ACCEPTED:
+            if not found["deleted"]:
+                self._customers_seen[customer_id] = time.monotonic()
+            return not found["deleted"]
+        if answer.outcome == REJECTED and '"resource_missing"' in answer.detail:
+            return False
+        logger.debug("stripe: customer %s not checked: %s", customer_id, answer.detail)
+        return None
 
     # -- meters ------------------------------------------------------------------------
 

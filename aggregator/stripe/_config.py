@@ -146,9 +146,10 @@ class StripeConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> StripeConfig:
         for consumer, customer in self.customers.items():
-            if not re.fullmatch(r"cus_[A-Za-z0-9]+", customer):
+            if not re.fullmatch(r"cus_[A-Za-z0-9]{1,251}", customer):
                 raise ValueError(
-                    f"customers.{consumer}: {customer!r} is not a Stripe customer id (cus_…)"
+                    f"customers.{consumer}: {customer[:60]!r} is not a Stripe customer id "
+                    "(cus_…, at most 255 characters)"
                 )
         names = [m.event_name for m in self.meters]
         for name in names:

@@ -16,9 +16,19 @@ from datetime import UTC, datetime
 from meterline.aggregator.stripe._config import StripeConfig
 from meterline.store import Store
 
-__all__ = ["CustomerMap", "customer_for", "load_customer_map", "set_customer"]
+__all__ = [
+    "CustomerMap",
+    "consumer_known",
+    "customer_for",
+    "customers_in_use",
+    "load_customer_map",
+    "set_customer",
+    "validate_assignment",
+]
 
 _CUSTOMER = re.compile(r"cus_[A-Za-z0-9]+")
+MAX_ID_LENGTH = 255
+"""Stripe's longest object id."""
 
 
 @dataclass(frozen=True)
@@ -64,14 +74,50 @@ def set_customer(store: Store, consumer: str, customer_id: str | None) -> None:
     """Assign (or, with ``None``, un-assign) a consumer's Stripe customer.
 
     Raises:
-        ValueError: ``consumer`` is empty or ``customer_id`` is not ``cus_…``.
+        ValueError: see :func:`validate_assignment`.
     """
-    if not consumer:
-        raise ValueError("the consumer id must not be empty")
-    if customer_id is not None and not _CUSTOMER.fullmatch(customer_id):
-        raise ValueError(f"{customer_id!r} is not a Stripe customer id (cus_…)")
+    validate_assignment(consumer, customer_id)
     store.insert_columns(
         "stripe_customers",
         [[consumer], [customer_id or ""], [datetime.now(UTC)]],
         ["ConsumerId", "CustomerId", "UpdatedAt"],
     )
+
+
+def validate_assignment(consumer: str, customer_id: str | None) -> None:
+    """Check an assignment's form (not whether Stripe has the customer).
+
+    Raises:
+        ValueError: ``consumer`` is empty or ``customer_id`` is not ``cus_…`` of at most
+            255 characters.
+    """
+    if not consumer:
+        raise ValueError("the consumer id must not be empty")
+    if customer_id is not None and len(customer_id) > MAX_ID_LENGTH:
+        raise ValueError(
+            f"the Stripe customer id is {len(customer_id)} characters long: Stripe's ids "
+            f"have at most {MAX_ID_LENGTH}"
+        )
+    if customer_id is not None and not _CUSTOMER.fullmatch(customer_id):
+        raise ValueError(f"{customer_id!r} is not a Stripe customer id (cus_…)")
+
+
+def customers_in_use(mapping: CustomerMap) -> dict[str, list[str]]:
+    """Customer id → the consumers mapped to it (the file's and the API's, API winning)."""
+    out: dict[str, list[str]] = {}
+    for consumer in sorted(set(mapping.file) | set(mapping.overrides)):
+        customer = mapping.customer_for(consumer)
+        if customer:
+            out.setdefault(customer, []).append(consumer)
+    return dict(sorted(out.items()))
+
+
+def consumer_known(store: Store, consumer: str) -> bool:
+    """Whether the store has usage or an API key of ``consumer`` (a mapping for a consumer
+    never seen is allowed — it may be set up before its first call — but worth a word)."""
+    _, [(n,)] = store.query(
+        "SELECT (SELECT count() FROM {db}.llm_usage WHERE ConsumerId = {c:String}) + "
+        "(SELECT count() FROM {db}.api_keys WHERE ConsumerId = {c:String})",
+        {"c": consumer},
+    )
+    return int(n) > 0

@@ -17,6 +17,9 @@ Stripe customer, the month's finalised invoice on a draft invoice of that custom
 - the draft: the newest one meterline created for that customer and period while Stripe
   still has it as a draft, else a new one (an invoice finalised in Stripe takes no items).
 
+Skipped: an item whose amount is 0 in Stripe's minor unit (a line that rounds to 0.00):
+listed in ``zero`` and the summary, not pushed, on every run alike.
+
 Refused: a period that is not finalised (:class:`InvoiceError`). Reported, not sent: a
 consumer without a Stripe customer (the others are pushed). ``dry_run`` reads only the
 store: it lists what would be pushed and sends nothing.
@@ -80,6 +83,8 @@ class PushSummary:
     """Items of an interrupted run found in Stripe and recorded now."""
     reported: list[dict[str, Any]] = field(default_factory=list)
     """Consumers not pushed (no Stripe customer)."""
+    zero: list[dict[str, Any]] = field(default_factory=list)
+    """Lines (and credits, adjustments) of 0 in Stripe's minor unit: not pushed."""
     unknown: list[dict[str, Any]] = field(default_factory=list)
     """Requests without a definite answer: run again."""
     rejected: list[dict[str, Any]] = field(default_factory=list)
@@ -101,6 +106,7 @@ class PushSummary:
             "unchanged": self.unchanged,
             "recovered": self.recovered,
             "reported": self.reported,
+            "zero": self.zero,
             "unknown": self.unknown,
             "rejected": self.rejected,
             "invoices": self.invoices,
@@ -117,6 +123,8 @@ class PushSummary:
             f"unchanged {self.unchanged}",
             f"reported {len(self.reported)}",
         ]
+        if self.zero:
+            parts.append(f"skipped {len(self.zero)} of amount 0")
         if self.recovered:
             parts.append(f"recovered {self.recovered}")
         if self.unknown or self.rejected:
@@ -149,9 +157,14 @@ def wanted_items(
     *,
     adjustments: list[tuple[Any, ...]],
     earlier: dict[str, PushRow],
+    zero: list[PushRow] | None = None,
 ) -> list[PushRow]:
     """Every item Stripe must hold for ``invoice`` (revision ``revision``), credits of
-    items pushed for older revisions (``earlier``: the consumer's recorded rows) first."""
+    items pushed for older revisions (``earlier``: the consumer's recorded rows) first.
+
+    An item of 0 in Stripe's minor unit (a line that rounds to 0.00) is left out — it
+    would only clutter the Stripe invoice — and appended to ``zero`` when given; its key
+    is kept free (keys are by line index), so the others are unchanged."""
     period, consumer, currency = invoice.period, invoice.consumer, invoice.currency.lower()
 
     def row(key: str, kind: str, amount: int, text: str, **kw: Any) -> PushRow:
@@ -184,7 +197,9 @@ def wanted_items(
         (units,) = split_exact([Decimal(amount)], currency)
         text = f"{period} adjustment: {reason} ({_utc(at).date().isoformat()})"
         out.append(row(f"r{revision}/adj/{micros}", "adjustment", units, text))
-    return out
+    if zero is not None:
+        zero.extend(r for r in out if r.amount == 0)
+    return [r for r in out if r.amount != 0]
 
 
 def _utc(value: datetime) -> datetime:
@@ -419,9 +434,11 @@ def push_invoices(
                                          "reason": "no Stripe customer (stripe.customers or "
                                                    "PUT /v1/consumers/{consumer})"})  # fmt: skip
             continue
+        zero: list[PushRow] = []
         want = wanted_items(invoice, revision, customer,
                             adjustments=_adjustments(store, period.label, consumer, revision),
-                            earlier=rows)  # fmt: skip
+                            earlier=rows, zero=zero)  # fmt: skip
+        summary.zero += [_public(z) for z in zero]
         if dry_run:
             todo = [w for w in want if rows.get(w.key) is None or rows[w.key].state != PUSHED]
             summary.unchanged += len(want) - len(todo)

@@ -21,10 +21,21 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from meterline.aggregator.pricing import MONEY_CONTEXT
-from meterline.aggregator.stripe._client import MeterEventsClient, StripeEnv
+from meterline.aggregator.stripe._client import (
+    MeterEventsClient,
+    Retrying,
+    StripeAuthError,
+    StripeEnv,
+)
 from meterline.aggregator.stripe._config import MeterConfig, StripeConfig
 from meterline.aggregator.stripe._ledger import ACCEPTED, PENDING, REPORTED, SENT_UNKNOWN, Ledger
-from meterline.aggregator.stripe._mapping import load_customer_map
+from meterline.aggregator.stripe._mapping import (
+    consumer_known,
+    customers_in_use,
+    load_customer_map,
+    set_customer,
+    validate_assignment,
+)
 from meterline.aggregator.stripe._plan import plan
 from meterline.aggregator.stripe._sync import LOOKBACK, SyncSummary, rate_stale, run_sync
 from meterline.aggregator.stripe._windows import closed_until, floor_window, window_values
@@ -35,8 +46,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ReconcileRow",
     "SyncLoop",
+    "assign_customer",
     "invoice_rounding",
     "reconcile",
+    "reconcile_report",
+    "setup",
     "setup_meters",
     "status",
     "sync",
@@ -137,6 +151,12 @@ class ReconcileRow:
         return self.expected - self.accepted
 
     @property
+    def billed(self) -> bool:
+        """Billed through Stripe: the consumer has a customer, or Stripe holds some of its
+        usage of the month (a customer removed after a send)."""
+        return self.customer is not None or self.accepted != 0
+
+    @property
     def ok(self) -> bool:
         return abs(self.difference) <= self.tolerance
 
@@ -151,8 +171,28 @@ class ReconcileRow:
             "difference": str(self.difference),
             "tolerance": str(self.tolerance),
             "source": self.source,
+            "billed": self.billed,
             "ok": self.ok,
         }
+
+
+def reconcile_report(
+    store: Store, pricing: Any, config: StripeConfig, period: str, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """:func:`reconcile` as ``meterline stripe reconcile`` and the API answer it.
+
+    ``rows`` are the consumers billed through Stripe; ``not_billed`` those without a
+    customer (deliberately or not yet mapped) and nothing accepted — listed, never in
+    ``ok``, so a consumer left out of Stripe on purpose does not fail every reconcile.
+    """
+    rows = reconcile(store, pricing, config, period, now=now)
+    billed = [r.to_dict() for r in rows if r.billed]
+    return {
+        "period": period,
+        "rows": billed,
+        "not_billed": [r.to_dict() for r in rows if not r.billed],
+        "ok": all(r["ok"] for r in billed),
+    }
 
 
 def _from_invoice(meter: MeterConfig, invoice: Any, config: StripeConfig) -> Decimal | None:
@@ -264,6 +304,120 @@ def setup_meters(
     return done
 
 
+def _customer_status(client: MeterEventsClient, customer: str) -> str:
+    exists = client.customer_exists(customer)
+    if exists is None:
+        return "not checked: Stripe gave no answer"
+    return "found" if exists else "missing"
+
+
+def setup(
+    store: Store,
+    config: StripeConfig,
+    *,
+    env: StripeEnv | None = None,
+    client: MeterEventsClient | None = None,
+) -> dict[str, Any]:
+    """``meterline stripe setup``: create the meters Stripe lacks, then check that Stripe
+    has every customer the mapping names (file and API). ``ok`` is false when a meter could
+    not be created or a customer is missing or could not be checked."""
+    client = client or MeterEventsClient(env or StripeEnv.from_environ())
+    meters = setup_meters(config, client=client)
+    customers = [
+        {"customer": customer, "consumers": ", ".join(consumers),
+         "status": _customer_status(client, customer)}
+        for customer, consumers in customers_in_use(load_customer_map(store, config)).items()
+    ]  # fmt: skip
+    failed = [m["event_name"] for m in meters if m["action"] != "created"
+              and m["action"] != "exists"]  # fmt: skip
+    missing = [c["customer"] for c in customers if c["status"] == "missing"]
+    unchecked = [c["customer"] for c in customers if c["status"].startswith("not checked")]
+    problems = []
+    if failed:
+        problems.append(f"meters not created: {', '.join(failed)}")
+    if missing:
+        problems.append(
+            f"Stripe has no customer {', '.join(missing)}: their usage is not sent; fix "
+            "stripe.customers or PUT /v1/consumers/{consumer}"
+        )
+    if unchecked:
+        problems.append(f"customers not checked (no answer): {', '.join(unchecked)}")
+    return {
+        "meters": meters,
+        "customers": customers,
+        "ok": not problems,
+        "error": "stripe setup incomplete: " + "; ".join(problems) if problems else None,
+    }
+
+
+class CustomerMissingError(ValueError):
+    """Stripe says the customer does not exist (the assignment is refused)."""
+
+
+CHECK_RETRYING = Retrying(attempts=2, base=0.25, cap=1.0)
+"""A request's check of a customer waits this little for Stripe (then: not checked)."""
+
+
+def assign_customer(
+    store: Store,
+    config: StripeConfig | None,
+    consumer: str,
+    customer_id: str | None,
+    *,
+    env: StripeEnv | None = None,
+) -> dict[str, Any]:
+    """``PUT /v1/consumers/{consumer}``: check, store, and answer the assignment.
+
+    The id is checked in Stripe first when the server has ``STRIPE_API_KEY``: a customer
+    Stripe does not have is refused (its usage would be dropped by Stripe). When it cannot
+    be checked (no key, no answer) the assignment is stored with a warning — the sync checks
+    again before it sends. A consumer with no usage and no key yet is accepted with a
+    warning (mapping before the first call is normal; a typo is not).
+
+    Raises:
+        ValueError: a malformed id (:func:`set_customer`); :class:`CustomerMissingError`.
+    """
+    warnings: list[str] = []
+    if customer_id is not None:
+        validate_assignment(consumer, customer_id)  # a malformed id is not sent to Stripe
+        env = env or StripeEnv.from_environ()
+        if not env.api_key:
+            warnings.append(
+                f"{customer_id} not checked in Stripe: STRIPE_API_KEY is not set on the "
+                "server (the sync checks it before sending)"
+            )
+        else:
+            try:
+                client = MeterEventsClient(env, retrying=CHECK_RETRYING, timeout=10.0)
+                exists = client.customer_exists(customer_id)
+            except StripeAuthError as exc:
+                exists = None
+                warnings.append(f"{customer_id} not checked in Stripe: {exc}")
+            if exists is False:
+                raise CustomerMissingError(
+                    f"Stripe has no customer {customer_id} (or it was deleted): create it in "
+                    "Stripe or correct the id"
+                )
+            if exists is None and not warnings:
+                warnings.append(
+                    f"{customer_id} not checked in Stripe (no answer): the sync checks it "
+                    "before sending"
+                )
+    if not consumer_known(store, consumer):
+        warnings.append(
+            f"consumer {consumer!r} has no usage and no API key yet: assigned anyway (it "
+            "applies from its first call); check the spelling"
+        )
+    set_customer(store, consumer, customer_id)
+    mapping = load_customer_map(store, config)
+    return {
+        "consumer": consumer,
+        "stripe_customer_id": mapping.customer_for(consumer),
+        "source": mapping.source(consumer),
+        "warnings": warnings,
+    }
+
+
 class SyncLoop:
     """``stripe.sync_interval`` inside ``meterline serve``: a daemon thread, stopped cleanly.
 
@@ -321,6 +475,8 @@ class SyncLoop:
                     client = client or MeterEventsClient(self.env, stop=self._stop)
                     pricing = self.pricing() if callable(self.pricing) else self.pricing
                     self.last = run_sync(self.store, config, pricing=pricing, client=client)
+                    if not self.last.ok:
+                        logger.warning("%s (the next run retries)", self.last.problem())
                 self.last_error = None
             except Exception as exc:  # keep the loop: the next interval retries
                 if str(exc) != self.last_error:

@@ -15,6 +15,11 @@ Contract:
 - API: ``v1``, ``v2`` (streams, 100 events a request), or ``auto`` — v2 when more than
   :data:`AUTO_V2_ABOVE` events are to be sent. Re-sends keep the API of their first send.
 - ``dry_run`` writes and sends nothing; the summary lists what would be sent.
+- Before new usage goes to a customer, Stripe is asked whether it has it
+  (:func:`_drop_missing`): a missing one's windows are reported and stay pending.
+- The summary's ``ok`` is false when a row ended unknown, rejected or throttled, or a
+  customer was missing (``meterline stripe sync`` then exits 1). A run re-plans after
+  re-sends (up to three rounds) but stops after a round with no definite answer.
 - Runs in one process are serialised per store. Two processes syncing one ClickHouse
   server do not double-count (equal identifiers; Stripe de-duplicates and refuses a key
   reused with another body) but may block a window for a person to settle.
@@ -22,8 +27,7 @@ Contract:
 Known limits: only windows starting in the last :data:`LOOKBACK` are looked at (older
 ones cannot be sent anyway); a customer re-assigned after a send gets later corrections
 under the new customer; Stripe's asynchronous rejections of v2 events (an unknown
-customer or meter) are not seen here (``meterline stripe reconcile`` against Stripe's
-own summaries is out of scope).
+meter, a customer deleted after the check) are not read back into the ledger.
 """
 
 from __future__ import annotations
@@ -119,6 +123,8 @@ class SyncSummary:
     held: list[dict[str, object]] = field(default_factory=list)
     reported: list[dict[str, object]] = field(default_factory=list)
     would_send: list[dict[str, object]] = field(default_factory=list)
+    missing_customers: list[str] = field(default_factory=list)
+    """Customer ids Stripe says do not exist: their usage stays pending, not sent."""
     _unsettled: dict[str, str] = field(default_factory=dict, repr=False)
     """Identifier → ``unknown``/``throttled`` for rows still without a definite answer."""
 
@@ -136,9 +142,39 @@ class SyncSummary:
         if outcome in (UNKNOWN, THROTTLED):
             self._unsettled[identifier] = outcome
 
+    @property
+    def ok(self) -> bool:
+        """Everything due was settled: nothing of unknown outcome, refused, throttled or
+        kept back for a customer Stripe does not have (a dry run is always ok)."""
+        if self.dry_run:
+            return True
+        return not (self.unknown or self.rejected or self.throttled or self.missing_customers)
+
+    def problem(self) -> str | None:
+        """One line for people when :attr:`ok` is false: what is pending, what to do."""
+        if self.ok:
+            return None
+        parts = []
+        if self.unknown or self.throttled:
+            parts.append(
+                f"{self.unknown + self.throttled} events without a definite answer from "
+                f"Stripe (unknown {self.unknown}, throttled {self.throttled}) stay pending: "
+                "check that Stripe is reachable and run the sync again"
+            )
+        if self.rejected:
+            parts.append(f"{self.rejected} events refused by Stripe: see 'Reported'")
+        if self.missing_customers:
+            parts.append(
+                f"Stripe has no customer {', '.join(self.missing_customers)}: their usage "
+                "stays pending; fix stripe.customers or PUT /v1/consumers/{consumer}"
+            )
+        return "stripe sync incomplete: " + "; ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("_unsettled")
+        data["ok"] = self.ok
+        data["error"] = self.problem()
         data["started_at"] = _iso(self.started_at)
         data["finished_at"] = _iso(self.finished_at) if self.finished_at else None
         return data
@@ -187,11 +223,15 @@ class _Runner:
         self.progress = progress
         self.total = total
         self.done = 0
+        self.definite = 0
+        """Requests of this round that got a definite answer (accepted or refused)."""
         self._lock = threading.Lock()
 
     def _count(self, row: LedgerRow, answer: Answer, resend: bool) -> None:
         with self._lock:
             s = self.summary
+            if answer.outcome in (ACCEPTED, REJECTED):
+                self.definite += 1
             if answer.outcome == ACCEPTED:
                 if resend:
                     s.resent += 1
@@ -326,6 +366,40 @@ def _plan_now(store: Store, config: StripeConfig, now: datetime, api: str) -> tu
     return plan(values, slots, customers, now=now, window_seconds=seconds, api=chosen), chosen
 
 
+MISSING_CUSTOMER = (
+    "Stripe has no customer {customer} (or it was deleted): not sent, kept pending; fix "
+    "stripe.customers or PUT /v1/consumers/{{consumer}}"
+)
+
+
+def _drop_missing(
+    p: Plan, client: MeterEventsClient, summary: SyncSummary, checked: dict[str, bool | None]
+) -> None:
+    """Take out of ``p`` the new sends for customers Stripe says it does not have.
+
+    Stripe (v1 and v2) answers 200 for an event of an unknown customer and drops it later
+    (a meter error report): sent, it would be lost while the ledger says accepted. Those
+    windows are reported and written nowhere — pending, sent once the mapping is fixed.
+    Re-sends keep going (their outcome must be settled); a customer Stripe could not be
+    asked about is sent to (the send then fails or succeeds on its own).
+    """
+    kept = []
+    for sp in p.sends:
+        if not sp.resend and sp.customer not in checked:
+            checked[sp.customer] = client.customer_exists(sp.customer)
+        if sp.resend or checked[sp.customer] is not False:
+            kept.append(sp)
+            continue
+        for r in sp.rows:
+            if not any(i.get("identifier") == r.identifier for i in summary.reported):
+                summary.reported.append(
+                    _row_item(r, reason=MISSING_CUSTOMER.format(customer=sp.customer))
+                )
+        if sp.customer not in summary.missing_customers:
+            summary.missing_customers.append(sp.customer)
+    p.sends = kept
+
+
 def rate_stale(store: Store, pricing: Any, now: datetime) -> None:
     """Rate the months of the windows a run reads whose usage or prices changed."""
     if pricing is None:
@@ -381,15 +455,18 @@ def run_sync(
             raise ValueError("a Stripe client is needed to send (or use dry_run)")
         ledger = Ledger(store)
         ledger.write(p.reports)
-        for _round in range(3):  # re-sends settle first, then what is left is planned
+        checked: dict[str, bool | None] = {}
+        for _round in range(3):
+            # re-sends settle first, then what is left is planned
+            _drop_missing(p, client, summary, checked)
             v1, v2 = _split(p, chosen)
             runner = _Runner(ledger, client, summary, progress or _tty_progress(), p.events)
             if v1:
                 runner.v1(v1)
             if v2:
                 runner.v2(v2)
-            if client.stopping or not any(sp.resend for sp in p.sends):
-                break
+            if client.stopping or not any(sp.resend for sp in p.sends) or not runner.definite:
+                break  # nothing to settle, or Stripe answered nothing definite: a rerun will
             p, _ = _plan_now(store, config, now, chosen)
             ledger.write(p.reports)
             summary.reported += [_row_item(r, reason=r.answer) for r in p.reports]

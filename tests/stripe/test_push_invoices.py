@@ -22,6 +22,8 @@ from meterline.aggregator.stripe import (
     push_invoices,
     set_customer,
 )
+from meterline.aggregator.stripe._amounts import split_exact
+from meterline.aggregator.stripe._push_invoices import _line_text
 from meterline.aggregator.tenancy import Scope
 from meterline.cli import app
 from meterline.store import Store
@@ -126,17 +128,24 @@ def test_each_line_and_the_markup_become_items_on_a_draft_totalling_the_invoice(
         assert draft["total"] == cents(invoice.total)  # Stripe's own sum, to the cent
         items = env.items(customer)
         assert all(i["invoice"] == draft["id"] for i in items)
-        expected = [cents(line.amount) for line in invoice.lines]
+        lines = [line for line in invoice.lines if cents(line.amount)]  # 0.00: not pushed
+        expected = [cents(line.amount) for line in lines]
         if invoice.markup:
             expected.append(cents(invoice.markup))
         assert [i["amount"] for i in items] == expected
-        for item, line in zip(items, invoice.lines, strict=False):
+        for item, line in zip(items, lines, strict=False):
             assert line.model in item["description"] and line.token_type in item["description"]
             assert f"{line.quantity:,} tokens" in item["description"]
             assert item["metadata"]["meterline_revision"] == "1"
             assert item["period"] == {"start": 1772323200, "end": 1775001600}  # March, UTC
     acme = views["acme"].invoice
-    assert len(env.items("cus_acme")) == len(acme.lines) + 1  # 16 lines (one of 0.00) + markup
+    # 16 lines, one of 0.00 (skipped, listed in the summary), + the markup
+    assert len(env.items("cus_acme")) == len(acme.lines) - 1 + 1
+    assert [z["consumer"] for z in summary.zero] == ["acme"]
+    [zero_line] = [line for line in acme.lines if cents(line.amount) == 0]
+    assert summary.zero[0]["description"] == _line_text(PERIOD, zero_line)
+    assert all(i["amount"] != 0 for i in env.items())
+    assert "skipped 1 of amount 0" in summary.line()
     assert env.items("cus_acme")[-1]["description"] == "2026-03 plan markup"
     assert [r["ok"] for r in summary.invoices] == [True, True]
     assert_once(env)
@@ -170,7 +179,8 @@ def test_rerun_changes_nothing_in_stripe(env: Env) -> None:
     before, requests = stripe_state(env.fake), len(env.fake.state.requests)
     again = env.push()
     assert again.pushed == [] and again.drafts == 0 and again.ok
-    assert again.unchanged == len(first.pushed) == 17 + 2
+    assert again.unchanged == len(first.pushed) == 16 + 2  # a 0.00 line is not an item
+    assert len(again.zero) == 1  # skipped again, said again
     assert stripe_state(env.fake) == before
     assert len(env.fake.state.requests) == requests  # not even a read
 
@@ -332,7 +342,11 @@ def test_sub_unit_amounts_are_split_so_the_items_sum_to_the_total(
     amounts = [i["amount"] for i in fake.state.invoice_items.values()
                if i["customer"] == "cus_acme"]  # fmt: skip
     exact = [line.amount for line in invoice.lines] + [invoice.markup]
-    assert all(abs(a - e) < 1 for a, e in zip(amounts, exact, strict=True))
+    split = split_exact(exact, "ugx")
+    assert all(abs(a - e) < 1 for a, e in zip(split, exact, strict=True))
+    assert amounts == [a for a in split if a]  # the items of 0 shillings are not pushed
+    zero = [z for z in summary.zero if z["consumer"] == "acme"]
+    assert len(zero) == split.count(0) > 0 and all(z["minor_units"] == 0 for z in zero)
 
 
 # --- the CLI -------------------------------------------------------------------------------------
@@ -366,13 +380,13 @@ def test_cli_pushes_reports_and_reruns(env: Env, monkeypatch: pytest.MonkeyPatch
     dry = _cli(env, "--period", PERIOD, "--dry-run", monkeypatch=monkeypatch)
     assert dry.exit_code == 0, dry.output
     assert "Would push:" in dry.stdout and env.fake.state.requests == []
-    assert "would push 19 items" in dry.stdout
+    assert "would push 18 items" in dry.stdout and "skipped 1 of amount 0" in dry.stdout
     result = _cli(env, "--period", PERIOD, monkeypatch=monkeypatch)
     assert result.exit_code == 0, result.output
     assert "Reported (not pushed):" in result.stdout and "initech" in result.stdout
-    assert "pushed 19 items (0 credits, 0 adjustments), drafts created 2" in result.stdout
+    assert "pushed 18 items (0 credits, 0 adjustments), drafts created 2" in result.stdout
     again = _cli(env, "--period", PERIOD, "--format", "json", monkeypatch=monkeypatch)
-    assert again.exit_code == 0 and json.loads(again.stdout)["unchanged"] == 19
+    assert again.exit_code == 0 and json.loads(again.stdout)["unchanged"] == 18
     assert json.loads(again.stdout)["pushed"] == []
 
 
@@ -395,9 +409,9 @@ def test_the_api_route_pushes_for_the_admin_only(env: Env, monkeypatch: pytest.M
     bad = client.post("/v1/stripe/push-invoices?period=2026-13", headers=admin)
     assert bad.status_code == 422
     dry = client.post(url + "&dry_run=true", headers=admin)
-    assert dry.status_code == 200 and len(dry.json()["pushed"]) == 19 and env.items() == []
+    assert dry.status_code == 200 and len(dry.json()["pushed"]) == 18 and env.items() == []
     done = client.post(url, headers=admin).json()
-    assert done["ok"] and len(done["pushed"]) == 19 and len(env.items()) == 19
+    assert done["ok"] and len(done["pushed"]) == 18 and len(env.items()) == 18
 
 
 def test_cli_through_a_running_server(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -412,4 +426,4 @@ def test_cli_through_a_running_server(env: Env, monkeypatch: pytest.MonkeyPatch)
         done = runner.invoke(app, ["stripe", "push-invoices", "--period", PERIOD, "--format",
                                    "json"])  # fmt: skip
         assert done.exit_code == 0, done.output
-        assert len(json.loads(done.stdout)["pushed"]) == 19 and len(env.items()) == 19
+        assert len(json.loads(done.stdout)["pushed"]) == 18 and len(env.items()) == 18

@@ -1,0 +1,315 @@
+"""The sync's edges a user hits (issue 10 §2-§4, review R10): exit codes, customers Stripe
+does not have, consumers deliberately not billed through Stripe, bad assignments. Real
+spans, the official SDK, the stand-in."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from meterline.aggregator.invoices import load_store_pricing
+from meterline.aggregator.stripe import (
+    Ledger,
+    load_stripe_config,
+    run_sync,
+)
+from meterline.cli import app
+from meterline.store import Store
+from meterline.stripe_standin import StandinServer
+from tests.aggregator._calls import Call, insert_calls
+from tests.stripe._support import client_for, hours_ago, standin, write_config
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def fake() -> Iterator[StandinServer]:
+    server = standin()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Env:
+    def __init__(self, store: Store, tmp_path: Path, fake: StandinServer) -> None:
+        self.store, self.fake = store, fake
+        self.path = write_config(tmp_path)
+        self.config = load_stripe_config(self.path)
+        self.pricing = load_store_pricing(store, self.path)
+
+    def sync(self, client: Any = None, **kw: Any) -> Any:
+        kw.setdefault("api", "v1")
+        client = client or client_for(self.fake, attempts=2)
+        return run_sync(self.store, self.config, pricing=self.pricing, client=client, **kw)
+
+    def cli(self, *args: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+        monkeypatch.delenv("METERLINE_API_URL", raising=False)
+        monkeypatch.setenv("STRIPE_API_KEY", self.fake.api_key)
+        monkeypatch.setenv("METERLINE_STRIPE_API_BASE", self.fake.base_addresses["api"])
+        monkeypatch.setenv(
+            "METERLINE_STRIPE_METER_EVENTS_BASE", self.fake.base_addresses["meter_events"]
+        )
+        return runner.invoke(app, ["stripe", *args, "--data-dir", str(self.store.data_dir),
+                                   "--database", self.store.database,
+                                   "--config", str(self.path)])  # fmt: skip
+
+
+@pytest.fixture
+def env(store: Store, tmp_path: Path, fake: StandinServer) -> Env:
+    return Env(store, tmp_path, fake)
+
+
+def _seed(store: Store, consumers: tuple[str, ...] = ("acme", "globex")) -> None:
+    insert_calls(store, [Call(at=hours_ago(h) + timedelta(minutes=7), consumer=c, input=100 + h,
+                              output=10 + h) for h in (2, 3) for c in consumers])  # fmt: skip
+
+
+def _meter_posts(fake: StandinServer) -> int:
+    return sum(1 for r in fake.state.requests if r[1] == "/v1/billing/meter_events")
+
+
+# --- 1. a sync that could not send says so ------------------------------------------------------
+
+
+def test_unreachable_stripe_ends_the_run_after_one_round_without_an_answer(env: Env) -> None:
+    _seed(env.store)
+    env.fake.state.faults.inject("drop_before", times=10_000, path="/v1/billing/meter_events")
+    first = env.sync()
+    assert first.unknown == 12 and not first.ok
+    assert first.to_dict()["ok"] is False and "stay pending" in first.to_dict()["error"]
+    tries = _meter_posts(env.fake)
+    assert tries == 12 * 2  # one round: each row its two attempts
+    again = env.sync()  # every row is now a re-send; none gets an answer: one round only
+    assert again.unknown == 12 and not again.ok
+    assert _meter_posts(env.fake) - tries == 12 * 2  # was 3 rounds (72)
+    env.fake.state.faults.clear()
+    settled = env.sync()
+    assert settled.ok and settled.resent == 12 and settled.to_dict()["error"] is None
+
+
+def test_cli_sync_exits_1_in_one_line_when_stripe_refuses_events(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed(env.store)
+    env.fake.state.clock.advance(40 * 86400)  # every timestamp is now too old for Stripe: 400
+    result = env.cli("sync", "--api", "v1", monkeypatch=monkeypatch)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    [line] = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: stripe sync incomplete: 12 events refused by Stripe"), line
+    env.fake.state.clock.set(hours_ago(0) + timedelta(minutes=30))
+    dry = env.cli("sync", "--dry-run", monkeypatch=monkeypatch)
+    assert dry.exit_code == 0, dry.output  # a dry run sends nothing and fails nothing
+
+
+def test_cli_sync_exits_0_when_everything_went_out(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed(env.store)
+    result = env.cli("sync", "--api", "v2", "--format", "json", monkeypatch=monkeypatch)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["ok"] is True and data["sent"] == 12 and data["error"] is None
+    assert len(env.fake.state.meter_events) == 12 and Ledger(env.store).slots()
+
+
+def test_serve_scheduler_warns_and_keeps_running_when_a_run_is_incomplete(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    from meterline.aggregator.stripe import StripeEnv, SyncLoop
+
+    _seed(env.store)
+    env.fake.state.clock.advance(40 * 86400)  # Stripe refuses every event
+    config = env.config.model_copy(update={"sync_interval": timedelta(seconds=10)})
+    stripe_env = StripeEnv(api_key=env.fake.api_key, api_base=env.fake.base_addresses["api"],
+                           meter_events_base=env.fake.base_addresses["meter_events"])  # fmt: skip
+    loop = SyncLoop(env.store, config, env.pricing, env=stripe_env)
+    loop.interval = 0.1
+    with caplog.at_level("WARNING", logger="meterline.aggregator.stripe._service"):
+        loop.start()
+        try:
+            for _ in range(300):
+                if loop.runs >= 2:
+                    break
+                loop._stop.wait(0.1)
+        finally:
+            assert loop.stop()
+    assert loop.runs >= 2 and loop.last is not None
+    assert loop.last_error is None  # not a crash: a finished run that says what is pending
+    # later runs find the refused windows blocked (listed for a person, not re-sent)
+    assert {r["reason"] for r in loop.last.reported} == {"blocked: settle by hand"}
+    warned = [r.getMessage() for r in caplog.records if "stripe sync incomplete" in r.getMessage()]
+    assert warned and "refused by Stripe" in warned[0]
+
+
+# --- 2. a customer Stripe does not have: visible, nothing lost ---------------------------------
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_usage_of_a_customer_stripe_lacks_stays_pending_until_the_mapping_is_fixed(
+    env: Env, api: str
+) -> None:
+    from meterline.aggregator.stripe import set_customer
+
+    _seed(env.store)
+    set_customer(env.store, "globex", "cus_typo")  # well-formed, unknown to Stripe
+    first = env.sync(api=api)
+    assert first.sent == 6 and not first.ok and first.missing_customers == ["cus_typo"]
+    missing = [r for r in first.reported if "Stripe has no customer cus_typo" in str(r["reason"])]
+    assert {r["consumer"] for r in missing} == {"globex"} and len(missing) == 6
+    assert env.fake.state.error_reports == []  # nothing was sent to be dropped
+    assert not [s for s in Ledger(env.store).slots() if s[0] == "globex"]  # not "accepted"
+    assert "Stripe has no customer cus_typo" in (first.problem() or "")
+    again = env.sync(api=api)  # checked again: still missing, still pending, still said
+    assert again.sent == 0 and again.missing_customers == ["cus_typo"] and len(again.reported) == 6
+    set_customer(env.store, "globex", "cus_globex")
+    fixed = env.sync(api=api)
+    assert fixed.ok and fixed.sent == 6
+    assert env.fake.state.totals()[("cus_globex", "llm_input_tokens")] == 102 + 103
+
+
+def test_a_customer_created_in_stripe_later_is_sent_to_at_the_next_run(env: Env) -> None:
+    from meterline.aggregator.stripe import set_customer
+
+    _seed(env.store, ("acme",))
+    set_customer(env.store, "acme", "cus_later")
+    assert env.sync().missing_customers == ["cus_later"]
+    env.fake.state.add_customer("cus_later")
+    assert env.sync().sent == 6 and env.fake.state.error_reports == []
+
+
+def test_a_deleted_customer_counts_as_missing(env: Env) -> None:
+    _seed(env.store, ("acme",))
+    with env.fake.state.lock:
+        env.fake.state.customers["cus_acme"]["deleted"] = True
+    summary = env.sync()
+    assert summary.sent == 0 and summary.missing_customers == ["cus_acme"]
+
+
+def test_setup_checks_every_mapped_customer_and_exits_1_for_a_missing_one(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meterline.aggregator.stripe import set_customer
+
+    set_customer(env.store, "initech", "cus_nobody")  # an API assignment is checked too
+    result = env.cli("setup", monkeypatch=monkeypatch)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    rows = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines()
+            if line.startswith("cus_")}  # fmt: skip
+    assert rows == {"cus_acme": "found", "cus_globex": "found", "cus_nobody": "missing"}
+    [line] = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: stripe setup incomplete: Stripe has no customer cus_nobody")
+    set_customer(env.store, "initech", None)
+    assert env.cli("setup", monkeypatch=monkeypatch).exit_code == 0
+
+
+# --- 4. PUT /v1/consumers/{c} --------------------------------------------------------------------
+
+
+def _api(env: Env, monkeypatch: pytest.MonkeyPatch, *, key: bool = True) -> Any:
+    from fastapi.testclient import TestClient
+
+    from meterline.aggregator.app import create_app
+    from meterline.settings import ServerSettings
+
+    if key:
+        monkeypatch.setenv("STRIPE_API_KEY", env.fake.api_key)
+        monkeypatch.setenv("METERLINE_STRIPE_API_BASE", env.fake.base_addresses["api"])
+    else:
+        monkeypatch.delenv("STRIPE_API_KEY", raising=False)
+    client = TestClient(create_app(ServerSettings(config=env.path, admin_key="k"), env.store))
+    client.headers["authorization"] = "Bearer k"
+    return client
+
+
+def test_put_consumer_refuses_long_ids_and_customers_stripe_lacks(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed(env.store)
+    client = _api(env, monkeypatch)
+    for bad in ("cus_" + "a" * 252, "cus_" + "x" * 300):
+        got = client.put("/v1/consumers/acme", json={"stripe_customer_id": bad})
+        assert got.status_code == 422 and "at most 255" in got.json()["detail"], got.text
+    missing = client.put("/v1/consumers/acme", json={"stripe_customer_id": "cus_typo"})
+    assert missing.status_code == 422
+    assert missing.json()["detail"].startswith("Stripe has no customer cus_typo")
+    assert client.get("/v1/consumers/acme").json()["stripe_customer_id"] == "cus_acme"  # kept
+    fine = client.put("/v1/consumers/acme", json={"stripe_customer_id": "cus_globex"})
+    assert fine.status_code == 200 and fine.json()["warnings"] == []
+    assert fine.json()["source"] == "api"
+    longest = "cus_" + "a" * 251  # 255 characters: Stripe's limit, accepted as a form
+    env.fake.state.add_customer(longest)
+    assert client.put("/v1/consumers/acme", json={"stripe_customer_id": longest}).status_code == 200
+
+
+def test_put_consumer_never_seen_is_accepted_with_a_warning(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = _api(env, monkeypatch)
+    got = client.put("/v1/consumers/nobody here", json={"stripe_customer_id": "cus_initech"})
+    assert got.status_code == 200, got.text
+    [warning] = got.json()["warnings"]
+    assert "'nobody here' has no usage and no API key yet" in warning
+    assert client.get("/v1/consumers/nobody here").json()["stripe_customer_id"] == "cus_initech"
+
+
+def test_put_consumer_without_a_stripe_key_on_the_server_says_it_did_not_check(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed(env.store)
+    client = _api(env, monkeypatch, key=False)
+    got = client.put("/v1/consumers/acme", json={"stripe_customer_id": "cus_typo"})
+    assert got.status_code == 200
+    assert got.json()["warnings"] == [
+        "cus_typo not checked in Stripe: STRIPE_API_KEY is not set on the server (the sync "
+        "checks it before sending)"
+    ]
+
+
+# --- 3. reconcile: consumers deliberately not billed through Stripe ------------------------------
+
+
+def test_reconcile_lists_consumers_without_a_customer_and_keeps_them_out_of_the_exit_code(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed(env.store, ("acme", "globex", "initech"))  # initech: no customer, on purpose
+    assert env.sync().sent == 12
+    month = hours_ago(3).strftime("%Y-%m")
+    result = env.cli("reconcile", "--period", month, monkeypatch=monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "Not billed through Stripe (no Stripe customer; not checked):" in result.stdout
+    data = json.loads(env.cli("reconcile", "--period", month, "--format", "json",
+                              monkeypatch=monkeypatch).stdout)  # fmt: skip
+    assert data["ok"] is True
+    assert {r["consumer"] for r in data["not_billed"]} == {"initech"}
+    assert {r["consumer"] for r in data["rows"]} == {"acme", "globex"}
+    assert all(r["billed"] for r in data["rows"])
+    # a consumer WITH a customer whose totals differ still fails
+    insert_calls(env.store, [Call(at=hours_ago(3) + timedelta(minutes=40), input=5, output=5)])
+    late = env.cli("reconcile", "--period", month, monkeypatch=monkeypatch)
+    assert late.exit_code == 1
+    assert (
+        late.stderr.strip().splitlines()[-1] == f"error: Stripe and the invoices of {month} differ"
+    )
+
+
+def test_reconcile_keeps_a_consumer_whose_customer_was_removed_after_a_send(env: Env) -> None:
+    from meterline.aggregator.stripe import reconcile_report, set_customer
+
+    _seed(env.store, ("acme",))
+    set_customer(env.store, "globex", None)
+    set_customer(env.store, "acme", "cus_acme")
+    env.sync()
+    env.config = env.config.model_copy(update={"customers": {}})  # acme unmapped now
+    set_customer(env.store, "acme", None)
+    insert_calls(env.store, [Call(at=hours_ago(3) + timedelta(minutes=40), input=5, output=5)])
+    report = reconcile_report(env.store, env.pricing, env.config, hours_ago(3).strftime("%Y-%m"))
+    assert report["not_billed"] == [] and not report["ok"]  # Stripe holds some of its usage
