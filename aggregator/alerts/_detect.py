@@ -1,5 +1,4 @@
-"""Where crossings are found: budget thresholds and rolling windows, from the money of
-the invoices.
+"""Where budget crossings are found, from the money of the invoices.
 
 - **Budget thresholds**: a budget's ``spent`` (:class:`~meterline.aggregator.budgets.
   BudgetState`: the invoice total of its period plus settled reservations whose span is
@@ -7,42 +6,21 @@ the invoices.
   threshold for that period. The current period is checked, and the previous one (day,
   week, month) until a day after it ended, so usage that arrives late, or a check that
   falls just after midnight, still finds the crossing of the period it belongs to.
-- **Rolling windows** (``alerts.rolling``): more than ``limit`` billed (plan markup
-  included, exact ``Decimal``, from ``rated_usage_current``) in a window of ``window``
-  whole UTC hours. The window ending with each hour of the last two days is summed; each
-  hour whose window is above the limit while the window ending an hour earlier was not
-  (a rising edge) is one alert. Windows are aligned on whole hours (the table is hourly):
-  spend spread over ``window + 1`` partial hours can pass the limit in an unaligned
-  window without any aligned one doing so.
+- **Rolling windows**: :mod:`meterline.aggregator.alerts._rolling` (exact for any
+  window, wherever it starts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
-from meterline.aggregator.alerts._model import BUDGET_THRESHOLD, ROLLING_THRESHOLD, Alert, digest_id
+from meterline.aggregator.alerts._model import BUDGET_THRESHOLD, Alert, digest_id
 from meterline.aggregator.pricing import MONEY_CONTEXT, Pricing
-from meterline.store import Store
 
-ROLLING_LOOKBACK = timedelta(hours=48)
-"""How far back rising edges of rolling windows are looked for."""
 LATE_CHECK = timedelta(days=1)
 """How long after its end a budget's previous period is still checked."""
-
-ROLLING_SQL = """
-SELECT Hour, sumIf(Amount + MarkupAmount, Status = 'billed') AS money
-FROM {db}.rated_usage_current
-WHERE ConsumerId = {consumer:String} AND {feature_condition}
-  AND Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')}
-GROUP BY Hour
-"""
-
-
-def _floor_hour(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def budget_alert(budget: Any, start: datetime, end: datetime, threshold: int,
@@ -105,64 +83,3 @@ def budget_crossings(service: Any, pricing: Pricing, *, consumers: set[str] | No
         for t in crossed(b, before):
             alerts.append(budget_alert(b, start, end, t, before, now))
     return alerts
-
-
-def rolling_crossings(store: Store, pricing: Pricing, rules: Iterable[Any], now: datetime,
-                      *, currency: str) -> list[Alert]:  # fmt: skip
-    """Rising edges of every rolling rule over the last :data:`ROLLING_LOOKBACK`."""
-    from meterline.aggregator.rated import ensure_rated
-
-    rules = list(rules)
-    if not rules:
-        return []
-    last = _floor_hour(now)
-    first = last - ROLLING_LOOKBACK
-    widest = max(r.hours for r in rules)
-    scan_start = first - timedelta(hours=widest + 1)
-    ensure_rated(store, pricing, scan_start, last + timedelta(hours=1))
-    alerts: list[Alert] = []
-    for rule in rules:
-        params: dict[str, Any] = {"consumer": rule.consumer, "start": scan_start,
-                                  "end": last + timedelta(hours=1)}  # fmt: skip
-        condition = "1"
-        if rule.feature is not None:
-            params["feature"] = rule.feature
-            condition = "Feature = {feature:String}"
-        _, rows = store.query(ROLLING_SQL.replace("{feature_condition}", condition), params)
-        money: dict[datetime, Decimal] = {}
-        for hour, amount in rows:
-            at = hour if isinstance(hour, datetime) else datetime.fromisoformat(str(hour))
-            at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-            money[at] = Decimal(amount or 0)
-        alerts += _edges(rule, money, first, last, now, currency)
-    return alerts
-
-
-def _window_sum(money: dict[datetime, Decimal], end_hour: datetime, hours: int) -> Decimal:
-    with localcontext(MONEY_CONTEXT):
-        return sum(
-            (money.get(end_hour - timedelta(hours=i), Decimal(0)) for i in range(hours)),
-            Decimal(0),
-        )
-
-
-def _edges(rule: Any, money: dict[datetime, Decimal], first: datetime, last: datetime,
-           now: datetime, currency: str) -> list[Alert]:  # fmt: skip
-    out: list[Alert] = []
-    hour = first
-    before = _window_sum(money, hour - timedelta(hours=1), rule.hours)
-    while hour <= last:
-        total = _window_sum(money, hour, rule.hours)
-        if total > rule.limit >= before:
-            start = hour - timedelta(hours=rule.hours - 1)
-            out.append(Alert(
-                id=digest_id("alt", ROLLING_THRESHOLD, rule.consumer, rule.feature or "",
-                             rule.limit, rule.hours, hour.isoformat()),
-                kind=ROLLING_THRESHOLD, consumer=rule.consumer, feature=rule.feature,
-                period="rolling", period_start=start, period_end=hour + timedelta(hours=1),
-                threshold="", limit=rule.limit, unit=currency, spent=total, created_at=now,
-                data={"window_hours": rule.hours},
-            ))  # fmt: skip
-        before = total
-        hour += timedelta(hours=1)
-    return out

@@ -28,9 +28,10 @@ from typing import Any
 import httpx
 
 from meterline.aggregator.alerts import _webhooks
-from meterline.aggregator.alerts._detect import budget_crossings, rolling_crossings
+from meterline.aggregator.alerts._detect import budget_crossings
 from meterline.aggregator.alerts._model import RATE_LIMIT_REPEATED, Alert, digest_id
 from meterline.aggregator.alerts._outbox import DELIVERED, FAILED, PENDING, Delivery, Outbox
+from meterline.aggregator.alerts._rolling import rolling_crossings
 from meterline.store import Store
 
 logger = logging.getLogger(__name__)

@@ -46,7 +46,11 @@ logger = logging.getLogger(__name__)
 
 
 def _rating_rows(
-    store: Store, pricing: Pricing, f: UsageFilter, extra_keys: tuple[str, ...] = ()
+    store: Store,
+    pricing: Pricing,
+    f: UsageFilter,
+    extra_keys: tuple[str, ...] = (),
+    hours: list[datetime] | None = None,
 ) -> tuple[RatingGrid, list[str], list[tuple[Any, ...]]]:
     """Run the rating query with a grid that covers every model in the result.
 
@@ -58,7 +62,7 @@ def _rating_rows(
     for _ in range(2):
         known = book.seen
         grid = book.grid(known)
-        query, params = rating_sql(f, grid, extra_keys=extra_keys)
+        query, params = rating_sql(f, grid, extra_keys=extra_keys, hours=hours)
         names, rows = store.query(query, params, settings=READ_SETTINGS)
         present = {(str(r[1]), str(r[2]), str(r[3])) for r in rows}
         if present <= known:
@@ -70,10 +74,16 @@ def _rating_rows(
 
 
 def rate_usage(
-    store: Store, pricing: Pricing, f: UsageFilter, *, extra_keys: tuple[str, ...] = ()
+    store: Store,
+    pricing: Pricing,
+    f: UsageFilter,
+    *,
+    extra_keys: tuple[str, ...] = (),
+    hours: list[datetime] | None = None,
 ) -> tuple[RatingGrid, list[RatedGroup]]:
-    """Rate the usage selected by ``f``, grouped by the rating keys (+ ``extra_keys``)."""
-    grid, names, rows = _rating_rows(store, pricing, f, extra_keys)
+    """Rate the usage selected by ``f``, grouped by the rating keys (+ ``extra_keys``);
+    ``hours``: only the usage of these UTC hours."""
+    grid, names, rows = _rating_rows(store, pricing, f, extra_keys, hours)
     rater = Rater(pricing.book, grid)
     rated: list[RatedGroup] = []
     for row in rows:

@@ -33,6 +33,10 @@ RATING_KEYS: tuple[str, ...] = (
 )
 """Group columns every rating row starts with; extra usage keys follow them."""
 
+INSTANT_NS_EXPR = "toUnixTimestamp64Nano(Timestamp)"
+"""The call's instant in integer nanoseconds (group key ``instant_ns``: one group per
+instant, so each call's own money; rolling-window alerts read it)."""
+
 METRIC_COLUMNS: tuple[str, ...] = ("requests", "first_at", "input_tokens", "output_tokens")
 """Per-group metrics between the keys and the quantities."""
 
@@ -109,7 +113,8 @@ def rating_sql(
         f: which usage (time range, consumer, …); its ``group_by`` is ignored.
         grid: the price change points, tier thresholds and time-of-day splits.
         extra_keys: further group keys of :data:`GROUP_KEYS` (``feature``, ``day``…)
-            or ``utc_hour`` (:data:`HOUR_EXPR`), returned after :data:`RATING_KEYS` as
+            or ``utc_hour`` (:data:`HOUR_EXPR`) or ``instant_ns`` (:data:`INSTANT_NS_EXPR`),
+            returned after :data:`RATING_KEYS` as
             ``k_<key>``.
         hours: only usage in these UTC hours (applied to the counted usage).
         metrics: further aggregates (``expr AS name``), after the quantities.
@@ -117,7 +122,7 @@ def rating_sql(
     Raises:
         ValueError: an unknown extra key.
     """
-    exprs = {**GROUP_KEYS, "utc_hour": HOUR_EXPR}
+    exprs = {**GROUP_KEYS, "utc_hour": HOUR_EXPR, "instant_ns": INSTANT_NS_EXPR}
     unknown = [k for k in extra_keys if k not in exprs]
     if unknown:
         raise ValueError(f"unknown group key {unknown[0]!r}, allowed: {', '.join(GROUP_KEYS)}")

@@ -4,7 +4,7 @@ Checked with the rest of the file, so ``meterline serve`` refuses a bad one at s
 one line naming the field: a webhook ``url`` that is not an absolute ``http(s)://`` URL
 with a host, a ``secret`` written in the file instead of named from the environment
 (``${VARIABLE}``, as every secret of meterline) or naming a variable that is not set, an
-unknown event, a rolling window that is not a whole number of hours.
+unknown event, a rolling window shorter than 1s or longer than 31 days.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ class WebhookSection(Section):
 
 
 class RollingSection(Section):
-    """``alerts.rolling[i]``: more than ``limit`` billed in any ``window`` (whole hours)."""
+    """``alerts.rolling[i]``: more than ``limit`` billed in any ``window``, wherever it
+    starts (exact to the call, not aligned on hours)."""
 
     consumer: str = Field(min_length=1)
     feature: str | None = None
@@ -107,18 +108,15 @@ class RollingSection(Section):
     window: Duration = timedelta(hours=24)
 
     @model_validator(mode="after")
-    def _whole_hours(self) -> RollingSection:
-        hours = self.window / timedelta(hours=1)
-        if hours != int(hours) or not 1 <= hours <= 31 * 24:
-            raise ValueError(
-                f"window {self.window} must be a whole number of hours from 1h to 31d "
-                "(the money table is hourly)"
-            )
+    def _window(self) -> RollingSection:
+        if not timedelta(seconds=1) <= self.window <= timedelta(days=31):
+            raise ValueError(f"window {self.window} must be from 1s to 31d")
         return self
 
     @property
-    def hours(self) -> int:
-        return int(self.window / timedelta(hours=1))
+    def seconds(self) -> int:
+        """The window in whole seconds."""
+        return int(self.window.total_seconds())
 
 
 class RetrySection(Section):

@@ -115,13 +115,16 @@ def test_rolling_window_rising_edges_once_each(store, tmp_path):
     ])  # fmt: skip
     [edge] = service.check()
     assert (edge.kind, edge.consumer, edge.spent) == ("rolling.threshold", "acme", Decimal("1.44"))
-    assert edge.period_start == utc(2026, 3, 20, 21) and edge.period_end == utc(2026, 3, 21, 21)
+    # the window of 24 h ending with the call that crossed (not aligned on hours)
+    assert edge.period_start == utc(2026, 3, 20, 20, 40) and edge.period_end == utc(
+        2026, 3, 21, 20, 40
+    )
     assert service.check() == []
     # the first call leaves the window at 06:00 on the 22nd; a new call then passes it again
     clock.now = utc(2026, 3, 22, 13)
     insert_calls(store, [Call(utc(2026, 3, 22, 12, 5), input=300_000)])
     [second] = service.check()
-    assert second.period_end == utc(2026, 3, 22, 13) and second.id != edge.id
+    assert second.period_end == utc(2026, 3, 22, 12, 5) and second.id != edge.id
     assert len(admin(app).get("/v1/alerts?kind=rolling.threshold").json()["alerts"]) == 2
 
 
@@ -150,8 +153,9 @@ def test_rolling_feature_rule_and_a_short_window(store, tmp_path):
     )  # other feature
     assert service.check() == []  # 0.36 each, three hours apart: never 0.50 within 2 h
     insert_calls(store, [Call(utc(2026, 3, 22, 11, 10), input=100_000, feature="summarize")])
-    [edge] = service.check()  # 10:00-12:00: 0.36 + 0.24
-    assert edge.period_start == utc(2026, 3, 22, 10) and edge.feature == "summarize"
+    [edge] = service.check()  # 09:10-11:10: 0.36 + 0.24
+    assert edge.period_start == utc(2026, 3, 22, 9, 10) and edge.feature == "summarize"
+    assert edge.spent == Decimal("0.60")
 
 
 def test_consumer_key_sees_only_its_own_alerts(store, tmp_path):
