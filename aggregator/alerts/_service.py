@@ -31,6 +31,7 @@ from meterline.aggregator.alerts import _webhooks
 from meterline.aggregator.alerts._detect import budget_crossings
 from meterline.aggregator.alerts._model import RATE_LIMIT_REPEATED, Alert, digest_id
 from meterline.aggregator.alerts._outbox import DELIVERED, FAILED, PENDING, Delivery, Outbox
+from meterline.aggregator.alerts._refusals import Refusals
 from meterline.aggregator.alerts._rolling import rolling_crossings
 from meterline.store import Store
 
@@ -71,8 +72,7 @@ class AlertService:
         self.outbox = Outbox(store)
         self._check_lock = threading.Lock()
         self._http = httpx.Client(follow_redirects=False)
-        self._refusals: dict[tuple[Any, datetime], int] = {}
-        self._refusals_lock = threading.Lock()
+        self._refusals: Refusals | None = None
         self.last_error: str | None = None
 
     @property
@@ -126,28 +126,45 @@ class AlertService:
         new = self.outbox.record([alert], self.urls_for)
         return new[0] if new else None
 
+    @property
+    def refusals(self) -> Refusals:
+        """The shared refusal counts: in Redis with the Redis ledger, else in the store."""
+        if self._refusals is None:
+            service = self.budgets() if self.budgets is not None else None
+            ledger = getattr(service, "ledger", None)
+            redis = getattr(ledger, "client", None)
+            prefix = getattr(ledger, "prefix", "meterline")
+            self._refusals = Refusals(self.store, redis, prefix=prefix)
+        return self._refusals
+
     def rate_limited(self, limit: Any, *, used: Decimal | None = None) -> Alert | None:
         """Count one refusal by the rate limit ``limit``; the ``rate_limit_refusals``-th
         within one UTC hour records a ``rate_limit.repeated`` alert (once per limit and
-        hour; the counts are this process's, so a restart within the hour starts again
-        from zero, and several replicas each count their own refusals)."""
+        hour). The count is shared (:mod:`._refusals`): every replica's refusals and a
+        restarted process's add up."""
         now = self.now()
         hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        key = (tuple(limit.key), hour)
-        with self._refusals_lock:
-            for old in [k for k in self._refusals if k[1] < hour]:
-                del self._refusals[old]
-            self._refusals[key] = count = self._refusals.get(key, 0) + 1
-        if count != self.config.rate_limit_refusals:
+        key = "/".join(limit.key)
+        counts = self.refusals
+        if counts.done(key, now):
             return None
-        return self.raise_alert(
+        count = counts.count(key, now)
+        wanted = self.config.rate_limit_refusals
+        if count < wanted:
+            return None
+        if counts.redis is not None and count > wanted:
+            counts.mark_done(key, now)  # Redis: exactly one refusal saw the N-th count
+            return None
+        alert = self.raise_alert(
             RATE_LIMIT_REPEATED, consumer=limit.consumer,
-            key=f"{'/'.join(limit.key)}@{hour.isoformat()}", period_start=hour,
+            key=f"{key}@{hour.isoformat()}", period_start=hour,
             period_end=hour + timedelta(hours=1), limit=limit.limit, unit=limit.unit,
             spent=used if used is not None else Decimal(0),
             data={"refusals": count, "per": limit.per, "provider": limit.provider,
                   "model": limit.model},
         )  # fmt: skip
+        counts.mark_done(key, now)
+        return alert
 
     # --- delivering ------------------------------------------------------------------
 

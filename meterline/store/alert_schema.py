@@ -9,6 +9,10 @@
 - ``alert_deliveries``: the outbox — every state of one delivery of an alert to one
   webhook (``pending`` → ``delivered`` | ``failed``), newest ``Version`` wins. A pending
   row is written before the first attempt, so a restart resumes what was not sent.
+- ``rate_limit_refusals``: one row per refusal of a rate limit, until that limit's
+  ``rate_limit.repeated`` alert of the hour is recorded — the count every replica and a
+  restarted process share (the Redis ledger counts in Redis instead). Kept 2 days
+  after they were written.
 """
 
 from __future__ import annotations
@@ -47,4 +51,16 @@ CREATE TABLE IF NOT EXISTS {db}.alert_deliveries (
     ChangedAt DateTime64(6, 'UTC')
 ) ENGINE = ReplacingMergeTree(Version)
 ORDER BY Id
+"""
+
+RATE_LIMIT_REFUSALS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.rate_limit_refusals (
+    LimitKey String,
+    Hour DateTime('UTC'),
+    Id String,
+    At DateTime64(6, 'UTC')
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(Hour)
+ORDER BY (LimitKey, Hour, Id)
+TTL toDateTime(At) + INTERVAL 2 DAY
 """

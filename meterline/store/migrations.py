@@ -22,7 +22,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meterline.store._history import V1_USAGE_DDL, V3_USAGE_MV_DDL, V3_USAGE_MV_QUERY
-from meterline.store.alert_schema import ALERT_DELIVERIES_DDL, ALERTS_DDL
+from meterline.store.alert_schema import (
+    ALERT_DELIVERIES_DDL,
+    ALERTS_DDL,
+    RATE_LIMIT_REFUSALS_DDL,
+)
 from meterline.store.budget_schema import BUDGETS_DDL, RATE_LIMITS_DDL, RESERVATIONS_DDL
 from meterline.store.ingest_schema import INGEST_STATS_DDL
 from meterline.store.rated_schema import (
@@ -393,6 +397,14 @@ MIGRATIONS += (
         15,
         "incremental rating: llm_usage block numbers kept; key sets per rated group and hour",
         INCREMENTAL_DDL,
+    ),
+)
+
+# Rate limits hit repeatedly (issue 11 §5): refusals counted in the store, shared by
+# replicas and kept across a restart. (16 is the monthly roll-up of the rated usage.)
+MIGRATIONS += (
+    Migration(
+        17, "rate_limit_refusals: refusals counted per limit and hour", (RATE_LIMIT_REFUSALS_DDL,)
     ),
 )
 
