@@ -23,7 +23,9 @@ Rows per month = rows / months: ``--months 1`` puts every row in the measured mo
 worst case). The late rows stay in the data directory (``--late-rows 0`` to leave the
 usage as generated).
 
-Run: ``.venv/bin/python benchmarks/queries.py --rows 100000000 --months 1``
+Run: ``.venv/bin/python benchmarks/queries.py --rows 100000000 --months 1``; with
+``--data-dir D --reads-only`` it measures the reads (and the overview) on what ``D`` holds
+without rating it again.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ import time
 from meterline.aggregator.invoices import compute_invoices, month
 from meterline.aggregator.invoices._service import rate_invoices_on_the_fly
 from meterline.aggregator.pricing import load_pricing
+from meterline.aggregator.queries import READ_SETTINGS
+from meterline.aggregator.queries.rated import invoice_sql
 from meterline.aggregator.rated import ensure_rated
+from meterline.aggregator.rated._read import current_monthly_sums
+from meterline.aggregator.rated._run import roll_up_months
+from meterline.aggregator.routes.overview import get_overview
 from meterline.aggregator.tenancy import Scope
 from meterline.store import open_store
 from meterline.store.usage_schema import COUNTED_VIEW, MONTHS_SQL
@@ -90,6 +97,9 @@ SELECT
 FROM numbers({offset}, {count})
 """
 
+
+RATED_TABLES = ("rated_usage", "rated_hours", "rated_daily", "rated_days", "rated_monthly",
+                "rated_monthly_marks", "rated_months")  # fmt: skip
 
 LATE = """
 INSERT INTO {{db}}.llm_usage
@@ -170,7 +180,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--config", help="a pricing YAML file (default: catalogue only)")
     parser.add_argument("--late-rows", type=int, default=1000, help="late rows to re-rate")
+    parser.add_argument(
+        "--reads-only",
+        action="store_true",
+        help="measure the reads on the rated data as it is (implies --reuse; no rating "
+        "from scratch, no late rows; stale months are rated first)",
+    )
     args = parser.parse_args()
+    if args.reads_only:
+        args.reuse, args.late_rows = True, 0
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="meterline-bench-")
     store = open_store(data_dir=data_dir, database="bench")
     store.migrate()
@@ -201,9 +219,12 @@ def main() -> None:
     fly_one, _ = timed(lambda: fly(store, pricing, period, scope=ALL, consumer="c42"), args.repeat)
     fly_every, expected = timed(lambda: fly(store, pricing, period, scope=ALL), args.repeat)
 
-    for table in ("rated_usage", "rated_hours", "rated_daily", "rated_days", "rated_months"):
-        store.command(f"TRUNCATE TABLE {{db}}.{table}")
+    if not args.reads_only:
+        for table in RATED_TABLES:
+            store.command(f"TRUNCATE TABLE {{db}}.{table}")
     rate_s, rate_cpu, runs = _rate(store, pricing, period)
+    if args.reads_only:
+        roll_up_months(store)  # months rated before the monthly sums existed
     _, [(rated_rows,)] = store.query("SELECT count() FROM {db}.rated_usage")
     late_s = late_cpu = 0.0
     late_hours = 0
@@ -226,6 +247,17 @@ def main() -> None:
     every, invoices = timed(
         lambda: compute_invoices(store, pricing, period, scope=ALL), args.repeat
     )
+    months = current_monthly_sums(store, period.start, period.end)
+    query, params = invoice_sql(
+        period.start, period.end, None, scope=ALL, daily=True, months=months
+    )
+    sql_s, sql_rows = timed(
+        lambda: store.query(query, params, settings=READ_SETTINGS)[1], args.repeat
+    )
+    overview_s, _ = timed(
+        lambda: get_overview(store=store, pricing=pricing, scope=ALL, period=period.label),
+        args.repeat,
+    )
     if invoices != expected:
         raise SystemExit("MISMATCH: invoices from rated_usage differ from on-the-fly rating")
     lines = sum(len(i.lines) for i in invoices.values())  # type: ignore[union-attr]
@@ -233,9 +265,12 @@ def main() -> None:
     print(f"rows in store: {total:,}; counted rows in {period.label}: {in_month:,}")
     print(f"before (rated on the fly):  one consumer's month {fly_one * 1000:8.1f} ms, "
           f"all consumers' invoices {fly_every * 1000:8.1f} ms")  # fmt: skip
-    print(f"rating {period.label} from scratch:   {rate_s:8.1f} s wall, {rate_cpu:8.1f} s CPU, "
-          f"{rate_cpu / max(in_month, 1) * 1e6:.2f} µs CPU per counted row, "
-          f"{rated_rows:,} rated rows, {sum(r.hours_rated for r in runs)} hours")  # fmt: skip
+    if not args.reads_only:
+        print(f"rating {period.label} from scratch:   {rate_s:8.1f} s wall, {rate_cpu:8.1f} s CPU, "
+              f"{rate_cpu / max(in_month, 1) * 1e6:.2f} µs CPU per counted row, "
+              f"{rated_rows:,} rated rows, {sum(r.hours_rated for r in runs)} hours")  # fmt: skip
+    if args.reads_only:
+        print("(--reads-only: the month was rated before; not rated again here)")
     if args.late_rows:
         kind = "incremental" if all(r.incremental for r in late_runs) else "FULL"
         print(f"re-rating after {args.late_rows:,} late rows: {late_s:8.1f} s wall, "
@@ -251,6 +286,11 @@ def main() -> None:
           f"target < 2000 ms {'OK' if every < 2 else 'MISSED'}  "
           f"({fly_every / every:.1f}x faster; {len(invoices):,} invoices, {lines:,} lines, "
           "equal to on-the-fly)")  # type: ignore[arg-type]  # fmt: skip
+    source = "rated_monthly" if months else "rated_daily"
+    print(f"                            of which the SQL ({source}, {len(sql_rows):,} rows) "
+          f"{sql_s * 1000:8.1f} ms, Python {(every - sql_s) * 1000:8.1f} ms")  # fmt: skip
+    print(f"overview (GET /v1/overview, without JSON encoding) {overview_s * 1000:8.1f} ms   "
+          f"target < 2000 ms {'OK' if overview_s < 2 else 'MISSED'}")  # fmt: skip
     print(f"(median of {args.repeat} runs each, counted reads, 2026-03 has a price change)")
     store.close()
     if args.data_dir is None:

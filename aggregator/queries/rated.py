@@ -170,6 +170,49 @@ GROUP BY day, ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPric
 
 DAYS_COLUMNS = ("Day", "Run", "HoursRun", "RatedAt")
 
+MONTHLY_STATE_SQL = """
+SELECT d.month, d.newest, m.DaysRun
+FROM (
+    SELECT toUInt32(toYYYYMM(Day)) AS month, max(Run) AS newest
+    FROM {db}.rated_days FINAL
+    WHERE Day >= toDate32({start:DateTime64(0, 'UTC')})
+      AND Day < toDate32({end:DateTime64(0, 'UTC')})
+    GROUP BY month
+) AS d
+LEFT JOIN (
+    SELECT Month, DaysRun FROM {db}.rated_monthly_marks FINAL
+    WHERE Month >= toYYYYMM({start:DateTime64(0, 'UTC')})
+      AND Month < toYYYYMM({end:DateTime64(0, 'UTC')})
+) AS m ON m.Month = d.month
+SETTINGS join_use_nulls = 1
+"""
+"""Per month of a range that has daily sums: the newest run among its days' markers, and
+the one its monthly sums were built from (NULL: none). A month whose two differ is
+rebuilt by the rating run, and read from its daily sums until then."""
+
+MONTHLY_SQL = """
+INSERT INTO {db}.rated_monthly (Month, Run, ConsumerId, Status, Billable, Provider, Model,
+    TokenType, UnitPricePerMillion, UnitPrice, UsageError, Quantity, Requests, Amount,
+    MarkupAmount)
+SELECT {month:UInt32}, {run:UInt64}, ConsumerId, Status, Billable, Provider, Model,
+    TokenType, UnitPricePerMillion, any(UnitPrice), UsageError, sum(Quantity),
+    sum(Requests), sum(Amount), sum(MarkupAmount)
+FROM {db}.rated_daily
+WHERE Day >= toDate32({start:DateTime64(0, 'UTC')}) AND Day < toDate32({end:DateTime64(0, 'UTC')})
+  AND (Day, Run) IN (SELECT Day, Run FROM {db}.rated_days FINAL
+                     WHERE Day >= toDate32({start:DateTime64(0, 'UTC')})
+                       AND Day < toDate32({end:DateTime64(0, 'UTC')}))
+GROUP BY ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPricePerMillion,
+    UsageError
+"""
+"""Rebuild the sums of a month (``[start, end)``) from its daily sums in force."""
+
+MONTHLY_MARKS_COLUMNS = ("Month", "Run", "DaysRun", "RatedAt")
+
+MONTHLY_CLEANUP_SQL = """
+DELETE FROM {db}.rated_monthly WHERE Month = {month:UInt32} AND Run < {run:UInt64}
+"""
+
 DAILY_CLEANUP_SQL = """
 DELETE FROM {db}.rated_daily WHERE Day IN {days:Array(Date32)} AND Run < {run:UInt64}
 """
@@ -336,6 +379,36 @@ def _days(start: datetime, end: datetime, params: dict[str, Any]) -> str:
     )
 
 
+def _months(months: list[int], params: dict[str, Any]) -> str:
+    params["months"] = months
+    return (
+        "Month IN {months:Array(UInt32)} AND (Month, Run) IN (SELECT Month, Run FROM"
+        " {db}.rated_monthly_marks FINAL WHERE Month IN {months:Array(UInt32)})"
+    )
+
+
+def _yyyymmdd(at: datetime) -> int:
+    return at.year * 10000 + at.month * 100 + at.day
+
+
+def months_of(start: datetime, end: datetime) -> list[int]:
+    """The whole UTC months (``YYYYMM``) inside ``[start, end)``."""
+    out = []
+    year, m = start.year, start.month
+    if (start.day, start.hour, start.minute, start.second, start.microsecond) != (1, 0, 0, 0, 0):
+        year, m = year + (m == 12), m % 12 + 1
+    while True:
+        nxt = (year + (m == 12), m % 12 + 1)
+        if datetime(*nxt, 1, tzinfo=start.tzinfo) > end:
+            return out
+        out.append(year * 100 + m)
+        year, m = nxt
+
+
+_INVOICE_COLUMNS = """ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPrice,
+    UsageError"""
+
+
 def invoice_sql(
     start: datetime,
     end: datetime,
@@ -344,30 +417,45 @@ def invoice_sql(
     scope: Scope,
     daily: bool = False,
     feature: str | None = None,
+    months: list[int] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """What invoices need from ``[start, end)`` (whole hours; with ``daily``, whole UTC
-    days, read from ``rated_daily``), per consumer, status, provider, model, token type
-    and price (as configured, text: cheaper to group and to fetch than the Decimal;
-    equal prices written differently are one line again in Python): quantities (as
-    text: a UInt128 fetched is slow) and requests. ``feature``: that feature's calls only (hourly
-    rows: the daily sums have no feature)."""
+    days, read from ``rated_daily``; with ``months`` too, those of its months — whole
+    months whose sums are current — from ``rated_monthly`` and its other days from
+    ``rated_daily``), per consumer, status, provider, model, token type and price (as
+    configured, text: cheaper to group and to fetch than the Decimal; equal prices
+    written differently are one line again in Python): quantities (as text: a UInt128
+    fetched is slow) and requests. Rows of the two tables are not summed together in
+    SQL: the reader adds them up. ``feature``: that feature's calls only (hourly rows:
+    the daily sums have no feature)."""
     if daily and feature is not None:
         raise ValueError("rated_daily has no Feature: read the hourly rows for a feature")
     params: dict[str, Any] = {}
-    where = _days(start, end, params) if daily else _range(start, end, params)
-    where = f"{scope.condition(params)} AND {where}"
+    common = scope.condition(params)
     if consumer is not None:
-        where = f"ConsumerId = {{consumer:String}} AND {where}"
+        common = f"ConsumerId = {{consumer:String}} AND {common}"
         params["consumer"] = consumer
     if feature is not None:
-        where = f"Feature = {{feature:String}} AND {where}"
+        common = f"Feature = {{feature:String}} AND {common}"
         params["feature"] = feature
-    table = "rated_daily" if daily else "rated_usage"
-    sql = f"""SELECT ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPrice,
-    UsageError, toString(sum(Quantity)), sum(Requests)
+    if not daily:
+        parts = [("rated_usage", _range(start, end, params))]
+    elif months:
+        parts = [("rated_monthly", _months(months, params))]
+        whole = months_of(start, end)
+        exact = whole and whole[0] * 100 + 1 == _yyyymmdd(start) and _yyyymmdd(end) % 100 == 1
+        if len(months) < len(whole) or not exact:
+            days = _days(start, end, params) + " AND toYYYYMM(Day) NOT IN {months:Array(UInt32)}"
+            parts.append(("rated_daily", days))
+    else:
+        parts = [("rated_daily", _days(start, end, params))]
+    sql = "\nUNION ALL\n".join(
+        f"""SELECT {_INVOICE_COLUMNS}, toString(sum(Quantity)), sum(Requests)
 FROM {{db}}.{table}
-WHERE {where}
-GROUP BY ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPrice, UsageError"""
+WHERE {common} AND {where}
+GROUP BY {_INVOICE_COLUMNS}"""
+        for table, where in parts
+    )
     return sql, params
 
 

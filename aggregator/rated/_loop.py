@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from meterline.aggregator.pricing import Pricing
-from meterline.aggregator.rated._run import ensure_rated
+from meterline.aggregator.rated._run import ensure_rated, roll_up_months
 from meterline.store import Store
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class RatingLoop:
         """Called after a tick that rated something (the alert loop checks crossings)."""
         self.last_run_seconds = 0.0
         """Duration of the newest tick that rated something."""
+        self._rolled_up = False
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="meterline-rating", daemon=True)
@@ -61,6 +62,9 @@ class RatingLoop:
         """One pass over every month; returns its duration in seconds."""
         started = time.perf_counter()
         runs = ensure_rated(self.store, self.pricing())
+        if not self._rolled_up:  # months rated before the monthly sums existed
+            roll_up_months(self.store)
+            self._rolled_up = True
         seconds = time.perf_counter() - started
         if runs:
             self.last_run_seconds = seconds

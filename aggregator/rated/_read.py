@@ -55,6 +55,16 @@ def whole_days(start: datetime, end: datetime) -> bool:
     return whole_hours(start, end) and start.hour == 0 and end.hour == 0
 
 
+def current_monthly_sums(store: Store, start: datetime, end: datetime) -> list[int]:
+    """The whole months of ``[start, end)`` whose monthly sums are built from their days'
+    newest sums (a month without usage needs none: its sums are empty either way)."""
+    if not sql.months_of(start, end):
+        return []
+    _, rows = store.query(sql.MONTHLY_STATE_SQL, {"start": start, "end": end})
+    behind = {int(m) for m, newest, built in rows if built != newest}
+    return [m for m in sql.months_of(start, end) if m not in behind]
+
+
 def _unbilled_totals(into: dict[tuple[str, str], list[int]], key: tuple[str, str]) -> list[int]:
     counts = into.get(key)
     if counts is None:
@@ -73,14 +83,19 @@ def invoices_from_table(
     consumer: str | None = None,
     feature: str | None = None,
     daily: bool | None = None,
+    monthly: bool | None = None,
 ) -> dict[str, Invoice]:
     """Invoices of ``[start, end)`` from the rated rows (see ``build_invoices`` for the
     rules: this applies them to the table's ``Status``). Ranges of whole days read the
-    daily sums (``daily``: force either table) unless ``feature`` is given (only that
+    daily sums, and their whole months the monthly sums where those are current
+    (``daily``, ``monthly``: force the tables), unless ``feature`` is given (only that
     feature's calls: a budget's share; read from the hourly rows, which keep the feature)."""
     if daily is None:
         daily = feature is None and whole_days(start, end)
-    query, params = sql.invoice_sql(start, end, consumer, scope=scope, daily=daily, feature=feature)
+    months = current_monthly_sums(store, start, end) if daily and monthly is not False else []
+    query, params = sql.invoice_sql(
+        start, end, consumer, scope=scope, daily=daily, feature=feature, months=months
+    )
     _, rows = store.query(query, params, settings=READ_SETTINGS)
     drafts: dict[str, _Draft] = {}
     if consumer is not None:

@@ -9,10 +9,12 @@ Contract:
   counted).
 - A run of a month: pass 1 fingerprints each hour's counted responses; the hours whose
   fingerprint or pricing differ from their marker are rated (pass 2, in the engine), then
-  marked (``rated_hours``: one insert, one part), then the month is recorded
-  (``rated_months``). A run killed at any point leaves every hour with its old rows and
-  marker, or its new ones: readers follow the marker. The month stays not current, so
-  the next run does it again (idempotent: unchanged hours are not rewritten).
+  marked (``rated_hours``: one insert, one part), the days and then the month whose hours
+  moved are summed again (``rated_daily``, ``rated_monthly``, each marked the same way),
+  then the month is recorded (``rated_months``). A run killed at any point leaves every
+  hour with its old rows and marker, or its new ones: readers follow the marker. The
+  month stays not current, so the next run does it again (idempotent: unchanged hours
+  are not rewritten).
 - Rows of replaced runs are deleted after the marker moved (a reader that started
   before still sees its snapshot).
 
@@ -44,8 +46,8 @@ from meterline.store import Store
 logger = logging.getLogger(__name__)
 
 _after_step: Callable[[str, int], None] | None = None
-"""Crash tests set this to stop a run after a step (``scan``, ``rows``, ``markers``) of a
-month."""
+"""Crash tests set this to stop a run after a step (``scan``, ``rows``, ``markers``,
+``days``, ``month rows``, ``month``) of a month."""
 
 
 def _step(name: str, month: int) -> None:
@@ -233,6 +235,22 @@ def _roll_up_days(store: Store, run: int, start: datetime, end: datetime, now: d
     store.command(sql.DAILY_CLEANUP_SQL, {"days": days, "run": run})
 
 
+def _roll_up_months(store: Store, run: int, start: datetime, end: datetime, now: datetime) -> int:
+    """Rebuild the monthly sums of the months of ``[start, end)`` one of whose days has a
+    newer run than they were built from; return how many were rebuilt."""
+    _, rows = store.query(sql.MONTHLY_STATE_SQL, {"start": start, "end": end})
+    stale = sorted((int(m), int(newest)) for m, newest, built in rows if built != newest)
+    for month, newest in stale:
+        lo, hi = month_bounds(month)
+        store.command(sql.MONTHLY_SQL, {"month": month, "run": run, "start": lo, "end": hi})
+        _step("month rows", month)
+        store.insert_columns(
+            "rated_monthly_marks", [[month], [run], [newest], [now]], sql.MONTHLY_MARKS_COLUMNS
+        )
+        store.command(sql.MONTHLY_CLEANUP_SQL, {"month": month, "run": run})
+    return len(stale)
+
+
 def rate_month(
     store: Store,
     pricing: Pricing,
@@ -288,6 +306,8 @@ def rate_month(
         store.command(sql.CLEANUP_SQL, {"hours": changed, "run": run})
     _roll_up_days(store, run, start, end, now)
     _step("days", month)
+    _roll_up_months(store, run, start, end, now)
+    _step("month", month)
     seconds = time.perf_counter() - started
     store.insert_columns(
         "rated_months",
@@ -317,6 +337,16 @@ def ensure_rated(
             _rate_with_retry(store, pricing, month, signature, previous)
             for month, signature, previous in _stale(store, pricing, start, end)
         ]
+
+
+def roll_up_months(store: Store, start: datetime | None = None, end: datetime | None = None) -> int:
+    """Build the monthly sums of current months that lack them (months rated before the
+    monthly roll-up existed; a run builds its own month's); return how many were built.
+    The loop calls it; until then invoices of those months read the daily sums."""
+    lo = start or datetime(1900, 1, 1, tzinfo=UTC)
+    hi = end or datetime(2299, 12, 1, tzinfo=UTC)
+    with _lock(store):
+        return _roll_up_months(store, _next_run(), lo, hi, datetime.now(UTC))
 
 
 def _rate_with_retry(

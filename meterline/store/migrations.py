@@ -35,6 +35,8 @@ from meterline.store.rated_schema import (
     RATED_DAILY_DDL,
     RATED_DAYS_DDL,
     RATED_HOURS_DDL,
+    RATED_MONTHLY_DDL,
+    RATED_MONTHLY_MARKS_DDL,
     RATED_MONTHS_DDL,
     RATED_USAGE_DASHBOARD_DDL,
     RATED_USAGE_DDL,
@@ -400,8 +402,18 @@ MIGRATIONS += (
     ),
 )
 
+# Monthly roll-up of the rated usage (issue 10 §1): invoices of whole months read a few
+# rows per line and month.
+MIGRATIONS += (
+    Migration(
+        16,
+        "rated usage: sums per month (rated_monthly, rated_monthly_marks)",
+        (RATED_MONTHLY_DDL, RATED_MONTHLY_MARKS_DDL),
+    ),
+)
+
 # Rate limits hit repeatedly (issue 11 §5): refusals counted in the store, shared by
-# replicas and kept across a restart. (16 is the monthly roll-up of the rated usage.)
+# replicas and kept across a restart.
 MIGRATIONS += (
     Migration(
         17, "rate_limit_refusals: refusals counted per limit and hour", (RATE_LIMIT_REFUSALS_DDL,)

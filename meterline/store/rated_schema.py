@@ -8,6 +8,9 @@
 - ``rated_hours``: one marker per hour and run, written only after that run's rows: a
   reader takes, per hour, the rows of the newest marker (``FINAL``), so a run killed
   half-way leaves the old rows in force, never half of the new ones.
+- ``rated_daily``/``rated_days`` and ``rated_monthly``/``rated_monthly_marks``: the
+  rows in force summed per day and per month (what invoices of whole days and months
+  read), with the same run/marker scheme.
 - ``rated_months``: what each month was rated from (``Signature`` of ``llm_usage``'s
   parts, the pricing's ``ConfigVersion``); a month whose signature or pricing changed is
   rated again.
@@ -177,6 +180,44 @@ INCREMENTAL_DDL: tuple[str, ...] = (
   its counted responses (``Fingerprint``, ``Keys``; other rows: 0 and empty), and each
   hour's marker their union: where every response was counted, even after a merge
   dropped the report that was counted (a later duplicate displaced it)."""
+
+RATED_MONTHLY_DDL = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.rated_monthly (
+    Month UInt32,
+    Run UInt64,
+    ConsumerId LowCardinality(String),
+    Status LowCardinality(String),
+    Billable UInt8,
+    Provider LowCardinality(String),
+    Model LowCardinality(String),
+    TokenType LowCardinality(String),
+    UnitPricePerMillion Nullable(Decimal(76, {PRICE_SCALE})),
+    UnitPrice LowCardinality(String),
+    UsageError LowCardinality(String),
+    Quantity UInt128,
+    Requests UInt64,
+    Amount Nullable(Decimal(76, {AMOUNT_SCALE})),
+    MarkupAmount Nullable(Decimal(76, {MARKUP_SCALE}))
+) ENGINE = MergeTree
+PARTITION BY intDiv(Month, 100)
+ORDER BY (ConsumerId, Month, Run)
+"""
+"""``rated_daily`` summed per UTC month (``YYYYMM``) at the same grain: what invoices of
+whole months read (tens of thousands of rows a month instead of a million daily ones).
+Rebuilt, under a run id, when one of its days got new sums; ``rated_monthly_marks``
+names the run in force."""
+
+RATED_MONTHLY_MARKS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.rated_monthly_marks (
+    Month UInt32,
+    Run UInt64,
+    DaysRun UInt64,
+    RatedAt DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(Run)
+ORDER BY Month
+"""
+"""The run in force per month of ``rated_monthly``, and the newest day run it summed
+(readers use a month's sums only while that is still its days' newest run)."""
 
 RATED_USAGE_COLUMNS: tuple[str, ...] = (
     "Hour",

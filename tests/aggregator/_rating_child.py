@@ -15,6 +15,7 @@ from meterline.aggregator.invoices import month
 from meterline.aggregator.invoices._service import compute_invoices, rate_invoices_on_the_fly
 from meterline.aggregator.pricing import Pricing, parse_pricing_config
 from meterline.aggregator.rated import _run, ensure_rated, invoices_from_table, stale_months
+from meterline.aggregator.rated._read import current_monthly_sums
 from meterline.aggregator.tenancy import Scope
 from meterline.store import open_store
 from tests.aggregator._calls import Call, insert_calls
@@ -79,6 +80,18 @@ def main() -> None:
                     scope=Scope.ALL,
                 )
             ),
+            "as_read_daily": _invoices(
+                invoices_from_table(
+                    store,
+                    pricing,
+                    start=MARCH.start,
+                    end=MARCH.end,
+                    label=MARCH.label,
+                    scope=Scope.ALL,
+                    monthly=False,
+                )
+            ),
+            "monthly_sums_current": current_monthly_sums(store, MARCH.start, MARCH.end) == [202603],
             "as_read_hourly": _invoices(
                 invoices_from_table(
                     store,
@@ -97,6 +110,7 @@ def main() -> None:
         ensure_rated(store, pricing)
         out["after_catch_up"] = _invoices(compute_invoices(store, pricing, MARCH, scope=Scope.ALL))
         out["stale_after"] = [m for m, _ in stale_months(store, pricing)]
+        out["monthly_after"] = current_monthly_sums(store, MARCH.start, MARCH.end)
     print(json.dumps(out), flush=True)
     store.close()
 

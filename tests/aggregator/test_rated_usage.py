@@ -47,6 +47,7 @@ from meterline.aggregator.rated import (
     rate_month,
     stale_months,
 )
+from meterline.aggregator.rated._read import current_monthly_sums
 from meterline.aggregator.rated._run import _signatures
 from meterline.aggregator.tenancy import Scope
 from meterline.store import Store
@@ -187,7 +188,11 @@ def assert_table_is_the_fly(store: Store, pricing: Pricing) -> None:
     ensure_rated(store, pricing)  # what the loop does; then readers read the table
     assert stale_months(store, pricing) == []
     hours = between(EDGES[0] - timedelta(hours=5), EDGES[2])  # read from the hourly rows
-    for period in (*(month(label) for label in MONTHS), hours):
+    # whole months read the monthly sums (checked current), the other whole days the daily
+    quarter = between(datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC))
+    ragged = between(BASE, datetime(2026, 4, 1, tzinfo=UTC))  # Feb's last days + March
+    assert current_monthly_sums(store, quarter.start, quarter.end) == [202602, 202603, 202604]
+    for period in (*(month(label) for label in MONTHS), hours, quarter, ragged):
         assert compute_invoices(store, pricing, period, scope=ALL) == rate_invoices_on_the_fly(
             store, pricing, period, scope=ALL
         ), period.label
@@ -358,7 +363,10 @@ def _child(data_dir: Path, *args: str) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("step", ["scan", "rows", "markers", "days"])
+STEPS = ["scan", "rows", "markers", "days", "month rows", "month"]
+
+
+@pytest.mark.parametrize("step", STEPS)
 def test_kill_9_during_a_run_leaves_old_or_new_rows_never_half(tmp_path: Path, step: str) -> None:
     seeded = _child(tmp_path, "seed")["invoices"]
     _child(tmp_path, "late")
@@ -376,15 +384,21 @@ def test_kill_9_during_a_run_leaves_old_or_new_rows_never_half(tmp_path: Path, s
     seen = _child(tmp_path, "check")
     assert 202603 in seen["stale"]  # the killed run did not record the month
     assert seen["on_the_fly"] != seeded  # the late data changed the invoices
+    after = STEPS[STEPS.index(step) + 1 :]
     # hourly rows: the old ones in force until the run's markers, then the new ones, whole
-    new_hours = step in ("markers", "days")
+    new_hours = step not in ("scan", "rows")
     assert seen["as_read_hourly"] == (seen["on_the_fly"] if new_hours else seeded)
     # rows not in force (the killed run's, or the replaced ones before their deletion)
     assert (seen["orphan_rows"] > 0) == (step in ("rows", "markers"))
-    # daily sums (what monthly invoices read): rebuilt from the hours in force, or old
-    assert seen["as_read_now"] == (seen["on_the_fly"] if step == "days" else seeded)
+    # daily sums: rebuilt from the hours in force, or old
+    assert seen["as_read_daily"] == (seen["on_the_fly"] if "days" not in after else seeded)
+    # monthly sums (what monthly invoices read): current only after their marker; a reader
+    # of the table never takes them while they lag behind the days (it reads the days)
+    assert seen["monthly_sums_current"] == (step == "month" or "days" in after)
+    assert seen["as_read_now"] == seen["as_read_daily"]
     # restart: the next run finishes the work; equal to rating on the fly
     assert seen["after_catch_up"] == seen["on_the_fly"]
+    assert seen["monthly_after"] == [202603]
     assert 202603 not in seen["stale_after"]  # (April's copies of March's end: not read)
 
 
