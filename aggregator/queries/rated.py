@@ -467,18 +467,26 @@ SPEND_KEYS: dict[str, str] = {
 
 
 def daily_spend_sql(
-    start: datetime, end: datetime, *, by: str, scope: Scope
+    start: datetime, end: datetime, *, by: tuple[str, ...], scope: Scope
 ) -> tuple[str, dict[str, Any]]:
-    """Billed money (amount + markup, exact) per UTC day of ``[start, end)`` (whole days)
-    and ``by`` (:data:`SPEND_KEYS`), from the daily sums in force."""
+    """Billed money (amount + markup, exact, as text) per UTC day of ``[start, end)``
+    (whole days) and each key of ``by`` (:data:`SPEND_KEYS`), from the daily sums in
+    force — one scan, a grouping set per key. Rows: ``day``, ``key`` (the index in
+    ``by``), ``name``, ``billed``."""
     params: dict[str, Any] = {}
     where = f"{scope.condition(params)} AND {_days(start, end, params)}"
-    sql = f"""SELECT toString(Day) AS day, {SPEND_KEYS[by]} AS name,
+    names = ", ".join(f"{SPEND_KEYS[k]} AS k{i}" for i, k in enumerate(by))
+    sets = ", ".join(f"(day, k{i})" for i in range(len(by)))
+    flags = ", ".join(f"grouping(k{i}) AS g{i}" for i in range(len(by)))
+    which = " + ".join(f"{i} * (g{i} = 0)" for i in range(len(by)))
+    chosen = "multiIf(" + "".join(f"g{i} = 0, k{i}, " for i in range(len(by))) + "'')"
+    sql = f"""SELECT day, {which} AS key, {chosen} AS name, toString(billed) FROM (
+SELECT toString(Day) AS day, {names}, {flags},
     sumIf(Amount + MarkupAmount, Status = 'billed') AS billed
 FROM {{db}}.rated_daily
 WHERE {where}
-GROUP BY day, name
-HAVING countIf(Status = 'billed') > 0"""
+GROUP BY GROUPING SETS ({sets})
+HAVING countIf(Status = 'billed') > 0)"""
     return sql, params
 
 

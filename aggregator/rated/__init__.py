@@ -14,6 +14,7 @@ from meterline.aggregator.rated._prices import RatingError, config_version
 from meterline.aggregator.rated._read import (
     costs_from_table,
     daily_spend,
+    daily_spends,
     invoices_from_table,
     table_range,
     whole_hours,
@@ -27,6 +28,7 @@ __all__ = [
     "config_version",
     "costs_from_table",
     "daily_spend",
+    "daily_spends",
     "ensure_rated",
     "invoices_from_table",
     "rate_month",

@@ -174,20 +174,39 @@ def daily_spend(
     """Billed money per (UTC day ``YYYY-MM-DD``, consumer or ``provider/model``) over the
     whole days ``[start, end)``: from the daily sums when the months are current, else
     rated on the fly (the same money)."""
+    return daily_spends(store, pricing, start, end, by=(by,), scope=scope)[by]
+
+
+def daily_spends(
+    store: Store,
+    pricing: Pricing,
+    start: datetime,
+    end: datetime,
+    *,
+    by: tuple[str, ...],
+    scope: Scope,
+) -> dict[str, dict[tuple[str, str], Decimal]]:
+    """:func:`daily_spend` for each key of ``by`` at once (one scan of the daily sums)."""
     from meterline.aggregator.rated._run import stale_months
 
     if whole_days(start, end) and not stale_months(store, pricing, start, end):
         query, params = sql.daily_spend_sql(start, end, by=by, scope=scope)
         _, rows = store.query(query, params, settings=READ_SETTINGS)
-        return {(str(d), str(n)): Decimal(b) for d, n, b in rows if b is not None}
+        spends: dict[str, dict[tuple[str, str], Decimal]] = {k: {} for k in by}
+        for d, key, n, b in rows:
+            if b is not None:
+                spends[by[key]][(str(d), str(n))] = Decimal(b)
+        return spends
     from meterline.aggregator.invoices._usage_costs import usage_costs_on_the_fly
 
-    keys = ("day", "consumer") if by == "consumer" else ("day", "provider", "model")
-    f = UsageFilter(start=start, end=end, group_by=keys, scope=scope)
-    out: dict[tuple[str, str], Decimal] = {}
-    for key, (cost, _) in usage_costs_on_the_fly(store, pricing, f).by_key.items():
-        if cost:
-            day = key[0].date().isoformat()
-            name = key[1] if by == "consumer" else f"{key[1]}/{key[2]}"
-            out[(day, name)] = out.get((day, name), Decimal(0)) + cost
+    out: dict[str, dict[tuple[str, str], Decimal]] = {}
+    for name in by:
+        keys = ("day", "consumer") if name == "consumer" else ("day", "provider", "model")
+        f = UsageFilter(start=start, end=end, group_by=keys, scope=scope)
+        points = out[name] = {}
+        for key, (cost, _) in usage_costs_on_the_fly(store, pricing, f).by_key.items():
+            if cost:
+                day = key[0].date().isoformat()
+                label = key[1] if name == "consumer" else f"{key[1]}/{key[2]}"
+                points[(day, label)] = points.get((day, label), Decimal(0)) + cost
     return out

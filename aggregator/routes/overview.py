@@ -79,7 +79,7 @@ def get_overview(
     period: Annotated[str, Query(description="UTC month, YYYY-MM")],
 ) -> dict[str, Any]:
     """What the overview page shows for ``period`` (see the module docstring)."""
-    from meterline.aggregator.rated import daily_spend
+    from meterline.aggregator.rated import daily_spends
 
     try:
         resolved = resolve_period(period, None, None)
@@ -94,12 +94,17 @@ def get_overview(
         days.append(day.date().isoformat())
         day += timedelta(days=1)
 
+    index = {d: i for i, d in enumerate(days)}
+    spends = daily_spends(
+        store, pricing, resolved.start, resolved.end, by=("consumer", "model"), scope=scope
+    )
+
     def series(by: str) -> dict[str, list[str]]:
-        points = daily_spend(store, pricing, resolved.start, resolved.end, by=by, scope=scope)
+        points = spends[by]
         out: dict[str, list[str]] = {}
         for (d, name), amount in sorted(points.items()):
             values = out.setdefault(name, ["0"] * len(days))
-            values[days.index(d)] = str(amount.quantize(quantum, rounding=ROUND_HALF_UP))
+            values[index[d]] = str(amount.quantize(quantum, rounding=ROUND_HALF_UP))
         return out
 
     return {
