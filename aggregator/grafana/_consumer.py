@@ -3,10 +3,13 @@ budgets and the projected month-end spend.
 
 Budgets: each budget of the consumer (``budgets``, as ``/v1/budgets`` defines them) with
 what it has spent in its current period — the rated money (billed, markup included,
-exact) or the input + output tokens its plan bills. Periods are taken in **UTC** here
-(day, ISO week from Monday, month, total); ``/v1/budgets`` applies the budget's own time
-zone and rounds money as the invoice does, so the two can differ for a budget in another
-time zone and by that rounding.
+exact) or the input + output tokens its plan bills — in the budget's current period in
+its own time zone, the same ``period_start`` / ``period_end`` as ``/v1/budgets``
+(:mod:`._periods`, computed by the engine from its time zone database). Known limits:
+money is hourly, so in a zone whose offset is not whole hours (Asia/Kolkata) the period
+counts the rated hours that *start* in it; ``/v1/budgets`` rounds money as the invoice
+does and adds open reservations, the panel shows the exact billed amount; budgets of the
+configuration file's ``budgets:`` section are not in the ``budgets`` table and not shown.
 
 Projected month-end spend: the month-to-date spend scaled to the whole UTC month — a
 straight-line estimate, not an amount anyone is billed.
@@ -27,27 +30,29 @@ from meterline.aggregator.grafana._panels import (
     filter_variables,
     rated_filter,
 )
+from meterline.aggregator.grafana._periods import period_columns
 
 UID = "meterline-consumer"
 
-_PERIOD_START = (
-    "multiIf(Period = 'day', toStartOfDay(now(), 'UTC'),"
-    " Period = 'week', toDateTime(toMonday(now(), 'UTC'), 'UTC'),"
-    " Period = 'month', toDateTime(toStartOfMonth(now(), 'UTC'), 'UTC'),"
-    " toDateTime(0, 'UTC'))"
+_IN_BUDGET = (
+    "r.hour >= b.period_start AND (b.period_end IS NULL OR r.hour < b.period_end)"
+    " AND (b.HasFeature = 0 OR r.feature = b.Feature)"
 )
 
-_IN_BUDGET = "r.hour >= b.since AND (b.HasFeature = 0 OR r.feature = b.Feature)"
-
 BUDGETS_SQL = f"""SELECT if(b.HasFeature = 1, b.Feature, '(all)') AS feature,
-       b.Period AS period, b.unit AS unit, toDecimal256(b.limit_text, 20) AS limit,
+       b.Period AS period, b.zone AS timezone, b.period_start AS period_start,
+       b.period_end AS period_end, b.unit AS unit,
+       toDecimal256(b.limit_text, 20) AS limit,
        if(b.unit = 'tokens', toDecimal256(sumIf(r.tokens, {_IN_BUDGET}), 40),
           toDecimal256(sumIf(r.amount, {_IN_BUDGET}), 40)) AS spent,
        toFloat64(spent) / greatest(toFloat64(limit), 1e-12) AS used
 FROM (
-    SELECT ConsumerId, Feature, HasFeature, Period, {_PERIOD_START} AS since,
+    SELECT ConsumerId, Feature, HasFeature, Period,
            JSONExtractString(Definition, 'limit') AS limit_text,
-           JSONExtractString(Definition, 'unit') AS unit
+           JSONExtractString(Definition, 'unit') AS unit,
+           if(JSONExtractString(Definition, 'timezone') = '', 'UTC',
+              JSONExtractString(Definition, 'timezone')) AS zone,
+           {period_columns("Period", "zone")}
     FROM ${{database}}.budgets FINAL
     WHERE Deleted = 0 AND ConsumerId = ${{consumer:singlequote}}
 ) AS b
@@ -58,7 +63,8 @@ LEFT JOIN (
     WHERE ConsumerId = ${{consumer:singlequote}}
     GROUP BY ConsumerId, feature, hour
 ) AS r ON r.ConsumerId = b.ConsumerId
-GROUP BY feature, period, unit, limit, b.HasFeature, b.Feature
+GROUP BY feature, period, timezone, period_start, period_end, unit, limit, b.HasFeature,
+         b.Feature
 ORDER BY feature, period"""
 
 _MONTH = "toDateTime(toStartOfMonth(now(), 'UTC'), 'UTC')"
@@ -106,9 +112,10 @@ def build(
                    unit="short", w=12, h=8, overrides={"spend": money})  # fmt: skip
     layout.add("table", "Budgets", BUDGETS_SQL, unit="short", w=24, h=7,
                overrides={"used": "percentunit"},
-               description="Each budget's spend in its current period, taken in UTC "
-               "(/v1/budgets uses the budget's time zone and the invoice's rounding). "
-               "Money budgets: limit and spent in the pricing currency.")  # fmt: skip
+               description="Each budget's spend in its current period in its own time "
+               "zone (period_start and period_end as /v1/budgets; exact, before the "
+               "invoice's rounding and without open reservations). Money budgets: limit "
+               "and spent in the pricing currency.")  # fmt: skip
     layout.add("table", "Calls by token counts (counted usage)",
                "SELECT count() AS requests, sumIf(InputTokens, UsageError = '') AS input,"
                " sumIf(CacheReadInputTokens, UsageError = '') AS cache_read,"

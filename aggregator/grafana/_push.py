@@ -55,6 +55,15 @@ class PushResult:
 
 class _Client:
     def __init__(self, url: str, token: str, *, timeout: float) -> None:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 -- raises ValueError when out of range
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise GrafanaError(
+                f"Grafana URL {url!r}: expected http(s)://host[:port], e.g. http://localhost:3000"
+            )
         self.base = url.rstrip("/")
         self.token = token
         self.timeout = timeout

@@ -89,6 +89,17 @@ function chart(target, days, series, currency) {
   new uPlot(opts, data, target);
 }
 
+// A budget's current period in its own time zone, as /v1/budgets computed it.
+function periodText(b) {
+  if (b.period === "total") return "all time";
+  const format = new Intl.DateTimeFormat("en-CA", {
+    timeZone: b.timezone || "UTC", year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", hourCycle: "h23",
+  });
+  const local = (iso) => format.format(new Date(iso)).replace(",", "");
+  return `${local(b.period_start)} – ${local(b.period_end)} ${b.timezone || "UTC"}`;
+}
+
 function render(data, budgets) {
   const period = data.period;
   $("total").textContent = `${data.total} ${data.currency}`;
@@ -117,9 +128,11 @@ function render(data, budgets) {
     cell(tr, String(u.output_tokens), "num");
   });
   fill("budgets", budgets, (tr, b) => {
-    cell(tr, b.consumer);
+    tr.dataset.budget = `${b.consumer}/${b.feature || ""}/${b.period}`;
+    cell(tr, b.consumer || "(unattributed)");
     cell(tr, b.feature || "all");
     cell(tr, b.period);
+    cell(tr, periodText(b), "when");
     cell(tr, `${b.spent} ${b.unit}`, "num");
     cell(tr, `${b.limit} ${b.unit}`, "num");
     const used = Number(b.limit) > 0 ? Number(b.spent) / Number(b.limit) : 0;
@@ -141,6 +154,11 @@ function render(data, budgets) {
 
 async function show() {
   const period = $("period").value;
+  if (!key() && document.body.dataset.key === "required") {  // no request bound to fail
+    $("overview").hidden = true;
+    $("login").hidden = false;
+    return;
+  }
   $("status").textContent = "loading…";
   try {
     const [data, budgets] = await Promise.all([

@@ -26,7 +26,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 
 from meterline.aggregator.auth import ScopeDep
-from meterline.aggregator.deps import StoreDep
+from meterline.aggregator.deps import SettingsDep, StoreDep
 from meterline.aggregator.invoices import get_invoices, resolve_period
 from meterline.aggregator.routes._pricing import PricingDep
 
@@ -58,9 +58,14 @@ def _file(name: str) -> bytes:
 
 
 @page_router.get("/")
-def page() -> Response:
-    """The overview page (static; its data comes from ``/v1`` with the caller's key)."""
-    return Response(_file("index.html"), media_type="text/html; charset=utf-8", headers=_HEADERS)
+def page(settings: SettingsDep) -> Response:
+    """The overview page (static; its data comes from ``/v1`` with the caller's key). It
+    says whether the API needs a key (what any ``/v1`` request would tell), so that the
+    page asks for one before making requests bound to fail."""
+    html = _file("index.html")
+    if not settings.admin_keys:
+        html = html.replace(b'<body data-key="required">', b'<body data-key="open">')
+    return Response(html, media_type="text/html; charset=utf-8", headers=_HEADERS)
 
 
 @page_router.get("/page/{name}")

@@ -6,16 +6,20 @@ test's tmp dir."""
 
 from __future__ import annotations
 
-import re
+import contextlib
+import json
+import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
+import zoneinfo
 from collections.abc import Iterator
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -23,6 +27,7 @@ from meterline.aggregator.app import create_app
 from meterline.aggregator.rated import ensure_rated
 from meterline.settings import ServerSettings
 from tests.aggregator._calls import Call, insert_calls, utc
+from tests.aggregator._cdp import Browser
 from tests.aggregator._tenants import (
     ADMIN_KEYS,
     NAMED,
@@ -103,18 +108,67 @@ def test_the_page_holds_no_data_and_serves_only_its_files(store, tmp_path):
         assert anyone.get(bad).status_code == 404, bad
 
 
-@pytest.fixture
-def served(store, tmp_path) -> Iterator[str]:
+def test_every_page_file_is_typed_and_guarded(store, tmp_path):
+    """The static route: a fixed list of files, each with its own type and the page's
+    CSP; anything else — traversal in every spelling, the package's own modules, a
+    directory — is 404, for any key or none."""
+    app = tenant_app(store, tmp_path)
+    keys = make_keys(store)
+    types = {"/": "text/html", "/page/overview.js": "text/javascript",
+             "/page/uPlot.iife.min.js": "text/javascript", "/page/overview.css": "text/css",
+             "/page/uPlot.min.css": "text/css"}  # fmt: skip
+    for who in (None, keys.acme, ADMIN):
+        c = client(app, who)
+        for path, media in types.items():
+            r = c.get(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith(media), path
+            assert r.headers["x-content-type-options"] == "nosniff"
+            csp = r.headers["content-security-policy"]
+            assert "default-src 'none'" in csp and "script-src 'self'" in csp
+            assert "unsafe-inline" not in csp.split("script-src", 1)[1].split(";")[0]
+            assert "frame-ancestors 'none'" in csp
+        assert "acme" not in c.get("/").text  # the page holds no data
+        for bad in (
+            "/page/../app.py",
+            "/page/%2e%2e/app.py",
+            "/page/..%2fapp.py",
+            "/page/%2e%2e%2f%2e%2e%2fpyproject.toml",
+            "/page/__init__.py",
+            "/page/index.html",
+            "/page/uPlot.LICENSE.py",
+            "/page/",
+            "/page",
+            "/page/overview.js%00.py",
+            "/page//etc/passwd",
+            "/page/..\\app.py",
+            "/page/OVERVIEW.JS",
+            "/..%2f..%2fetc/passwd",
+        ):
+            assert c.get(bad).status_code == 404, bad
+
+
+# --- the page in headless Chromium, one browser for the module ----------------------
+
+_ARTIFACTS = Path(
+    os.environ.get("METERLINE_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")
+)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    b = Browser(CHROMIUM, tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@contextlib.contextmanager
+def _serve(app) -> Iterator[str]:
     import uvicorn
 
-    insert_calls(store, [
-        Call(utc(2026, 3, 3, 10), consumer="acme", input=1_234_567, output=89_012),
-        Call(utc(2026, 3, 17, 9), consumer="acme", input=222_222, output=3_333),
-        Call(utc(2026, 3, 9, 23), consumer="globex", input=3_456_789, output=12_345),
-        Call(utc(2026, 3, 20), consumer="globex", model="mystery-1", input=500, output=5),
-    ])  # fmt: skip
-    settings = ServerSettings(config=write_config(tmp_path), admin_key=ADMIN)
-    app = create_app(settings, store)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
@@ -130,19 +184,6 @@ def served(store, tmp_path) -> Iterator[str]:
         srv.should_exit = True
         thread.join(timeout=30)
         sock.close()
-
-
-def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """Headless Chromium with the flags that keep it off the (closed) network."""
-    assert CHROMIUM is not None
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--disable-extensions", f"--user-data-dir={profile}",
-         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000",
-         "--window-size=1280,1800", *extra, url],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
 
 
 class _Rows(HTMLParser):
@@ -177,28 +218,142 @@ class _Rows(HTMLParser):
             self._row = None
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run)")
-def test_the_page_in_headless_chromium(served, tmp_path):
-    url = f"{served}/?period=2026-03#key={ADMIN}"
-    dom = _chromium(url, tmp_path / "profile", "--dump-dom")
-    assert dom.returncode == 0, dom.stderr[-2000:]
+def _sign_in(browser: Browser, url: str, key: str, period: str) -> str:
+    """Open the page, type ``key`` into its form, wait for ``period``; the DOM."""
+    browser.open()
+    browser.navigate(url)
+    browser.wait_for("!document.getElementById('login').hidden")
+    browser.evaluate(f"document.getElementById('key').value = {json.dumps(key)};"
+                     "document.getElementById('login').requestSubmit()")  # fmt: skip
+    browser.wait_for(f"document.body.dataset.loaded === {json.dumps(period)}")
+    return browser.evaluate("document.documentElement.outerHTML")
+
+
+def _rows(dom: str) -> dict[str, list[str]]:
     parsed = _Rows()
-    parsed.feed(dom.stdout)
-    assert parsed.loaded == "2026-03", dom.stdout[-2000:]
-    shown = {c: cells[3] for c, cells in parsed.rows.items()}
-    assert set(shown) == {"acme", "globex"}
+    parsed.feed(dom)
+    return parsed.rows
+
+
+def _get(url: str, key: str, **params: str) -> Any:
     import httpx2
 
-    for consumer, total in shown.items():
-        invoice = httpx2.get(f"{served}/v1/invoices/{consumer}", params={"period": "2026-03"},
-                             headers={"authorization": f"Bearer {ADMIN}"}).json()  # fmt: skip
-        assert total == invoice["total"], consumer
-    assert "uplot" in dom.stdout  # the charts were drawn
-    errors = [
-        line for line in dom.stderr.splitlines()
-        if "CONSOLE" in line and re.search(r"error|Uncaught", line, re.I)
-    ]  # fmt: skip
-    assert errors == []
-    shot = tmp_path / "overview.png"
-    taken = _chromium(url, tmp_path / "profile2", f"--screenshot={shot}")
-    assert taken.returncode == 0 and shot.stat().st_size > 10_000, taken.stderr[-2000:]
+    r = httpx2.get(url, params=params, headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_the_page_in_headless_chromium(browser, store, tmp_path):
+    insert_calls(store, [
+        Call(utc(2026, 3, 3, 10), consumer="acme", input=1_234_567, output=89_012),
+        Call(utc(2026, 3, 17, 9), consumer="acme", input=222_222, output=3_333),
+        Call(utc(2026, 3, 9, 23), consumer="globex", input=3_456_789, output=12_345),
+        Call(utc(2026, 3, 20), consumer="globex", model="mystery-1", input=500, output=5),
+    ])  # fmt: skip
+    app = create_app(ServerSettings(config=write_config(tmp_path), admin_key=ADMIN), store)
+    with _serve(app) as served:
+        dom = _sign_in(browser, f"{served}/?period=2026-03", ADMIN, "2026-03")
+        shown = {c: cells[3] for c, cells in _rows(dom).items()}
+        assert set(shown) == {"acme", "globex"}
+        for consumer, total in shown.items():
+            invoice = _get(f"{served}/v1/invoices/{consumer}", ADMIN, period="2026-03")
+            assert total == invoice["total"], consumer
+        overview = _get(f"{served}/v1/overview", ADMIN, period="2026-03")
+        assert browser.evaluate("document.getElementById('total').textContent") == (
+            f"{overview['total']} {overview['currency']}"
+        )
+        assert browser.evaluate("document.getElementById('unpriced-count').textContent") == "1"
+        assert browser.evaluate("document.querySelectorAll('.uplot canvas').length") == 2
+        assert browser.evaluate("sessionStorage.getItem('meterline.key')") == ADMIN
+        assert browser.evaluate("document.cookie") == ""  # the key is never a cookie
+        _ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = browser.screenshot(_ARTIFACTS / "overview-page.png")
+        assert shot.stat().st_size > 10_000
+        # the period picker: another month, then back
+        browser.evaluate("document.getElementById('period').value = '2026-04';"
+                         "document.getElementById('period-form').requestSubmit()")  # fmt: skip
+        browser.wait_for("document.body.dataset.loaded === '2026-04'")
+        assert _rows(browser.evaluate("document.documentElement.outerHTML")) == {}
+        assert browser.evaluate("location.search") == "?period=2026-04"
+        assert browser.errors() == []
+
+
+HOSTILE = {
+    "consumer": '<img src=x onerror="window.__pwned=1">',
+    "consumer2": "</td></tr><script>window.__pwned=2</script>",
+    "model": "<svg onload=window.__pwned=3>",
+    "feature": "<b onmouseover=window.__pwned=4>f</b>",
+}
+
+
+def test_names_are_text_in_the_browser_and_run_nothing(browser, store, tmp_path):
+    """Consumer, model and feature names carrying HTML are shown as the text they are:
+    no element is made from them and no script of theirs runs (checked in the DOM, so it
+    holds whatever the CSP would block)."""
+    insert_calls(store, [
+        Call(utc(2026, 3, 3, 10), consumer=HOSTILE["consumer"], input=10_000, output=100),
+        Call(utc(2026, 3, 4, 10), consumer=HOSTILE["consumer2"], input=20_000, output=100),
+        Call(utc(2026, 3, 5, 10), consumer=HOSTILE["consumer"], model=HOSTILE["model"],
+             input=500, output=5),
+    ])  # fmt: skip
+    app = create_app(ServerSettings(config=write_config(tmp_path), admin_key=ADMIN), store)
+    c = client(app, ADMIN)
+    put = c.put(f"/v1/budgets/{quote(HOSTILE['consumer'], safe='')}",
+                params={"feature": HOSTILE["feature"]},
+                json={"limit": "5.00", "unit": "USD", "period": "month"})  # fmt: skip
+    assert put.status_code in (200, 201), put.text
+    with _serve(app) as served:
+        dom = _sign_in(browser, f"{served}/?period=2026-03", ADMIN, "2026-03")
+        assert browser.evaluate("typeof window.__pwned") == "undefined"
+        made = browser.evaluate(
+            "document.querySelectorAll('#overview img, #overview svg, #overview script,"
+            " #overview b').length"
+        )
+        assert made == 0
+        assert set(_rows(dom)) == {HOSTILE["consumer"], HOSTILE["consumer2"]}
+        text = browser.evaluate("document.getElementById('overview').textContent")
+        for name in HOSTILE.values():
+            assert name in text, name  # shown, as text
+        legend = browser.evaluate(
+            "[...document.querySelectorAll('.u-legend .u-label')].map(e => e.textContent)"
+        )
+        assert HOSTILE["consumer"] in legend and HOSTILE["consumer2"] in legend
+        assert browser.errors() == []
+
+
+def test_a_consumer_key_in_the_browser_sees_its_own_budgets_in_their_periods(
+    browser, store, tmp_path
+):
+    """A consumer signs in through the form: the page shows only its consumer, and each
+    budget's current period in the budget's own time zone, as /v1/budgets computes it."""
+    from datetime import UTC, datetime
+
+    from meterline.aggregator.budgets._window import window
+
+    app = tenant_app(store, tmp_path)
+    keys = make_keys(store)
+    admin = client(app, ADMIN)
+    zones = {"acme": ("day", "Asia/Tokyo"), "zz-other": ("month", "America/New_York")}
+    for consumer, (period, zone) in zones.items():
+        put = admin.put(f"/v1/budgets/{consumer}", json={"limit": "5.00", "unit": "USD",
+                                                         "period": period, "timezone": zone})  # fmt: skip
+        assert put.status_code in (200, 201), put.text
+    with _serve(app) as served:
+        dom = _sign_in(browser, f"{served}/?period=2026-03", keys.acme, "2026-03")
+        assert set(_rows(dom)) == {"acme"}
+        body = browser.evaluate("document.getElementById('overview').outerHTML")
+        assert_no_leak(body, "acme")
+        when = browser.evaluate(
+            "[...document.querySelectorAll('#budgets tr[data-budget] td.when')]"
+            ".map(e => e.textContent)"
+        )
+        [budget] = _get(f"{served}/v1/budgets", keys.acme)["budgets"]
+        start, end = (datetime.fromisoformat(budget[k]) for k in ("period_start", "period_end"))
+        assert (start, end) == window("day", datetime.now(UTC), "Asia/Tokyo")
+        tokyo = zoneinfo.ZoneInfo("Asia/Tokyo")
+        assert when == [
+            f"{start.astimezone(tokyo):%Y-%m-%d %H:%M} – {end.astimezone(tokyo):%Y-%m-%d %H:%M}"
+            " Asia/Tokyo"
+        ]
+        assert start.astimezone(tokyo).hour == 0 and start.hour == 15  # not UTC midnight
+        assert browser.errors() == []

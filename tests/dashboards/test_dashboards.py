@@ -336,3 +336,56 @@ def test_selections_filter_the_money_as_the_api_does(
     [spend] = _panel_rows(ch, doc, "Spend", v, ctx)
     assert _money(spend["spend"]) == expected
     assert expected > 0 or chosen.get("model")  # mystery-1 is unpriced, o3 is not
+
+
+# --- budgets in their own time zone ---------------------------------------------------
+
+
+def test_the_budgets_panel_uses_each_budgets_own_period(engine_dir: Path, tmp_path: Path) -> None:
+    """Budgets in Tokyo (day) and New York (month), usage an hour before and at the start
+    of each one's current period: the panel's period and spend are /v1/budgets' period and
+    the usage in it (on the old UTC periods, the hour before counted or the start did
+    not)."""
+    from datetime import UTC, timedelta
+
+    from meterline.aggregator.budgets._window import window
+
+    now = datetime.now(UTC)
+    budgets = {("tokyo", "day"): "Asia/Tokyo", ("york", "month"): "America/New_York"}
+    calls = []
+    for (consumer, period), zone in budgets.items():
+        start, _ = window(period, now, zone)
+        calls += [Call(start - timedelta(hours=1), consumer=consumer, input=100_000, output=7),
+                  Call(start, consumer=consumer, input=1_000, output=900)]  # fmt: skip
+    for store in migrated_store(engine_dir, "dash_tz"):
+        insert_calls(store, calls)
+        client = TestClient(create_app(ServerSettings(admin_key=KEY,
+                                                      config=write_config(tmp_path)), store))  # fmt: skip
+        for (consumer, period), zone in budgets.items():
+            put = client.put(f"/v1/budgets/{consumer}", headers=AUTH, json={
+                "limit": "50.00", "unit": "USD", "period": period, "timezone": zone})  # fmt: skip
+            assert put.status_code in (200, 201), put.text
+        _rate(client, now - timedelta(days=40), now + timedelta(hours=1))
+        listed = {
+            b["consumer"]: b for b in client.get("/v1/budgets", headers=AUTH).json()["budgets"]
+        }
+        for endpoint in _endpoint(store, password=PASSWORD):
+            ch = _client(endpoint)
+            doc = _dashboards(store)["meterline-consumer"]
+            ctx = QueryContext(now - timedelta(days=1), now)
+            for (consumer, period), zone in budgets.items():
+                v = _variables(ch, doc, ctx, {"consumer": consumer})
+                [row] = _panel_rows(ch, doc, "Budgets", v, ctx)
+                api = listed[consumer]
+                assert (row["period"], row["timezone"]) == (period, zone)
+                start = datetime.fromisoformat(api["period_start"])
+                end = datetime.fromisoformat(api["period_end"])
+                assert row["period_start"].replace(tzinfo=UTC) == start, consumer
+                assert row["period_end"].replace(tzinfo=UTC) == end, consumer
+                usage = client.get("/v1/usage", headers=AUTH, params={
+                    "consumer": consumer, "from": start.isoformat(),
+                    "to": end.isoformat()}).json()["rows"]  # fmt: skip
+                [in_period] = usage
+                assert in_period["requests"] == 1  # the call at the start, not the one before
+                assert _money(row["spent"]) == Decimal(in_period["cost"]) > 0, consumer
+                assert abs(_money(row["spent"]) - Decimal(api["spent"])) < Decimal("0.01")

@@ -214,3 +214,37 @@ def test_push_cli_takes_the_dashboards_from_a_running_server(
         assert db["query"] == store.database  # the server's database, not the default
     [ds] = state.datasources.values()
     assert ds["jsonData"]["defaultDatabase"] == store.database
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["notaurl", "http://", "ftp://grafana", "file:///etc/passwd", "http://[::1",
+     "http://127.0.0.1:99999", "http://127.0.0.1:1", "http://no-such-host.invalid:3000"],
+)  # fmt: skip
+def test_push_cli_with_a_bad_url_is_one_line_and_exit_1(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("METERLINE_API_URL", raising=False)
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    result = CliRunner().invoke(app, ["grafana", "push", "--url", url])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output and TOKEN not in result.output
+    reachable_form = url.startswith("http://127") and "99999" not in url or "invalid" in url
+    expected = "cannot reach Grafana" if reachable_form else "expected http(s)://host[:port]"
+    assert expected in lines[0], lines[0]  # no ftp:// or file:// request is ever made
+
+
+def test_push_cli_to_something_that_is_not_grafana_is_one_line(
+    grafana: tuple[GrafanaStandin, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, url = grafana
+    monkeypatch.delenv("METERLINE_API_URL", raising=False)
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    runner = CliRunner()
+    for args in (["--url", url + "/not-grafana"], ["--url", url, "--datasource-url", "x"]):
+        result = runner.invoke(app, ["grafana", "push", *args])
+        assert result.exit_code == 1, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not state.dashboards

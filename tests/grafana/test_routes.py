@@ -47,3 +47,23 @@ def test_a_consumer_key_may_not_read_the_dashboards(store: Store) -> None:
     secret = created.json()["key"]
     answer = client.get("/v1/grafana/dashboards", headers={"authorization": f"Bearer {secret}"})
     assert answer.status_code == 403
+
+
+def test_no_dashboard_holds_a_secret_and_a_consumer_gets_none(store: Store) -> None:
+    """A consumer key gets 403 on every dashboard route; what the admin gets names the
+    datasource by uid only: neither the admin key nor the :8123 password is in it."""
+    settings = ServerSettings(admin_key="k-admin-9d2f", clickhouse_http_password="ch-pw-51ce")
+    client = TestClient(create_app(settings, store))
+    admin = {"authorization": "Bearer k-admin-9d2f"}
+    created = client.post("/v1/keys", json={"consumer": "acme"}, headers=admin)
+    consumer = {"authorization": f"Bearer {created.json()['key']}"}
+    paths = ["/v1/grafana/dashboards", *(f"/v1/grafana/dashboards/{u}" for u in DASHBOARD_UIDS),
+             "/v1/grafana/dashboards/nope", "/v1/grafana/dashboards?datasource_uid=x"]  # fmt: skip
+    for path in paths:
+        answer = client.get(path, headers=consumer)
+        assert answer.status_code == 403, path
+        assert "meterline-overview" not in answer.text and "ch-pw" not in answer.text
+    for path in paths[:-2]:
+        text = client.get(path, headers=admin).text
+        assert "k-admin-9d2f" not in text and "ch-pw-51ce" not in text, path
+        assert "password" not in text.lower(), path
