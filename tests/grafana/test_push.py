@@ -231,7 +231,7 @@ def test_push_cli_with_a_bad_url_is_one_line_and_exit_1(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert "Traceback" not in result.output and TOKEN not in result.output
-    reachable_form = url.startswith("http://127") and "99999" not in url or "invalid" in url
+    reachable_form = (url.startswith("http://127") and "99999" not in url) or "invalid" in url
     expected = "cannot reach Grafana" if reachable_form else "expected http(s)://host[:port]"
     assert expected in lines[0], lines[0]  # no ftp:// or file:// request is ever made
 
