@@ -66,6 +66,9 @@ def _budget_guard() -> Any:
 
 
 def _flush_settles() -> None:
+    leases = sys.modules.get("meterline.instrumentation.budgets._lease")
+    if leases is not None:  # held leases are returned in the same bounded flush
+        leases.retire_all()
     module = sys.modules.get("meterline.instrumentation.budgets._outbox")
     if module is not None:
         module.flush_at_exit()

@@ -363,6 +363,36 @@ class Ledger:
             )  # fmt: skip
         return "settled", updated
 
+    def lease(self, rid: str, consumer: str | None) -> Reservation | None:
+        """The live lease ``rid`` (``consumer``'s when given)."""
+        with self.lock:
+            r = self.find(rid)
+        return r if r is not None and (consumer is None or r.consumer == consumer) else None
+
+    def report(
+        self, lease: Reservation, calls: list[Reservation]
+    ) -> tuple[str | None, list[Reservation]]:
+        """Add the calls made under ``lease`` as settled reservations and shrink the
+        lease by their amounts (not below 0), atomically; a call id already known is
+        skipped. Returns (the lease's status, the states to persist)."""
+        changed: list[Reservation] = []
+        with self.lock:
+            current = self.find(lease.id)
+            if current is None or current.status != "reserved":
+                return (current.status if current else None), []
+            money, tokens = current.money, current.tokens
+            for call in calls:
+                if self.find(call.id) is not None or self.ended(call.id) is not None:
+                    continue
+                self.add(call)
+                changed.append(call)
+                if money is not None and call.money is not None:
+                    money = max(Decimal(0), money - call.money)
+                tokens = max(0, tokens - call.tokens)
+            if changed:
+                changed.append(self.update(replace(current, money=money, tokens=tokens)))
+            return "reserved", changed
+
     def release(self, rid: str, consumer: str | None) -> tuple[str | None, Reservation | None]:
         """Release a live ``reserved`` reservation (see :meth:`settle` for the answer)."""
         with self.lock:

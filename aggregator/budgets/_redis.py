@@ -266,6 +266,37 @@ return marked
 """
 )
 
+REPORT = (
+    _PARSE
+    + """
+-- KEYS[1] the consumer's hash, KEYS[2] id -> consumer, KEYS[3] the lease's reported call
+-- ids; ARGV: lease id, seconds to keep KEYS[3], consumer, then per call: id, record,
+-- units, tokens. Adds each call not reported before as a settled reservation and shrinks
+-- the lease by it (not below 0). Returns {status of the lease ('' absent), added ids...}.
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if not rec then return {''} end
+local status, units, tokens, created, expires, counted, hasf, feat, f = parse(rec)
+if counted > 0 then return {'counted'} end
+if status ~= 'reserved' then return {status} end
+local out = {'reserved'}
+for i = 4, #ARGV, 4 do
+  if redis.call('SADD', KEYS[3], ARGV[i]) == 1 then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[3])
+    units = math.max(0, units - tonumber(ARGV[i + 2]))
+    tokens = math.max(0, tokens - tonumber(ARGV[i + 3]))
+    out[#out + 1] = ARGV[i]
+  end
+end
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+if #out > 1 then
+  f[2], f[3] = string.format('%.0f', units), string.format('%.0f', tokens)
+  redis.call('HSET', KEYS[1], ARGV[1], join(f))
+end
+return out
+"""
+)
+
 
 def units(amount: Decimal | None) -> int:
     """Money → integer units, rounded up (a reservation never looks smaller)."""
@@ -347,6 +378,7 @@ class RedisLedger(Ledger):
         self._settle = self.client.register_script(SETTLE)
         self._release = self.client.register_script(RELEASE)
         self._mark = self.client.register_script(MARK_COUNTED)
+        self._report = self.client.register_script(REPORT)
         super().__init__(store, **kw)
 
     def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -487,6 +519,33 @@ class RedisLedger(Ledger):
             return before, None
         return "settled", replace(r, status="settled", money=money, tokens=tokens,
                                   model=used_model, version=r.version + 1)  # fmt: skip
+
+    def lease(self, rid: str, consumer: str | None) -> Reservation | None:
+        owner = self._owner(rid, consumer)
+        return self._current(owner, rid) if owner is not None else None
+
+    def report(
+        self, lease: Reservation, calls: list[Reservation]
+    ) -> tuple[str | None, list[Reservation]]:
+        """:meth:`Ledger.report` in one script (the reported ids kept in a set as long as
+        the lease and its settled calls can live)."""
+        keep = self.settled_keep.total_seconds() + (lease.expires_at - self.clock()).total_seconds()
+        args: list[Any] = [lease.id, max(60, math.ceil(keep)), lease.consumer]
+        for call in calls:
+            args += [call.id, record(call), units(call.money), call.tokens]
+        keys = [self._key(lease.consumer), self._owner_key(),
+                f"{self.prefix}:lease:{{{lease.consumer}}}:{lease.id}"]  # fmt: skip
+        out = self._run(self._report, keys, args)
+        status = str(out[0]) or None
+        added = set(map(str, out[1:]))
+        changed = [c for c in calls if c.id in added]
+        if changed:
+            money = lease.money
+            if money is not None:
+                money = max(Decimal(0), money - sum((c.money or Decimal(0)) for c in changed))
+            tokens = max(0, lease.tokens - sum(c.tokens for c in changed))
+            changed.append(replace(lease, money=money, tokens=tokens, version=lease.version + 1))
+        return status, changed
 
     def release(self, rid: str, consumer: str | None) -> tuple[str | None, Reservation | None]:
         owner = self._owner(rid, consumer)

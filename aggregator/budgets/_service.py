@@ -7,12 +7,12 @@ endpoint asks ("does the worst case fit each budget that applies").
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal, localcontext
 from typing import Any
 
-from meterline.aggregator.budgets import _cost
+from meterline.aggregator.budgets import _cost, _lease
 from meterline.aggregator.budgets._ledger import Check, Ledger, Reservation, new_id
 from meterline.aggregator.budgets._model import TOKENS, Budget, BudgetState, shown
 from meterline.aggregator.budgets._rates import RateCheck, RateLimit
@@ -46,6 +46,8 @@ class ReserveRequest:
     input_tokens: int
     max_tokens: int | None = None
     ttl_seconds: int | None = None
+    lease: bool = False
+    """Ask for a lease (:mod:`._lease`) when the call is far from every limit."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Decision:
     """The rate limit that refused the call (``policy: rate_limited``)."""
     rate_used: Decimal | None = None
     retry_after: float | None = None
+    lease: dict[str, Any] | None = None
+    """The lease granted (the reservation is the lease; the call is its call 1)."""
 
     def _rate_dict(self) -> dict[str, Any]:
         rc = self.rate
@@ -99,7 +103,7 @@ class Decision:
                 s for s in self.states if s.budget.mode == "hard" and s.budget.unit == self.unit
             ]
             headroom = min((s.remaining for s in same_unit), default=None)
-            return {
+            out = {
                 "allowed": True,
                 "id": r.id if r else None,
                 "amount": amount,
@@ -109,6 +113,10 @@ class Decision:
                 "cache_ttl_seconds": CACHE_TTL_SECONDS,
                 "headroom": None if headroom is None else shown(headroom, tokens),
             }
+            if self.lease is not None and r is not None:
+                out["id"] = _lease.call_id(r.id, 1)
+                out["lease"] = self.lease
+            return out
         assert self.blocking is not None
         return {
             "allowed": False,
@@ -268,6 +276,10 @@ class BudgetService:
                 expires_at=now + timedelta(seconds=ttl),
             )  # fmt: skip
         checks = self._checks(snap, spans, cost)
+        if req.lease and candidate is not None and not rates and max_tokens == req.max_tokens:
+            granted = self._lease(pricing, req, snap, spans, checks, cost, candidate)
+            if granted is not None:
+                return granted
         totals, ended = self.ledger.reserve(req.consumer, checks, candidate, rate_checks)
         if ended:
             self.ledger.persist(ended)
@@ -296,6 +308,101 @@ class BudgetService:
             )  # fmt: skip
         self.ledger.persist([candidate])  # type: ignore[list-item]
         return Decision(True, candidate, states, amount, unit)
+
+    def _lease(
+        self, pricing: Pricing, req: ReserveRequest, snap: Any,
+        spans: list[tuple[Budget, datetime, datetime]], checks: list[Check],
+        cost: _cost.Cost, candidate: Reservation,
+    ) -> Decision | None:  # fmt: skip
+        """Grant a lease sized from the free headroom (:mod:`._lease`), atomically; ``None``:
+        too near a limit (or the slice no longer fits): reserve the call alone."""
+        totals, ended = self.ledger.reserve(req.consumer, checks, None)
+        if ended:
+            self.ledger.persist(ended)
+        rooms = [
+            (c.budget.in_tokens, c.room - used, c.amount)
+            for c, used in zip(checks, totals.used, strict=True)
+            if c.room is not None
+        ]
+        part = _lease.size(rooms, cost.money, cost.tokens)
+        if part is None:
+            return None
+        quoted = None
+        if cost.money is not None:
+            markup = lambda a: _cost._markup(pricing, req.consumer, a)  # noqa: E731
+            quoted = _lease.prices(pricing, req.provider, req.model, req.input_tokens,
+                                   candidate.created_at, markup)  # fmt: skip
+            if quoted is None and part.money is not None:
+                return None
+        definitions = [b for b, _, _ in spans]
+        lease = replace(
+            candidate, id=_lease.new_lease_id(_lease.fingerprint(definitions)),
+            money=part.money if part.money is not None else Decimal(0),
+            tokens=part.tokens if part.tokens is not None else 0,
+        )  # fmt: skip
+        lease_checks = [
+            replace(c, amount=Decimal(lease.tokens) if c.budget.in_tokens else lease.money)
+            for c in checks
+        ]  # fmt: skip
+        totals, ended = self.ledger.reserve(req.consumer, lease_checks, lease)
+        if ended:
+            self.ledger.persist(ended)
+        if totals.blocking is not None:
+            return None
+        self.ledger.persist([lease])
+        from meterline.aggregator._instants import iso
+
+        unit = self._unit([b for b, _, _ in spans])
+        return Decision(
+            True, lease, self._states_of(snap, lease_checks, totals),
+            cost.amount(unit == TOKENS), unit,
+            lease={
+                "id": lease.id,
+                "money": None if part.money is None else format(part.money, "f"),
+                "tokens": part.tokens,
+                "prices": None if quoted is None else quoted[0],
+                "max_input_tokens": None if quoted is None else quoted[1],
+                "use_seconds": _lease.USE_SECONDS,
+                "expires_at": iso(lease.expires_at),
+            },
+        )  # fmt: skip
+
+    def report(
+        self, pricing: Pricing, lease_id: str, calls: list[dict[str, Any]], *,
+        consumer: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Record the calls made under a lease (``{"n", "usage", "model"}`` each, usage
+        validated): each a settled reservation ``<lease>.<n>``, the lease shrunk by them.
+
+        Raises:
+            UnknownReservation: no such lease (or another consumer's).
+        """
+        lease = self.ledger.lease(lease_id, consumer)
+        if lease is None or not _lease.is_lease(lease_id):
+            status = self.ledger.ended_status(lease_id, consumer)
+            if status is None or not _lease.is_lease(lease_id):
+                raise UnknownReservation(lease_id)
+            return {"id": lease_id, "status": status, "revoked": True, "recorded": 0}
+        made = []
+        for call in calls:
+            settled_model = call.get("model") or lease.model
+            money, tokens = self._price(pricing, lease, settled_model, call["usage"])
+            made.append(replace(
+                lease, id=_lease.call_id(lease_id, call["n"]), status="settled",
+                model=settled_model, money=money, tokens=tokens, version=1,
+            ))  # fmt: skip
+        status, changed = self.ledger.report(lease, made)
+        if changed:
+            self.ledger.persist(changed)
+        current: list[Any] = list(self.registry.applicable(lease.consumer, lease.feature))
+        current += self.registry.applicable_rates(lease.consumer, lease.provider, lease.model)
+        revoked = status != "reserved" or _lease.fingerprint_of(lease_id) != _lease.fingerprint(
+            current
+        )
+        return {
+            "id": lease_id, "status": status or "expired", "revoked": revoked,
+            "recorded": max(0, len(changed) - 1),
+        }  # fmt: skip
 
     @staticmethod
     def _checks(
@@ -398,21 +505,27 @@ class BudgetService:
         """
 
         def price(r: Reservation, settled_model: str) -> tuple[Decimal | None, int]:
-            cost = _cost.actual(pricing, consumer=r.consumer, provider=r.provider,
-                                model=settled_model, usage=usage, at=r.created_at)  # fmt: skip
-            if cost.money is None and settled_model != r.model:
-                # a settled model without a price would make the call free until its span
-                # is stored: price it as the model whose worst case was reserved
-                logger.warning(
-                    "budgets: settle of %s names model %r, which has no price; priced as "
-                    "the reserved %r", r.id, settled_model, r.model,
-                )  # fmt: skip
-                cost = _cost.actual(pricing, consumer=r.consumer, provider=r.provider,
-                                    model=r.model, usage=usage, at=r.created_at)  # fmt: skip
-            return cost.money, cost.tokens
+            return self._price(pricing, r, settled_model, usage)
 
         status, updated = self.ledger.settle(rid, consumer, price, model)
         return self._finish(rid, consumer, status, updated)
+
+    @staticmethod
+    def _price(
+        pricing: Pricing, r: Reservation, settled_model: str, usage: dict[str, int]
+    ) -> tuple[Decimal | None, int]:
+        cost = _cost.actual(pricing, consumer=r.consumer, provider=r.provider,
+                            model=settled_model, usage=usage, at=r.created_at)  # fmt: skip
+        if cost.money is None and settled_model != r.model:
+            # a settled model without a price would make the call free until its span
+            # is stored: price it as the model whose worst case was reserved
+            logger.warning(
+                "budgets: settle of %s names model %r, which has no price; priced as "
+                "the reserved %r", r.id, settled_model, r.model,
+            )  # fmt: skip
+            cost = _cost.actual(pricing, consumer=r.consumer, provider=r.provider,
+                                model=r.model, usage=usage, at=r.created_at)  # fmt: skip
+        return cost.money, cost.tokens
 
     def release(self, rid: str, *, consumer: str | None = None) -> str:
         """Drop a reservation whose call was not sent (or failed without usage)."""

@@ -18,6 +18,7 @@ from meterline.aggregator.budgets import (
     UnknownReservation,
     check_usage,
 )
+from meterline.aggregator.budgets._lease import MAX_REPORT
 from meterline.aggregator.routes._budgets import BudgetsDep
 from meterline.aggregator.routes._pricing import PricingDep
 
@@ -37,6 +38,7 @@ class ReservationCreate(BaseModel):
     input_tokens: int = Field(ge=0, le=_MAX_TOKENS)
     max_tokens: int | None = Field(None, ge=0, le=_MAX_TOKENS)
     ttl_seconds: int | None = Field(None, ge=1)
+    lease: bool = False
 
 
 class ReservationSettle(BaseModel):
@@ -46,6 +48,22 @@ class ReservationSettle(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=256)
     response_id: str | None = Field(None, max_length=512)
     estimated: bool = False
+
+
+class LeaseCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(ge=1, le=2**40)
+    usage: dict[str, Any]
+    model: str | None = Field(None, min_length=1, max_length=256)
+    response_id: str | None = Field(None, max_length=512)
+    estimated: bool = False
+
+
+class LeaseReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    calls: list[LeaseCall] = Field(max_length=MAX_REPORT)
 
 
 def _own(principal: Principal) -> str | None:
@@ -103,6 +121,36 @@ def settle(
     if alerts is not None:  # spent may have changed: check crossings soon
         alerts.poke()
     return {"id": rid, "status": state}
+
+
+@router.post("/{rid}/calls")
+def report(
+    request: Request,
+    rid: str,
+    body: LeaseReport,
+    service: BudgetsDep,
+    pricing: PricingDep,
+    principal: ReserveDep,
+) -> dict[str, Any]:
+    """Record the calls made under a lease with their usage (each once, by its ``n``);
+    answers the lease's status and whether the guard must stop using it (``revoked``)."""
+    calls = []
+    for call in body.calls:
+        try:
+            usage = check_usage(call.usage)
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=f"call {call.n}: {exc}") from None
+        calls.append({"n": call.n, "usage": usage, "model": call.model})
+    try:
+        answer = service.report(pricing, rid, calls, consumer=_own(principal))
+    except UnknownReservation:
+        raise HTTPException(status_code=404, detail="Not Found") from None
+    except LedgerUnavailable as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
+    alerts = getattr(request.app.state, "alert_loop", None)
+    if alerts is not None and calls:
+        alerts.poke()
+    return answer
 
 
 @router.delete("/{rid}", status_code=status.HTTP_204_NO_CONTENT)

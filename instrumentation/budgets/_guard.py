@@ -47,6 +47,7 @@ from typing import Any
 from meterline.errors import BudgetExceeded, RateLimited
 from meterline.instrumentation.budgets import _checkpoint
 from meterline.instrumentation.budgets._client import ReservationClient, Unavailable
+from meterline.instrumentation.budgets._lease import Leases
 from meterline.instrumentation.budgets._outbox import OUTBOX
 from meterline.instrumentation.budgets._rewrite import can_switch_model, encode, rewrite
 from meterline.instrumentation.budgets._surface import surfacing
@@ -58,6 +59,7 @@ ENV_FAIL = "METERLINE_BUDGETS_FAIL"
 ENV_TIMEOUT = "METERLINE_BUDGETS_TIMEOUT"
 ENV_TTL = "METERLINE_BUDGETS_TTL"
 ENV_RATE_WAIT = "METERLINE_RATE_LIMIT_WAIT"
+ENV_LEASE = "METERLINE_BUDGETS_LEASE"
 ENV_URL = "METERLINE_API_URL"
 ENV_KEY = "METERLINE_API_KEY"
 
@@ -121,6 +123,8 @@ class GuardConfig:
     timeout: float = DEFAULT_TIMEOUT
     ttl_seconds: int | None = None
     rate_limit_wait: float = 0.0
+    lease: bool = True
+    """Ask for leases (``METERLINE_BUDGETS_LEASE=off`` reserves every call)."""
 
     @classmethod
     def from_env(cls, env: Any = os.environ) -> GuardConfig | None:
@@ -148,8 +152,13 @@ class GuardConfig:
         if fail not in ("open", "closed"):
             logger.warning("meterline: %s=%r is not 'open' or 'closed': using open", ENV_FAIL, fail)
             fail = "open"
+        lease = (env.get(ENV_LEASE) or "on").strip().lower()
+        if lease not in ("on", "off"):
+            logger.warning("meterline: %s=%r is not 'on' or 'off': using on", ENV_LEASE, lease)
+            lease = "on"
         return cls(
             url=url,
+            lease=lease == "on",
             key=env.get(ENV_KEY) or None,
             fail_closed=fail == "closed",
             timeout=_number(env, ENV_TIMEOUT, DEFAULT_TIMEOUT, low=0.001),
@@ -210,6 +219,7 @@ class Guard:
         self._down_until = -math.inf
         self._down_reason = ""
         self._warn_lock = threading.Lock()
+        self.leases = Leases(self._send, OUTBOX.put) if config.lease else None
 
     # -- before the call ----------------------------------------------------------------
 
@@ -306,6 +316,23 @@ class Guard:
         except Exception:
             logger.debug("meterline: input estimate failed", exc_info=True)
             ask.input_tokens = -(-len(ask.raw) // CHARS_PER_TOKEN_BOUND)
+        leases = self.leases
+        key = (ask.consumer, ask.feature, ask.provider, ask.model or "")
+        if leases is not None and ask.model:
+            rid = leases.take(key, ask.input_tokens, ask.max_tokens)
+            if rid is not None:
+                return Admission(rid)
+        lease = leases is not None and ask.model and ask.max_tokens is not None
+        lease = lease and leases.want(key)  # type: ignore[union-attr]
+        try:
+            return (yield from self._reserve(ask, key if lease else None))
+        finally:
+            if lease:
+                leases.asked(key)  # type: ignore[union-attr]
+
+    def _reserve(
+        self, ask: Ask, lease: tuple[str, str | None, str, str] | None
+    ) -> Generator[tuple[str, Any], Any, Admission | None]:
         body: dict[str, Any] | None = None
         degraded = False
         waited = 0.0
@@ -314,12 +341,19 @@ class Guard:
                 return self._unavailable(
                     ask, "the request names no model: its cost cannot be checked"
                 )
-            answer = yield ("reserve", self._reserve_body(ask))
+            request = self._reserve_body(ask)
+            if lease is not None and body is None:
+                request["lease"] = True
+            answer = yield ("reserve", request)
             if isinstance(answer, Unavailable):
                 return self._unavailable(ask, str(answer))
             try:
                 allowed = answer["allowed"]
                 if allowed is True:
+                    if lease is not None and body is None and "lease" in answer:
+                        assert self.leases is not None and ask.max_tokens is not None
+                        rid = self.leases.granted(lease, answer, ask.input_tokens, ask.max_tokens)
+                        return Admission(rid)
                     return self._allowed(ask, answer, body, degraded)
                 if allowed is not False:
                     raise ValueError(f"allowed is {allowed!r}")
@@ -480,21 +514,27 @@ class Guard:
 
     def settle(self, rid: str, usage: dict[str, int], *, model: str | None,
                response_id: str | None, estimated: bool) -> None:  # fmt: skip
+        if self.leases is not None and self.leases.owner(rid) is not None:
+            self.leases.finish(rid, usage, model)
+            return
         body = {"usage": usage, "model": model, "response_id": response_id, "estimated": estimated}
         OUTBOX.put(lambda: self._send(f"/v1/reservations/{rid}/settle", body))
 
     def release(self, rid: str) -> None:
+        if self.leases is not None and self.leases.owner(rid) is not None:
+            self.leases.finish(rid, None, None)
+            return
         OUTBOX.put(lambda: self._send(f"/v1/reservations/{rid}", None))
 
-    def _send(self, path: str, body: dict[str, Any] | None) -> None:
+    def _send(self, path: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
         try:
             if body is None:
-                self.client.delete(path)
-            else:
-                self.client.post(path, body)
+                return self.client.delete(path)
+            return self.client.post(path, body)
         except Unavailable as exc:
             # The reservation then expires on the aggregator (its worst case held till then).
             logger.info("meterline: %s failed (%s); the reservation will expire", path, exc)
+            return None
 
 
 def _cap_of(shape: Any, body: dict[str, Any], default: int | None) -> int | None:

@@ -79,6 +79,22 @@ class Aggregator:
         return r.json()
 
 
+class Counting:
+    """ASGI wrapper recording each request's (method, path): what reached the aggregator."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.requests: list[tuple[str, str]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.requests.append((scope["method"], scope["path"]))
+        await self.app(scope, receive, send)
+
+    def reserves(self) -> int:
+        return self.requests.count(("POST", "/v1/reservations"))
+
+
 def serve(app: Any) -> tuple[str, uvicorn.Server, threading.Thread, socket.socket]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -104,9 +120,13 @@ def guard_app(store: Any, tmp_path: Path, extra_yaml: str = "") -> Any:
     return app
 
 
-def run_aggregator(store: Any, tmp_path: Path, extra_yaml: str = "") -> Iterator[Aggregator]:
+def run_aggregator(
+    store: Any, tmp_path: Path, extra_yaml: str = "", *, counting: Counting | None = None
+) -> Iterator[Aggregator]:
     app = guard_app(store, tmp_path, extra_yaml)
-    url, srv, thread, sock = serve(app)
+    if counting is not None:
+        counting.app = app
+    url, srv, thread, sock = serve(counting or app)
     agg = Aggregator(url)
     try:
         yield agg
@@ -123,8 +143,12 @@ def instrument_guarded(
     """Instrument with ``METERLINE_BUDGETS=enforce`` against ``url``; an in-memory SDK."""
     for name in ("METERLINE_CONSUMER_ID", "METERLINE_FEATURE", "METERLINE_PROVIDER_HOSTS",
                  "METERLINE_BUDGETS_FAIL", "METERLINE_BUDGETS_TIMEOUT",
-                 "METERLINE_RATE_LIMIT_WAIT", "METERLINE_BUDGETS_TTL"):  # fmt: skip
+                 "METERLINE_RATE_LIMIT_WAIT", "METERLINE_BUDGETS_TTL",
+                 "METERLINE_BUDGETS_LEASE"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
+    # these tests are of the per-call path (reserve, settle); leases have their own
+    # (test_leases.py), which pass METERLINE_BUDGETS_LEASE="on"
+    env.setdefault("METERLINE_BUDGETS_LEASE", "off")
     monkeypatch.setenv("METERLINE_BUDGETS", "enforce")
     monkeypatch.setenv("METERLINE_API_URL", url)
     monkeypatch.setenv("METERLINE_API_KEY", key)
