@@ -22,12 +22,13 @@ Contract (``METERLINE_BUDGETS=enforce``; the server side is docs/budgets.md):
 The cache, and why it never lets concurrent calls overshoot: an answer that reserved
 nothing (``id: null``: no budget and no rate limit applies to the consumer and feature)
 is reused for the server's ``cache_ttl_seconds``: such calls cost no round trip, and no
-limit can be passed by them. A call under any budget or rate limit reserves on the
-aggregator, whose check-and-insert is atomic, so whatever the number of threads,
-processes and replicas, spend + reservations stay within every hard limit. (A local
-allowance spent down without round trips would need a lease the aggregator can count
-per call; the contract has none, so the guard does not guess.) A budget created while
-an answer is cached is enforced at most ``cache_ttl_seconds`` later.
+limit can be passed by them. A call under a budget is admitted by its own reservation or,
+far from every limit, from a lease (:mod:`._lease`: a reservation of a slice of headroom
+this process spends down locally, no round trip; ``METERLINE_BUDGETS_LEASE=off`` turns
+them off); the aggregator checks and inserts both atomically, so whatever the number of
+threads, processes and replicas, spend + reservations stay within every hard limit. A
+budget created while an answer is cached is enforced at most ``cache_ttl_seconds``
+later; one changed while a lease is held, at the lease's next report or use window end.
 """
 
 from __future__ import annotations

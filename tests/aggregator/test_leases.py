@@ -200,3 +200,19 @@ def test_token_budget_lease_and_bad_reports(app):
     assert a.post(f"/v1/reservations/{lid}x/calls", json={"calls": []}).status_code == 404
     rid = a.post("/v1/reservations", json=reserve_body()).json()["id"]
     assert a.post(f"/v1/reservations/{rid}/calls", json={"calls": []}).status_code == 404
+
+
+def test_soft_budget_alerts_see_the_reported_spend(app):
+    from meterline.aggregator.alerts._detect import budget_crossings
+    from meterline.aggregator.routes._pricing import app_pricing
+
+    a = admin(app)
+    a.put("/v1/budgets/acme", json={**HARD, "mode": "soft", "limit": "0.01", "thresholds": [50]})
+    lease = lease_of(a)["lease"]
+    assert lease["money"] is None and lease["tokens"] is None  # nothing to enforce locally
+    service, pricing = app.state.budgets, app_pricing(app)
+    assert budget_crossings(service, pricing, consumers={"acme"}) == []
+    usage = {"input": 2000, "output": 250}  # (0.004 + 0.002) × 1.2 = 0.0072: 72 %
+    a.post(f"/v1/reservations/{lease['id']}/calls", json={"calls": [{"n": 1, "usage": usage}]})
+    crossed = budget_crossings(service, pricing, consumers={"acme"})
+    assert [(c.threshold, c.spent) for c in crossed] == [("50", Decimal("0.0072"))]
