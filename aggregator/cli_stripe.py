@@ -148,6 +148,13 @@ def register(app: typer.Typer) -> None:
     @group.command("reconcile")
     def reconcile_cmd(
         period: Annotated[str, typer.Option("--period", help="UTC month, YYYY-MM.")],
+        check_stripe: Annotated[
+            bool,
+            typer.Option(
+                "--check-stripe",
+                help="Also compare with what Stripe's meters hold (event summaries).",
+            ),
+        ] = False,
         fmt: Annotated[str, typer.Option("--format", help=_FORMAT)] = "table",
         data_dir: DataDir = None,
         clickhouse_url: ClickhouseUrl = None,
@@ -159,16 +166,19 @@ def register(app: typer.Typer) -> None:
         def local(b: _Local) -> dict[str, Any]:
             from meterline.aggregator.stripe import reconcile_report
 
-            return reconcile_report(b.store, b.pricing, _config(b), period)
+            return reconcile_report(b.store, b.pricing, _config(b), period,
+                                    check_stripe=check_stripe)  # fmt: skip
 
+        params = {"period": period, "check_stripe": check_stripe and "true"}
         data = _run(
             (data_dir, clickhouse_url, database, config),
-            lambda r: r.call("GET", "/v1/stripe/reconcile", {"period": period}),
+            lambda r: r.call("GET", "/v1/stripe/reconcile", params),
             local,
         )
+        columns = (*_RECONCILE[:5], "in_stripe", *_RECONCILE[5:]) if check_stripe else _RECONCILE
 
         def render(d: dict[str, Any]) -> str:
-            out = [table(d["rows"], _RECONCILE)]
+            out = [table(d["rows"], columns)]
             if d.get("not_billed"):
                 out += ["", "Not billed through Stripe (no Stripe customer; not checked):",
                         table(d["not_billed"], ("consumer", "meter", "expected"))]  # fmt: skip

@@ -112,12 +112,21 @@ def get_status(store: StoreDep, config: StripeConfigDep, pricing: PricingDep) ->
 
 @router.get("/v1/stripe/reconcile")
 def get_reconcile(
-    period: str, store: StoreDep, config: StripeConfigDep, pricing: PricingDep
+    period: str,
+    store: StoreDep,
+    config: StripeConfigDep,
+    pricing: PricingDep,
+    check_stripe: bool = False,
 ) -> dict[str, Any]:
     """Invoices against what Stripe accepted; consumers without a customer are listed in
-    ``not_billed`` and left out of ``ok``."""
+    ``not_billed`` and left out of ``ok``. ``check_stripe=true``: also against what
+    Stripe's meters hold (their event summaries); 502 when Stripe cannot be read."""
     try:
-        return reconcile_report(store, pricing, _config_or_409(config), period)
+        return reconcile_report(
+            store, pricing, _config_or_409(config), period, check_stripe=check_stripe
+        )
+    except StripeRequestError as exc:
+        raise HTTPException(status_code=502, detail=str(exc)) from None
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
 

@@ -145,6 +145,9 @@ class ReconcileRow:
     tolerance: Decimal
     source: str
     """``invoice`` or ``windows``: where ``expected`` comes from."""
+    in_stripe: Decimal | None = None
+    """What Stripe's meter holds by its event summaries (cost meters: × unit); ``None``:
+    not asked (``check_stripe`` off, or no customer to ask about)."""
 
     @property
     def difference(self) -> Decimal:
@@ -158,7 +161,10 @@ class ReconcileRow:
 
     @property
     def ok(self) -> bool:
-        return abs(self.difference) <= self.tolerance
+        """Invoices and ledger agree, and Stripe's meter holds what the ledger says it
+        accepted (when asked)."""
+        in_meter = self.in_stripe is None or self.in_stripe == self.accepted
+        return abs(self.difference) <= self.tolerance and in_meter
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,21 +177,39 @@ class ReconcileRow:
             "difference": str(self.difference),
             "tolerance": str(self.tolerance),
             "source": self.source,
+            "in_stripe": None if self.in_stripe is None else str(self.in_stripe),
             "billed": self.billed,
             "ok": self.ok,
         }
 
 
 def reconcile_report(
-    store: Store, pricing: Any, config: StripeConfig, period: str, *, now: datetime | None = None
+    store: Store,
+    pricing: Any,
+    config: StripeConfig,
+    period: str,
+    *,
+    now: datetime | None = None,
+    check_stripe: bool = False,
+    env: StripeEnv | None = None,
+    client: MeterEventsClient | None = None,
 ) -> dict[str, Any]:
     """:func:`reconcile` as ``meterline stripe reconcile`` and the API answer it.
 
     ``rows`` are the consumers billed through Stripe; ``not_billed`` those without a
     customer (deliberately or not yet mapped) and nothing accepted — listed, never in
     ``ok``, so a consumer left out of Stripe on purpose does not fail every reconcile.
+    With ``check_stripe`` each billed row also gets ``in_stripe``, what Stripe's meter
+    holds by its event summaries: a row whose events the ledger counts as accepted but
+    Stripe dropped (an unknown customer, an inactive meter) then fails.
+
+    Raises:
+        StripeRequestError: ``check_stripe`` and Stripe could not be read.
     """
     rows = reconcile(store, pricing, config, period, now=now)
+    if check_stripe:
+        rows = _with_stripe(rows, config, period, now, client or MeterEventsClient(
+            env or StripeEnv.from_environ()))  # fmt: skip
     billed = [r.to_dict() for r in rows if r.billed]
     return {
         "period": period,
@@ -221,6 +245,34 @@ def invoice_rounding(invoice: Any, pricing: Any) -> Decimal:
     half = Decimal(1).scaleb(-pricing.config.minor_units) / 2
     percent = pricing.config.plan_for(invoice.consumer).markup_percent
     return len(invoice.lines) * half * (1 + percent / 100) + half
+
+
+def _with_stripe(
+    rows: list[ReconcileRow],
+    config: StripeConfig,
+    period: str,
+    now: datetime | None,
+    client: MeterEventsClient,
+) -> list[ReconcileRow]:
+    from dataclasses import replace
+
+    from meterline.aggregator.invoices import month
+
+    p = month(period)
+    end = max(p.start, min(p.end, closed_until(now or datetime.now(UTC), config)))
+    ids = client.meter_ids()
+    units = {m.event_name: m.unit for m in config.meters}
+    out = []
+    for r in rows:
+        if r.customer is None or not r.billed:
+            out.append(r)
+            continue
+        held = 0
+        if r.meter in ids and end > p.start:
+            held = client.meter_total(ids[r.meter], r.customer, p.start, end)
+        unit = units.get(r.meter)
+        out.append(replace(r, in_stripe=Decimal(held) * unit if unit else Decimal(held)))
+    return out
 
 
 def reconcile(

@@ -28,13 +28,14 @@ characters, ``timestamp`` at most 35 days old and 5 minutes ahead of its clock);
 idempotency-key replay and misuse; identifier de-duplication for 24 h of its clock; one
 concurrent call per customer and meter; v2 meter event sessions (15 minutes) and streams
 (≤ 100 events, validated asynchronously); cancellations within 24 h; meters; customers,
-invoice items and draft/finalised invoices. Faults on demand: 429 (``rate_limit``,
-``lock_timeout``), 500 before or after applying, connections dropped before or after
-applying, answers held back (``stall_before`` / ``stall_after``, to kill a client
+invoice items and draft/finalised invoices; meter event summaries. Faults on demand:
+429 (``rate_limit``, ``lock_timeout``), 500 before or after applying, connections dropped
+before or after applying, answers held back (``stall_before`` / ``stall_after``, to kill a client
 mid-request). Its clock is settable (``Clock``).
 
 Not covered (do not test these against it): Stripe's real rate limits (only injected or
-per-customer-meter overlaps answer 429); meter event summaries, meter updates and
+per-customer-meter overlaps answer 429); the eventual consistency of meter event
+summaries (they are current at once here); meter updates and
 deactivation; ``/v2/billing/meter_events`` and ``/v2/billing/meter_event_adjustments``;
 payload key overrides beyond one customer and one value key per meter; dimensions;
 ``event_time_window`` aggregation; Connect (``Stripe-Account``), test clocks, webhooks and

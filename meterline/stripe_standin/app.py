@@ -72,6 +72,7 @@ ENDPOINTS = (
     Endpoint("POST", "/v1/billing/meters", billing.create_meter),
     Endpoint("GET", "/v1/billing/meters", billing.list_meters),
     Endpoint("GET", "/v1/billing/meters/{id}", billing.retrieve_meter),
+    Endpoint("GET", "/v1/billing/meters/{id}/event_summaries", billing.list_event_summaries),
     Endpoint("POST", "/v2/billing/meter_event_session", billing.create_session, "v2"),
     Endpoint("POST", "/v2/billing/meter_event_stream", billing.meter_event_stream, "v2", "session"),
     Endpoint("POST", "/v1/customers", invoicing.create_customer),

@@ -126,6 +126,84 @@ def retrieve_meter(call: Call) -> dict[str, Any]:
     return meter
 
 
+_GROUPING = {"hour": 3600, "day": 86400}
+
+
+def list_event_summaries(call: Call) -> dict[str, Any]:
+    """``GET /v1/billing/meters/{id}/event_summaries``: the meter's aggregate for one
+    customer over ``[start_time, end_time)`` (minute-aligned), one summary, or one per
+    ``value_grouping_window`` (``hour``/``day``, aligned to it; only windows with events).
+    Unlike Stripe's (eventually consistent: aggregated asynchronously) this one is current
+    at once."""
+    call.only({"customer", "start_time", "end_time", "value_grouping_window", "limit",
+               "starting_after", "ending_before"})  # fmt: skip
+    standin = call.standin
+    meter = standin.meters.get(call.path_params["id"])
+    if meter is None:
+        raise no_such("billing.meter", call.path_params["id"], param="id", status=404)
+    customer = call.string("customer", required=True)
+    start = call.integer("start_time", required=True)
+    end = call.integer("end_time", required=True)
+    assert customer is not None and start is not None and end is not None
+    window = call.string("value_grouping_window")
+    if window is not None and window not in _GROUPING:
+        raise invalid_request(
+            "Invalid value_grouping_window: must be one of day or hour",
+            param="value_grouping_window",
+        )
+    step = _GROUPING.get(window or "", 60)
+    for name, at in (("start_time", start), ("end_time", end)):
+        if at % step:
+            raise invalid_request(
+                f"Invalid {name}: must be aligned with {window or 'minute'} boundaries",
+                param=name,
+            )
+    if end <= start:
+        raise invalid_request("end_time must be after start_time", param="end_time")
+    if customer not in standin.customers:
+        raise no_such("customer", customer, param="customer")
+    customer_key = meter["customer_mapping"]["event_payload_key"]
+    value_key = meter["value_settings"]["event_payload_key"]
+    formula = meter["default_aggregation"]["formula"]
+    buckets: dict[int, list[MeterEvent]] = {}
+    with standin.lock:
+        for event in sorted(standin.meter_events, key=lambda e: (e.timestamp, e.created)):
+            if (
+                event.canceled
+                or event.event_name != meter["event_name"]
+                or event.payload.get(customer_key) != customer
+                or not start <= event.timestamp < end
+            ):
+                continue
+            at = start if window is None else event.timestamp - (event.timestamp - start) % step
+            buckets.setdefault(at, []).append(event)
+    if window is None:
+        buckets.setdefault(start, [])
+
+    def value(events: list[MeterEvent]) -> float:
+        if formula == "count":
+            return float(len(events))
+        values = [int(e.payload[value_key]) for e in events]
+        if formula == "last":
+            return float(values[-1]) if values else 0.0
+        return float(sum(values))
+
+    summaries = [
+        {
+            "id": f"mtrusg_{meter['id']}_{customer}_{at}",
+            "object": "billing.meter_event_summary",
+            "aggregated_value": value(events),
+            "start_time": at,
+            "end_time": end if window is None else min(at + step, end),
+            "livemode": call.livemode,
+            "meter": meter["id"],
+        }
+        for at, events in buckets.items()
+    ]
+    url = f"/v1/billing/meters/{meter['id']}/event_summaries"
+    return list_object(summaries, call.params, url, created="start_time")
+
+
 # -- v1 meter events ------------------------------------------------------------------------
 
 

@@ -313,3 +313,56 @@ def test_reconcile_keeps_a_consumer_whose_customer_was_removed_after_a_send(env:
     insert_calls(env.store, [Call(at=hours_ago(3) + timedelta(minutes=40), input=5, output=5)])
     report = reconcile_report(env.store, env.pricing, env.config, hours_ago(3).strftime("%Y-%m"))
     assert report["not_billed"] == [] and not report["ok"]  # Stripe holds some of its usage
+
+
+def test_reconcile_check_stripe_finds_events_the_ledger_accepted_but_stripe_dropped(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed(env.store)
+    month = hours_ago(3).strftime("%Y-%m")
+    with env.fake.state.lock:  # a meter deactivated in Stripe: its events are dropped later
+        [cost] = [m for m in env.fake.state.meters.values() if m["event_name"] == "llm_cost"]
+        cost["status"] = "inactive"
+    assert env.sync().sent == 12  # Stripe answered 200 to every one
+    assert {r.code for r in env.fake.state.error_reports} == {"no_meter"}
+    plain = env.cli("reconcile", "--period", month, monkeypatch=monkeypatch)
+    assert plain.exit_code == 0  # the ledger alone cannot see it
+    checked = env.cli("reconcile", "--period", month, "--check-stripe", "--format", "json",
+                      monkeypatch=monkeypatch)  # fmt: skip
+    assert checked.exit_code == 1, checked.output
+    rows = json.loads(checked.stdout)["rows"]
+    bad = {(r["consumer"], r["meter"]) for r in rows if not r["ok"]}
+    assert bad == {("acme", "llm_cost"), ("globex", "llm_cost")}
+    assert all(r["in_stripe"] == "0.000000" for r in rows if r["meter"] == "llm_cost")
+    tokens = [r for r in rows if r["meter"] != "llm_cost"]
+    assert tokens and all(r["in_stripe"] == r["accepted"] and r["ok"] for r in tokens)
+    with env.fake.state.lock:
+        cost["status"] = "active"
+    table = env.cli("reconcile", "--period", month, "--check-stripe", monkeypatch=monkeypatch)
+    assert "in_stripe" in table.stdout.splitlines()[0]
+
+
+def test_event_summaries_of_the_standin_follow_stripes_parameters(env: Env) -> None:
+    import stripe
+
+    _seed(env.store, ("acme",))
+    env.sync()
+    client = stripe.StripeClient(env.fake.api_key, base_addresses=env.fake.base_addresses)
+    [meter] = [m for m in env.fake.state.meters.values() if m["event_name"] == "llm_input_tokens"]
+    start, end = int(hours_ago(5).timestamp()), int(hours_ago(0).timestamp())
+    params = {"customer": "cus_acme", "start_time": start, "end_time": end}
+    [whole] = client.v1.billing.meters.event_summaries.list(meter["id"], params).data  # type: ignore[arg-type]
+    assert whole.aggregated_value == 102 + 103 and whole.start_time == start
+    hourly = client.v1.billing.meters.event_summaries.list(
+        meter["id"],
+        {**params, "value_grouping_window": "hour"},  # type: ignore[arg-type]
+    ).data
+    assert sorted(s.aggregated_value for s in hourly) == [102, 103]
+    with pytest.raises(stripe.InvalidRequestError, match="aligned"):
+        client.v1.billing.meters.event_summaries.list(
+            meter["id"],
+            {**params, "start_time": start + 30},  # type: ignore[arg-type]
+        )
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        client.v1.billing.meters.event_summaries.list(meter["id"], {**params, "customer": "cus_x"})  # type: ignore[arg-type]
+    assert missing.value.code == "resource_missing"
