@@ -193,14 +193,23 @@ class MeterEventsClient:
         """Whether the owner asked to stop sending (``stop`` was set)."""
         return self._stop is not None and self._stop.is_set()
 
-    def _call(self, key: str, send: Callable[[str], Any], *, duplicate_ok: bool) -> Answer:
+    def _call(
+        self,
+        key: str,
+        send: Callable[[str], Any],
+        *,
+        duplicate_ok: bool,
+        attempts: int | None = None,
+    ) -> Answer:
         """Run ``send(idempotency_key)`` until it has a definite answer or retries run out
-        (or ``stop`` is set: then the outcome is unknown if a try may have been applied)."""
+        (or ``stop`` is set: then the outcome is unknown if a try may have been applied).
+        ``attempts`` caps the tries (a best-effort read)."""
         stripe = self._stripe
+        tries = min(attempts or self.retrying.attempts, self.retrying.attempts)
         generation = 0
         unknown = False
         last = "stopped before sending"
-        for attempt in range(self.retrying.attempts):
+        for attempt in range(tries):
             if self.stopping:
                 return Answer(UNKNOWN if unknown else THROTTLED, last, attempt)
             try:
@@ -236,13 +245,13 @@ class MeterEventsClient:
             else:
                 detail = json.dumps(result, default=str) if result is not None else "{}"
                 return Answer(ACCEPTED, detail[:2000], attempt + 1)
-            if attempt + 1 < self.retrying.attempts:
+            if attempt + 1 < tries:
                 logger.debug("stripe: retry %d of %s in %.2fs: %s", attempt + 1, key, wait, last)
                 if self._stop is not None:
                     self._stop.wait(wait)
                 else:
                     self.retrying.sleep(wait)
-        return Answer(UNKNOWN if unknown else THROTTLED, last, self.retrying.attempts)
+        return Answer(UNKNOWN if unknown else THROTTLED, last, tries)
 
     # -- v1 ----------------------------------------------------------------------------
 
@@ -323,7 +332,7 @@ class MeterEventsClient:
     def customer_exists(self, customer_id: str) -> bool | None:
         """Whether Stripe has the customer (``GET /v1/customers/{id}``): ``False`` when it
         answers ``resource_missing`` or the customer was deleted, ``None`` when it gave no
-        definite answer (unreachable, throttled: the caller decides)."""
+        definite answer within three tries (unreachable, throttled: the caller decides)."""
         found: dict[str, bool] = {}
 
         def send(_key: str) -> Any:
@@ -334,7 +343,7 @@ class MeterEventsClient:
         seen = self._customers_seen.get(customer_id)
         if seen is not None and time.monotonic() - seen < CUSTOMER_KNOWN_FOR_S:
             return True
-        answer = self._call(f"get-{customer_id}", send, duplicate_ok=False)
+        answer = self._call(f"get-{customer_id}", send, duplicate_ok=False, attempts=3)
         if answer.outcome == ACCEPTED:
             if not found["deleted"]:
                 self._customers_seen[customer_id] = time.monotonic()

@@ -158,9 +158,9 @@ def _plan_slot(
         return made
 
     if now - start > MAX_AGE:
+        todo = f"bill {delta} by hand" if delta > 0 else f"credit {-delta} by hand"
         out.reports.append(row("expired", delta, REPORTED, answer=(
-            "the window is older than Stripe accepts (35 days): not sent; "
-            f"bill {delta} by hand")))  # fmt: skip
+            f"the window is older than Stripe accepts (35 days): not sent; {todo}")))  # fmt: skip
         return
     sent = [r for r in rows if r.state == ACCEPTED and r.kind in ("event", "correction")]
     if delta > 0:

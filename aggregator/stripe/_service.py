@@ -131,6 +131,11 @@ def status(
     }
 
 
+def _plain(value: Decimal) -> str:
+    """A Decimal without trailing zeros or an exponent (``0.0825``, ``0``, ``22500``)."""
+    return format(value.normalize(), "f") if value else "0"
+
+
 @dataclass(frozen=True)
 class ReconcileRow:
     consumer: str
@@ -171,13 +176,13 @@ class ReconcileRow:
             "consumer": self.consumer,
             "customer": self.customer,
             "meter": self.meter,
-            "expected": str(self.expected),
-            "accepted": str(self.accepted),
-            "reported": str(self.reported),
-            "difference": str(self.difference),
-            "tolerance": str(self.tolerance),
+            "expected": _plain(self.expected),
+            "accepted": _plain(self.accepted),
+            "reported": _plain(self.reported),
+            "difference": _plain(self.difference),
+            "tolerance": _plain(self.tolerance),
             "source": self.source,
-            "in_stripe": None if self.in_stripe is None else str(self.in_stripe),
+            "in_stripe": None if self.in_stripe is None else _plain(self.in_stripe),
             "billed": self.billed,
             "ok": self.ok,
         }

@@ -333,7 +333,7 @@ def test_reconcile_check_stripe_finds_events_the_ledger_accepted_but_stripe_drop
     rows = json.loads(checked.stdout)["rows"]
     bad = {(r["consumer"], r["meter"]) for r in rows if not r["ok"]}
     assert bad == {("acme", "llm_cost"), ("globex", "llm_cost")}
-    assert all(r["in_stripe"] == "0.000000" for r in rows if r["meter"] == "llm_cost")
+    assert all(r["in_stripe"] == "0" for r in rows if r["meter"] == "llm_cost")
     tokens = [r for r in rows if r["meter"] != "llm_cost"]
     assert tokens and all(r["in_stripe"] == r["accepted"] and r["ok"] for r in tokens)
     with env.fake.state.lock:
@@ -366,3 +366,97 @@ def test_event_summaries_of_the_standin_follow_stripes_parameters(env: Env) -> N
     with pytest.raises(stripe.InvalidRequestError) as missing:
         client.v1.billing.meters.event_summaries.list(meter["id"], {**params, "customer": "cus_x"})  # type: ignore[arg-type]
     assert missing.value.code == "resource_missing"
+
+
+def test_a_customer_check_without_an_answer_does_not_hold_the_usage_back(env: Env) -> None:
+    _seed(env.store, ("acme",))
+    env.fake.state.faults.inject("drop_before", times=50, path="/v1/customers/")
+    summary = env.sync(client=client_for(env.fake))  # 8 attempts per request
+    assert summary.ok and summary.sent == 6 and summary.missing_customers == []
+    checks = [r for r in env.fake.state.requests if r[1].startswith("/v1/customers/")]
+    assert len(checks) == 3  # a best-effort read: three tries, not the sends' eight
+
+
+# --- as a user: what R10 did not exercise ---------------------------------------------------------
+
+FILTERED = """
+currency: USD
+models:
+  - provider: openai
+    model: gpt-4o
+    per_million_tokens: {input: "2.50", cache_read: "1.25", output: "10.00"}
+  - provider: anthropic
+    model: claude-sonnet-4
+    per_million_tokens: {input: "3.00", output: "15.00"}
+plans:
+  consumers:
+    acme: {markup_percent: "20"}
+stripe:
+  customers: {acme: cus_acme, globex: cus_globex}
+  meters:
+    - event_name: llm_input_tokens
+      value: tokens
+      providers: openai
+      token_types: [input, cache_read]
+    - event_name: llm_output_tokens
+      value: tokens
+      models: [claude-sonnet-4]
+      token_types: [output]
+    - event_name: llm_cost
+      value: cost
+      unit: "0.000001"
+      features: chat
+"""
+
+
+def test_per_meter_filters_send_only_what_each_meter_counts(
+    store: Store, tmp_path: Path, fake: StandinServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from decimal import Decimal
+
+    from meterline.aggregator.stripe import reconcile_report
+
+    env = Env(store, tmp_path, fake)
+    env.path.write_text(FILTERED, encoding="utf-8")
+    env.config = load_stripe_config(env.path)
+    env.pricing = load_store_pricing(store, env.path)
+    at = hours_ago(3) + timedelta(minutes=5)
+    insert_calls(store, [
+        Call(at=at, consumer="acme", input=2000, cache_read=400, output=100, feature="chat"),
+        Call(at=at, consumer="acme", input=1000, output=50, feature="search"),
+        Call(at=at, consumer="acme", provider="anthropic", model="claude-sonnet-4", input=10,
+             output=7, feature="chat"),
+        Call(at=at, consumer="globex", provider="anthropic", model="claude-sonnet-4",
+             input=3000, output=300),
+    ])  # fmt: skip
+    assert env.sync().ok
+    totals = fake.state.totals()
+    assert totals[("cus_acme", "llm_input_tokens")] == 3000  # openai only (no claude input)
+    assert totals[("cus_acme", "llm_output_tokens")] == 7  # claude-sonnet-4 only
+    assert totals[("cus_globex", "llm_output_tokens")] == 300
+    assert ("cus_globex", "llm_input_tokens") not in totals  # no openai usage
+    assert ("cus_globex", "llm_cost") not in totals  # no feature "chat"
+    # chat cost of acme: (1600×2.50 + 400×1.25 + 100×10 + 10×3 + 7×15) / 1M × 1.2
+    chat = (Decimal(1600 * 250 + 400 * 125 + 100 * 1000 + 10 * 300 + 7 * 1500) / 10**8) * 120 / 100
+    assert totals[("cus_acme", "llm_cost")] == int(chat / Decimal("0.000001"))
+    report = reconcile_report(store, env.pricing, env.config, hours_ago(3).strftime("%Y-%m"))
+    assert report["ok"], report
+    by = {(r["consumer"], r["meter"]): r for r in report["rows"]}
+    assert by[("acme", "llm_cost")]["source"] == "windows"  # an invoice cannot split features
+    assert by[("acme", "llm_cost")]["expected"] == "0.006762"  # plain, not 0.00676200…0
+    assert by[("acme", "llm_input_tokens")]["source"] == "invoice"
+
+
+def test_an_expired_window_repriced_lower_is_reported_as_a_credit(env: Env) -> None:
+    insert_calls(env.store, [Call(at=hours_ago(36 * 24), input=1000, output=100)])
+    first = env.sync()
+    [expired] = [r for r in first.reported if r["kind"] == "expired" and r["meter"] == "llm_cost"]
+    assert "bill" in str(expired["reason"])
+    cheaper = env.path.read_text().replace('output: "10.00"', 'output: "1.00"')
+    env.path.write_text(cheaper, encoding="utf-8")
+    env.pricing = load_store_pricing(env.store, env.path)
+    second = env.sync()
+    [credit] = [r for r in second.reported if r["kind"] == "expired" and r["meter"] == "llm_cost"]
+    assert int(credit["value"]) < 0  # type: ignore[call-overload]
+    assert str(credit["reason"]).endswith(f"credit {-int(credit['value'])} by hand")  # type: ignore[call-overload]
+    assert env.fake.state.meter_events == []
