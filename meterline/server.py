@@ -283,7 +283,10 @@ async def _run(
     for listener in listeners:
         await listener.start()
     listening = True
-    alert_loop = _alert_loop(config, store, api_app)
+    own_ports = {otlp.sock.getsockname()[1], grpc_port, api.sock.getsockname()[1]}
+    if ch_http is not None:
+        own_ports.add(ch_http.sock.getsockname()[1])
+    alert_loop = _alert_loop(config, store, api_app, own_ports)
     rating = _rating_loop(settings, store, api_app, on_rated=alert_loop.poke)
     stripe_sync = _stripe_loop(config, store, api_app)
     endpoints = Endpoints(
@@ -346,9 +349,11 @@ one cut short stays pending and is sent again, under the same delivery id, at th
 start)."""
 
 
-def _alert_loop(config: ConfigFile, store: Store, app: Any) -> Any:
+def _alert_loop(config: ConfigFile, store: Store, app: Any, own_ports: set[int]) -> Any:
     """Start the alert thread: checks budgets and rolling rules after each rating run,
-    each settle and every ``alerts.check_interval``; delivers the webhook outbox."""
+    each settle and every ``alerts.check_interval``; delivers the webhook outbox (never
+    to a URL that points at one of ``own_ports`` on this machine: warned here, each such
+    delivery marked failed)."""
     from meterline.aggregator.alerts import AlertLoop, AlertService
     from meterline.aggregator.routes._budgets import app_budgets
     from meterline.aggregator.routes._pricing import app_pricing
@@ -361,6 +366,16 @@ def _alert_loop(config: ConfigFile, store: Store, app: Any) -> Any:
         currency=config.currency,
         current=lambda: app.state.config.alerts,
     )
+    service.own_ports = frozenset(own_ports)
+    for hook in config.alerts.webhooks:
+        port = service._own_port(hook.url)
+        if port is not None:
+            logger.warning(
+                "alerts: webhook %s points at this aggregator's own listener on port %d: "
+                "its deliveries are refused (point it at the receiver)",
+                hook.url,
+                port,
+            )
     loop = AlertLoop(service)
     app.state.alert_loop = loop
     loop.start()

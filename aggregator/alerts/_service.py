@@ -73,6 +73,12 @@ class AlertService:
         self._check_lock = threading.Lock()
         self._http = httpx.Client(follow_redirects=False)
         self._refusals: Refusals | None = None
+        self.own_ports: frozenset[int] = frozenset()
+        """This aggregator's listening ports (``meterline serve`` sets them): a webhook
+        URL that points at one of them on this machine is refused."""
+        self._own: dict[str, int | None] = {}
+        self._resting: dict[str, datetime] = {}
+        self._attempts: dict[str, threading.Event] = {}
         self.last_error: str | None = None
 
     @property
@@ -172,41 +178,68 @@ class AlertService:
         return next((w for w in self.config.webhooks if w.url == url), None)
 
     def deliver(self, *, stop: threading.Event | None = None) -> datetime | None:
-        """Attempt every pending delivery that is due; returns when the next falls due."""
+        """Attempt every pending delivery that is due; returns when the next falls due.
+
+        A webhook that fails an attempt (an error status, no answer within the deadline)
+        is not tried again before that delivery's retry: its other due deliveries wait
+        for it too, so a webhook that hangs costs one deadline per retry, not one per
+        pending delivery, and never holds up the other webhooks."""
         now = datetime.now(UTC)
         retry = self.config.retry
         upcoming: datetime | None = None
         for d in self.outbox.deliveries(state=PENDING):
             if stop is not None and stop.is_set():
                 break
-            if d.next_at > now:
-                upcoming = d.next_at if upcoming is None else min(upcoming, d.next_at)
+            due = max(d.next_at, self._resting.get(d.url, d.next_at))
+            if due > now or not self._idle(d.url):
+                upcoming = due if upcoming is None else min(upcoming, due)
                 continue
             hook = self._webhook(d.url)
             secret = os.environ.get(hook.secret_variable, "") if hook is not None else ""
-            if hook is None or not secret:
-                why = "webhook no longer configured" if hook is None else "secret not set"
+            own = self._own_port(d.url) if hook is not None else None
+            if hook is None or not secret or own is not None:
+                why = ("webhook no longer configured" if hook is None else "secret not set"
+                       if not secret else f"refused: the URL points at this aggregator's "
+                       f"own listener on port {own}")  # fmt: skip
                 self.outbox.write([d.moved(FAILED, attempts=d.attempts, error=why)])
                 continue
             kind = _kind_of(d)
-            error = _webhooks.post(self._http, d.url, secret=secret, body=d.payload,
-                                   delivery=d.id, kind=kind)  # fmt: skip
+            error, ended = _webhooks.post_within(
+                self._http, d.url, secret=secret, body=d.payload, delivery=d.id, kind=kind
+            )
+            self._attempts[d.url] = ended
             attempts = d.attempts + 1
             if error is None:
+                self._resting.pop(d.url, None)
                 self.outbox.write([d.moved(DELIVERED, attempts=attempts)])
                 logger.info("alert delivery %s to %s: delivered", d.id, d.url)
-            elif attempts >= retry.attempts:
+                continue
+            wait = _webhooks.backoff(attempts, initial=retry.initial, most=retry.max)
+            at = datetime.now(UTC) + wait
+            self._resting[d.url] = at  # the webhook's other deliveries wait for it too
+            upcoming = at if upcoming is None else min(upcoming, at)
+            if attempts >= retry.attempts:
                 self.outbox.write([d.moved(FAILED, attempts=attempts, error=error)])
                 logger.warning("alert delivery %s to %s failed after %d attempts: %s",
                                d.id, d.url, attempts, error)  # fmt: skip
             else:
-                wait = _webhooks.backoff(attempts, initial=retry.initial, most=retry.max)
-                at = datetime.now(UTC) + wait
                 self.outbox.write([d.moved(PENDING, attempts=attempts, next_at=at, error=error)])
-                upcoming = at if upcoming is None else min(upcoming, at)
                 logger.info("alert delivery %s to %s: %s; retry in %.1fs", d.id, d.url,
                             error, wait.total_seconds())  # fmt: skip
         return upcoming
+
+    def _idle(self, url: str) -> bool:
+        """No attempt to ``url`` is still running (one abandoned at its deadline)."""
+        ended = self._attempts.get(url)
+        return ended is None or ended.is_set()
+
+    def _own_port(self, url: str) -> int | None:
+        """The own listener's port ``url`` points at (cached per URL), else ``None``."""
+        if not self.own_ports:
+            return None
+        if url not in self._own:
+            self._own[url] = _webhooks.points_at(url, self.own_ports)
+        return self._own[url]
 
     def close(self) -> None:
         self._http.close()

@@ -65,6 +65,13 @@ class WebhookSection(Section):
             )
         if port == 0:
             raise PydanticCustomError("webhook_url", "{value}: port 0", {"value": repr(value)})
+        if parts.username is not None or parts.password is not None:
+            raise PydanticCustomError(
+                "webhook_url",
+                "the URL holds credentials (user:password@): secrets are never kept in the "
+                "configuration file; the receiver checks the signature instead",
+                {},
+            )
         return value
 
     @field_validator("secret")

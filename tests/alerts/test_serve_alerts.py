@@ -128,6 +128,7 @@ def test_a_pending_delivery_is_sent_by_the_next_start_under_the_same_id(tmp_path
         ("{url: 'ftp://hooks.example.com/x', secret: '${S}'}", "alerts.webhooks[0].url"),
         ("{url: 'hooks.example.com/x', secret: '${S}'}", "alerts.webhooks[0].url"),
         ("{url: 'https:///x', secret: '${S}'}", "alerts.webhooks[0].url"),
+        ("{url: 'https://u:pw@h.example.com/x', secret: '${S}'}", "credentials"),
         ("{url: 'https://h.example.com/x', secret: 'whsec_literal'}", "environment variable"),
         (
             "{url: 'https://h.example.com/x', secret: '${NOT_SET_ANYWHERE_42}'}",
