@@ -10,7 +10,11 @@ Contract:
   (``Version``: nanoseconds), so a restart resumes the pending ones at their ``NextAt``.
 - One process checks and records at a time (a lock); with several replicas on one
   ClickHouse server, two may record the same alert at once — the store keeps one row
-  per id, and both plan the same delivery ids, which the receiver de-duplicates.
+  per id, and both plan the same delivery ids (identical pending rows).
+- Each attempt is claimed first (:meth:`Outbox.claim`): of several replicas that find
+  the same delivery due, one sends it; a claim whose process died is taken over after
+  :data:`CLAIM_LEASE`. A row's ``Version`` always exceeds the one it replaces, so a
+  replica whose clock is behind cannot bring back an older state.
 """
 
 from __future__ import annotations
@@ -20,13 +24,23 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from meterline.aggregator.alerts._model import Alert, delivery_id
 from meterline.aggregator.tenancy import Scope
 from meterline.store import Store
+
+CLAIM_LEASE = timedelta(seconds=60)
+"""How long a claimed attempt blocks other processes (its own ends within the webhook
+deadline, then its outcome is written)."""
+
+CLAIMS_SQL = """
+SELECT Round, Owner, ClaimedAt FROM {db}.alert_delivery_claims
+WHERE DeliveryId = {id:String} AND Attempt = {attempt:UInt32}
+ORDER BY Round, ClaimedAt, Owner
+"""
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -60,11 +74,13 @@ class Delivery:
     next_at: datetime
     last_error: str
     payload: bytes
+    version: int = 0
+    """The stored row's ``Version`` (0: not stored yet)."""
 
     def moved(self, state: str, *, attempts: int, next_at: datetime | None = None,
               error: str = "") -> Delivery:  # fmt: skip
         return Delivery(self.id, self.alert_id, self.url, state, attempts,
-                        next_at or self.next_at, error, self.payload)  # fmt: skip
+                        next_at or self.next_at, error, self.payload, self.version)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         from meterline.aggregator._instants import iso
@@ -188,16 +204,19 @@ class Outbox:
             return
         now = datetime.now(UTC)
         base = time.time_ns()
-        rows = [[d.id, d.alert_id, d.url, base + n, d.state, d.attempts, d.next_at,
-                 d.last_error, d.payload.decode(), now]
+        rows = [[d.id, d.alert_id, d.url, max(base + n, d.version + 1), d.state, d.attempts,
+                 d.next_at, d.last_error, d.payload.decode(), now]
                 for n, d in enumerate(deliveries)]  # fmt: skip
         self.store.insert_columns("alert_deliveries", [list(c) for c in zip(*rows, strict=True)],
                                   list(DELIVERY_COLUMNS))  # fmt: skip
 
-    def deliveries(self, *, state: str | None = None, alert_ids: Sequence[str] | None = None
-                   ) -> list[Delivery]:  # fmt: skip
+    def deliveries(self, *, state: str | None = None, alert_ids: Sequence[str] | None = None,
+                   ids: Sequence[str] | None = None) -> list[Delivery]:  # fmt: skip
         params: dict[str, Any] = {}
         where = ["1"]
+        if ids is not None:
+            params["ids"] = list(ids)
+            where.append("Id IN {ids:Array(String)}")
         if state is not None:
             params["state"] = state
             where.append("State = {state:String}")
@@ -207,9 +226,46 @@ class Outbox:
             params["alerts"] = list(alert_ids)
             where.append("AlertId IN {alerts:Array(String)}")
         _, rows = self.store.query(
-            "SELECT Id, AlertId, Url, State, Attempts, NextAt, LastError, Payload "
+            "SELECT Id, AlertId, Url, State, Attempts, NextAt, LastError, Payload, Version "
             f"FROM {{db}}.alert_deliveries FINAL WHERE {' AND '.join(where)} ORDER BY NextAt, Id",
             params,
         )
-        return [Delivery(str(i), str(a), str(u), str(s), int(n), _utc(at), str(e), str(p).encode())
-                for i, a, u, s, n, at, e, p in rows]  # fmt: skip
+        return [Delivery(str(i), str(a), str(u), str(s), int(n), _utc(at), str(e),
+                         str(p).encode(), int(v))
+                for i, a, u, s, n, at, e, p, v in rows]  # fmt: skip
+
+    def claim(self, d: Delivery, owner: str) -> Delivery | None:
+        """Claim the next attempt of ``d`` for ``owner``; the delivery as it stands now
+        when this process is to make the attempt, ``None`` when another process does
+        (or did: it is no longer pending at ``d``'s attempts)."""
+        attempt = d.attempts + 1
+        params = {"id": d.id, "attempt": attempt}
+        _, rows = self.store.query(CLAIMS_SQL, params)
+        rounds: dict[int, tuple[str, datetime]] = {}
+        for r, who, at in rows:
+            rounds.setdefault(int(r), (str(who), _utc(at)))
+        now = datetime.now(UTC)
+        round_ = 0
+        if rounds:
+            last = max(rounds)
+            who, at = rounds[last]
+            if who != owner and now - at < CLAIM_LEASE:
+                return None  # another process is making this attempt
+            round_ = last if who == owner else last + 1
+        if rounds.get(round_, ("",))[0] != owner:
+            self.store.insert_columns(
+                "alert_delivery_claims",
+                [[d.id], [attempt], [round_], [owner], [now]],
+                ["DeliveryId", "Attempt", "Round", "Owner", "ClaimedAt"],
+                # synchronous and deduplicated: the engine keeps one claim per round
+                settings={"async_insert": 0, "insert_deduplicate": 1,
+                          "insert_deduplication_token": f"{d.id}|{attempt}|{round_}"},
+            )  # fmt: skip
+            _, rows = self.store.query(CLAIMS_SQL, params)
+            won = [str(who) for r, who, _ in rows if int(r) == round_]
+            if not won or won[0] != owner:
+                return None
+        [now_d] = self.deliveries(ids=[d.id]) or [None]
+        if now_d is None or now_d.state != PENDING or now_d.attempts != d.attempts:
+            return None  # sent (or moved on) by another process since it was listed
+        return now_d

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -77,6 +78,8 @@ class AlertService:
         """This aggregator's listening ports (``meterline serve`` sets them): a webhook
         URL that points at one of them on this machine is refused."""
         self._own: dict[str, int | None] = {}
+        self.owner = uuid.uuid4().hex
+        """This process's name in delivery claims."""
         self._resting: dict[str, datetime] = {}
         self._attempts: dict[str, threading.Event] = {}
         self.last_error: str | None = None
@@ -203,6 +206,10 @@ class AlertService:
                        f"own listener on port {own}")  # fmt: skip
                 self.outbox.write([d.moved(FAILED, attempts=d.attempts, error=why)])
                 continue
+            claimed = self.outbox.claim(d, self.owner)
+            if claimed is None:
+                continue  # another replica makes this attempt
+            d = claimed
             kind = _kind_of(d)
             error, ended = _webhooks.post_within(
                 self._http, d.url, secret=secret, body=d.payload, delivery=d.id, kind=kind

@@ -13,6 +13,10 @@
   ``rate_limit.repeated`` alert of the hour is recorded — the count every replica and a
   restarted process share (the Redis ledger counts in Redis instead). Kept 2 days
   after they were written.
+- ``alert_delivery_claims``: which process makes attempt N of a delivery — one row per
+  (delivery, attempt, round), inserted with a deduplication token so the engine keeps
+  the first; a claim older than the lease (its process died) is followed by a new round.
+  Several aggregators on one ClickHouse server thus send each attempt once.
 """
 
 from __future__ import annotations
@@ -63,4 +67,17 @@ CREATE TABLE IF NOT EXISTS {db}.rate_limit_refusals (
 PARTITION BY toYYYYMMDD(Hour)
 ORDER BY (LimitKey, Hour, Id)
 TTL toDateTime(At) + INTERVAL 2 DAY
+"""
+
+ALERT_DELIVERY_CLAIMS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.alert_delivery_claims (
+    DeliveryId String,
+    Attempt UInt32,
+    Round UInt32,
+    Owner String,
+    ClaimedAt DateTime64(6, 'UTC')
+) ENGINE = MergeTree
+ORDER BY (DeliveryId, Attempt, Round)
+TTL toDateTime(ClaimedAt) + INTERVAL 30 DAY
+SETTINGS non_replicated_deduplication_window = 100000
 """

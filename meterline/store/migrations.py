@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from meterline.store._history import V1_USAGE_DDL, V3_USAGE_MV_DDL, V3_USAGE_MV_QUERY
 from meterline.store.alert_schema import (
     ALERT_DELIVERIES_DDL,
+    ALERT_DELIVERY_CLAIMS_DDL,
     ALERTS_DDL,
     RATE_LIMIT_REFUSALS_DDL,
 )
@@ -417,6 +418,13 @@ MIGRATIONS += (
 MIGRATIONS += (
     Migration(
         17, "rate_limit_refusals: refusals counted per limit and hour", (RATE_LIMIT_REFUSALS_DDL,)
+    ),
+)
+
+# Webhook attempts claimed (issue 11 §5): replicas on one server send each attempt once.
+MIGRATIONS += (
+    Migration(
+        18, "alert_delivery_claims: one process per delivery attempt", (ALERT_DELIVERY_CLAIMS_DDL,)
     ),
 )
 

@@ -3,7 +3,7 @@
 It verifies every request's ``Meterline-Signature`` with the secret as a receiver would
 (:func:`verify`, independent of meterline's own code), records each request and answers
 with the statuses it is told (``answers``: a list consumed one per request; afterwards
-``default``).
+``default``), after ``delay`` seconds.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class Receiver:
     answers: list[int] = field(default_factory=list)
     default: int = 200
     requests: list[Received] = field(default_factory=list)
+    delay: float = 0.0
+    """Seconds to wait before answering (a slow receiver)."""
 
     def start(self) -> Receiver:
         outer = self
@@ -54,6 +56,7 @@ class Receiver:
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 signed = verify(raw, self.headers.get("Meterline-Signature", ""), outer.secret)
+                time.sleep(outer.delay)
                 with outer._lock:
                     status = outer.answers.pop(0) if outer.answers else outer.default
                     outer.requests.append(Received(
