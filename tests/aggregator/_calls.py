@@ -32,6 +32,8 @@ class Call:
     feature: str | None = None
     reservation_id: str | None = None
     """``meterline.budget.reservation_id``: the call was reserved against budgets."""
+    attributes: tuple[tuple[str, str], ...] = ()
+    """More span attributes, set last (they may replace the ones above)."""
 
 
 def utc(*args: int) -> datetime:
@@ -65,6 +67,7 @@ def _attributes(call: Call, response_id: str) -> dict[str, str]:
         attrs["http.response.status_code"] = call.error if call.error.isdigit() else "500"
     else:
         attrs["http.response.status_code"] = "200"
+    attrs.update(call.attributes)
     return attrs
 
 

@@ -45,7 +45,22 @@ EXTRA = [
     Call(utc(2026, 3, 20, 11), consumer="it's", model="gpt-4o", input=1_000, output=10),
     # a failed call with cached reads: acme's plan does not bill it, so it saves nothing
     Call(utc(2026, 3, 21), model="gpt-4o", input=8_000, cache_read=6_000, error="500"),
+    # for the data quality panels: a stream cut short (usage estimated) and a token count
+    # that is not a number (invalid: counted, never billed)
+    Call(utc(2026, 3, 18, 8), consumer="acme", model="gpt-4o", input=2_000, output=50,
+         attributes=(("meterline.usage.estimated", "true"),)),
+    Call(utc(2026, 3, 18, 9), consumer="acme", model="gpt-4o", input=2_000, output=50,
+         attributes=(("gen_ai.usage.output_tokens", "5O"),)),
 ]  # fmt: skip
+
+KNOWN_EMPTY = {
+    # ingest_stats is written by a running `meterline serve`, the Stripe ledger by a sync:
+    # neither ran against this store
+    "meterline-pipeline": {"Ingest lag", "Spans written and rejected", "Writer queue",
+                           "Stripe ledger by state", "Stripe sync runs"},
+    "meterline-consumer": {"Budgets"},  # only acme has a budget
+}  # fmt: skip
+"""Panels allowed to be empty here; every other panel of every selection has rows."""
 
 
 def _walk(node: Any) -> Iterator[dict[str, Any]]:
@@ -204,7 +219,10 @@ def test_every_panel_runs_through_the_clickhouse_http_endpoint(seeded: Any, uid:
                     assert "$" not in sql, (panel["title"], sql)
                     if not _run(ch, sql):
                         empty.append((panel["title"], sql))
-            assert len(empty) <= len(doc["panels"]) // 2, (uid, chosen, empty)
+            allowed = KNOWN_EMPTY.get(uid, set()) - (
+                {"Budgets"} if chosen.get("consumer") == "acme" else set()
+            )
+            assert [e for e in empty if e[0] not in allowed] == [], (uid, chosen)
 
 
 def _money(value: Any) -> Decimal:
