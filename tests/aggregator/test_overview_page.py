@@ -94,6 +94,22 @@ def test_a_consumer_key_sees_only_its_consumer(store, tmp_path):
     assert client(app).get("/v1/overview", params={"period": "2026-03"}).status_code == 401
     bad = client(app, ADMIN).get("/v1/overview", params={"period": "2026-13"})
     assert bad.status_code == 422
+    for key, status in ((keys.acme_reserve_only, 403), (keys.revoked, 401), (keys.expired, 401),
+                        (keys.acme + "x", 401)):  # fmt: skip
+        r = client(app, key).get("/v1/overview", params={"period": "2026-03"})
+        assert r.status_code == status, (key, r.text)
+        assert_no_leak(r.text, "acme")
+        assert "acme" not in r.text
+    for period in ("2026-03' OR 1=1 --", "2026-03%", "<script>", "2026-3", "", "2026-03-01"):
+        r = client(app, keys.acme).get("/v1/overview", params={"period": period})
+        assert r.status_code == 422, period
+        assert r.headers["content-type"].startswith("application/json")
+    # the consumer's budgets list is its own too
+    r = client(app, ADMIN).put("/v1/budgets/zz-other", json={"limit": "1.00", "unit": "USD",
+                                                            "period": "month"})  # fmt: skip
+    assert r.status_code in (200, 201), r.text
+    listed = client(app, keys.acme).get("/v1/budgets")
+    assert listed.status_code == 200 and listed.json()["budgets"] == []
 
 
 def test_the_page_holds_no_data_and_serves_only_its_files(store, tmp_path):
@@ -318,6 +334,15 @@ def test_names_are_text_in_the_browser_and_run_nothing(browser, store, tmp_path)
             "[...document.querySelectorAll('.u-legend .u-label')].map(e => e.textContent)"
         )
         assert HOSTILE["consumer"] in legend and HOSTILE["consumer2"] in legend
+        assert browser.errors() == []
+        # a hostile period in the address is not a month: the page shows this month
+        browser.open()
+        month = time.strftime("%Y-%m", time.gmtime())
+        browser.navigate(f"{served}/?period=%22%3E%3Cimg%20src%3Dx%20onerror%3D"
+                         f"window.__pwned%3D5%3E#key={ADMIN}")  # fmt: skip
+        browser.wait_for(f"document.body.dataset.loaded === {json.dumps(month)}")
+        assert browser.evaluate("typeof window.__pwned") == "undefined"
+        assert browser.evaluate("location.hash") == ""  # the key left the address
         assert browser.errors() == []
 
 
