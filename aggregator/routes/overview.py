@@ -2,7 +2,9 @@
 
 Contract:
 - ``GET /`` and ``GET /page/<file>`` serve a static page (HTML, its script and style, and
-  the vendored charting library uPlot); they hold no data and need no key. Every figure
+  the vendored charting library uPlot; docs/overview-page.md); they hold no data and need
+  no key (``/`` says only whether the API needs one, so that the page asks before it
+  makes a request). Every figure
   the page shows comes from ``/v1`` — ``GET /v1/overview`` and ``GET /v1/budgets`` — with
   the same authentication as the rest of ``/v1``: the page asks for a key, keeps it in the
   tab's ``sessionStorage`` and sends it as ``Authorization: Bearer``; no cookie (a cookie
