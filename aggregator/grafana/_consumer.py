@@ -111,7 +111,8 @@ def build(
                    f"FROM {RATED}\nWHERE {where}\nGROUP BY {by}\nORDER BY spend DESC",
                    unit="short", w=12, h=8, overrides={"spend": money})  # fmt: skip
     layout.add("table", "Budgets", BUDGETS_SQL, unit="short", w=24, h=7,
-               overrides={"used": "percentunit"},
+               overrides={"used": "percentunit", "period_start": "dateTimeAsIso",
+                          "period_end": "dateTimeAsIso"},
                description="Each budget's spend in its current period in its own time "
                "zone (period_start and period_end as /v1/budgets; exact, before the "
                "invoice's rounding and without open reservations). Money budgets: limit "
