@@ -137,6 +137,8 @@ def register(app: typer.Typer) -> None:
                     else "never"
                 ),
             ]
+            if last and last.get("error"):
+                head.append(f"last run incomplete: {last['error']}")
             if d["held"]:
                 head += ["", "Held:", table(d["held"], ("consumer", "meter", "window", "tokens"))]
             if d["reported"]:
@@ -266,9 +268,6 @@ def register_push(group: typer.Typer) -> None:
         data = _run((data_dir, clickhouse_url, database, config), remote, local)
         _emit(data, fmt, _render_push, lambda d: (d["pushed"], _PUSHED))
         if not data["ok"]:
-            typer.echo(
-                f"error: {len(data['unknown'])} requests without an answer and "
-                f"{len(data['rejected'])} refused by Stripe; run push-invoices again",
-                err=True,
-            )
+            line = data.get("error") or "stripe push-invoices incomplete"
+            typer.echo(f"error: {line}", err=True)
             raise typer.Exit(1)

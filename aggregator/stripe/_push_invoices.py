@@ -96,6 +96,17 @@ class PushSummary:
         """Nothing left unsettled, and Stripe holds each invoice's total by the record."""
         return not self.unknown and not self.rejected and all(i["ok"] for i in self.invoices)
 
+    def problem(self) -> str | None:
+        """One line for people when :attr:`ok` is false."""
+        if self.ok:
+            return None
+        if self.unknown or self.rejected:
+            return (
+                f"{len(self.unknown)} requests without an answer and {len(self.rejected)} "
+                "refused by Stripe; run push-invoices again"
+            )
+        return "Stripe does not hold every invoice's total by the record; run it again"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "period": self.period,
@@ -111,6 +122,7 @@ class PushSummary:
             "rejected": self.rejected,
             "invoices": self.invoices,
             "ok": self.ok,
+            "error": self.problem(),
         }
 
     def line(self) -> str:

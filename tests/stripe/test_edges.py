@@ -460,3 +460,35 @@ def test_an_expired_window_repriced_lower_is_reported_as_a_credit(env: Env) -> N
     assert int(credit["value"]) < 0  # type: ignore[call-overload]
     assert str(credit["reason"]).endswith(f"credit {-int(credit['value'])} by hand")  # type: ignore[call-overload]
     assert env.fake.state.meter_events == []
+
+
+def test_sync_through_a_running_server_exits_1_and_status_says_why(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.aggregator.test_invoices_cli import serve
+
+    _seed(env.store)
+    env.fake.state.clock.advance(40 * 86400)  # Stripe refuses every event
+    monkeypatch.setenv("STRIPE_API_KEY", env.fake.api_key)
+    monkeypatch.setenv("METERLINE_STRIPE_API_BASE", env.fake.base_addresses["api"])
+    with serve(env.store, env.path, monkeypatch):
+        result = runner.invoke(app, ["stripe", "sync", "--api", "v1"])
+        assert result.exit_code == 1, result.output
+        assert (
+            result.stderr.strip()
+            .splitlines()[-1]
+            .startswith("error: stripe sync incomplete: 12 events refused by Stripe")
+        )
+        shown = runner.invoke(app, ["stripe", "status"])
+        assert shown.exit_code == 0, shown.output
+        assert "last run incomplete: stripe sync incomplete: 12 events refused" in shown.stdout
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_progress_counts_every_event_once_up_to_the_total(env: Env, api: str) -> None:
+    insert_calls(env.store, [Call(at=hours_ago(h), consumer=c, input=5, output=5)
+                             for h in range(2, 22) for c in ("acme", "globex")])  # fmt: skip
+    seen: list[tuple[int, int]] = []
+    summary = env.sync(api=api, progress=lambda done, total: seen.append((done, total)))
+    assert summary.sent == 120
+    assert [d for d, _ in seen] == list(range(1, 121)) and {t for _, t in seen} == {120}
