@@ -381,12 +381,18 @@ def _drop_missing(
     (a meter error report): sent, it would be lost while the ledger says accepted. Those
     windows are reported and written nowhere — pending, sent once the mapping is fixed.
     Re-sends keep going (their outcome must be settled); a customer Stripe could not be
-    asked about is sent to (the send then fails or succeeds on its own).
+    asked about is sent to (the send then fails or succeeds on its own). Customers are
+    asked about four at a time (one read each per run; the client keeps the found ones an
+    hour).
     """
+    todo = sorted({sp.customer for sp in p.sends if not sp.resend} - set(checked))
+    if len(todo) > 1:
+        with ThreadPoolExecutor(min(V1_WORKERS, len(todo))) as pool:
+            checked.update(zip(todo, pool.map(client.customer_exists, todo), strict=True))
+    elif todo:
+        checked[todo[0]] = client.customer_exists(todo[0])
     kept = []
     for sp in p.sends:
-        if not sp.resend and sp.customer not in checked:
-            checked[sp.customer] = client.customer_exists(sp.customer)
         if sp.resend or checked[sp.customer] is not False:
             kept.append(sp)
             continue
