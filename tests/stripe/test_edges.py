@@ -492,3 +492,30 @@ def test_progress_counts_every_event_once_up_to_the_total(env: Env, api: str) ->
     summary = env.sync(api=api, progress=lambda done, total: seen.append((done, total)))
     assert summary.sent == 120
     assert [d for d, _ in seen] == list(range(1, 121)) and {t for _, t in seen} == {120}
+
+
+def test_late_and_negative_corrections_through_the_cli(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's evening: v2 sync, late usage (a correction), a price cut (cancellations and
+    re-sends, v1), then Stripe's meters agree with the invoices."""
+    _seed(env.store)
+    month = hours_ago(3).strftime("%Y-%m")
+
+    def sync(*args: str) -> dict[str, Any]:
+        result = env.cli("sync", *args, "--format", "json", monkeypatch=monkeypatch)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    assert sync("--api", "v2")["sent"] == 12
+    insert_calls(env.store, [Call(at=hours_ago(3) + timedelta(minutes=50), input=40, output=4,
+                                  response_id="late-1")])  # fmt: skip
+    late = sync("--api", "v2")
+    assert (late["sent"], late["corrections"], late["cancels"]) == (0, 3, 0)
+    env.path.write_text(env.path.read_text().replace('output: "10.00"', 'output: "1.00"'))
+    cut = sync("--api", "v2")  # cancellations go over v1 whatever --api says
+    assert cut["cancels"] > 0 and cut["ok"]
+    assert {e.api for e in env.fake.state.meter_events if not e.canceled} >= {"v1"}
+    checked = env.cli("reconcile", "--period", month, "--check-stripe", monkeypatch=monkeypatch)
+    assert checked.exit_code == 0, checked.output
+    assert sync()["sent"] == 0  # nothing left
