@@ -344,6 +344,26 @@ def test_names_are_text_in_the_browser_and_run_nothing(browser, store, tmp_path)
         assert browser.evaluate("typeof window.__pwned") == "undefined"
         assert browser.evaluate("location.hash") == ""  # the key left the address
         assert browser.errors() == []
+        # and were HTML ever injected, the page's CSP would refuse its inline script
+        browser.evaluate("document.body.insertAdjacentHTML('beforeend',"
+                         " '<img src=x onerror=\"window.__pwned=6\">')")  # fmt: skip
+        browser.wait_for("document.querySelector('img[src=x]').complete")
+        time.sleep(0.2)
+        assert browser.evaluate("typeof window.__pwned") == "undefined"
+        assert any("Content Security Policy" in json.dumps(e) for e in browser.errors())
+
+
+def test_the_page_without_an_admin_key_opens_without_asking(browser, store, tmp_path):
+    """The open API (loopback, no admin key): no key form, no failed request."""
+    insert_calls(store, [Call(utc(2026, 3, 3, 10), consumer="acme", input=10_000, output=10)])
+    app = create_app(ServerSettings(config=write_config(tmp_path)), store)
+    with _serve(app) as served:
+        browser.open()
+        browser.navigate(f"{served}/?period=2026-03")
+        browser.wait_for("document.body.dataset.loaded === '2026-03'")
+        assert set(_rows(browser.evaluate("document.documentElement.outerHTML"))) == {"acme"}
+        assert browser.evaluate("document.getElementById('login').hidden") is True
+        assert browser.errors() == []
 
 
 def test_a_consumer_key_in_the_browser_sees_its_own_budgets_in_their_periods(
