@@ -19,7 +19,8 @@ settings" a user configured; clickhouse-connect sends settings only if the serve
 then drops them or raises ``ProgrammingError``, as against any read-only server), so its
 ``date_time_input_format`` / ``cast_string_to_dynamic_use_inference`` defaults are listed
 for clients that send them regardless. Each value is validated (type and range) before it
-reaches the engine; a limit can only be lowered.
+reaches the engine; a limit can only be lowered (a higher ``max_execution_time``, which
+clickhouse-go derives from its timeout, is held at the endpoint's).
 
 Settings in a query's own ``SETTINGS`` clause are not moved: the engine refuses them
 after ``readonly = 1`` like any other change (send them as URL parameters instead).
@@ -83,6 +84,21 @@ def _lower_than(attribute: str) -> Callable[[str, str, Limits], str]:
     return check
 
 
+def _capped(attribute: str) -> Callable[[str, str, Limits], str]:
+    """A limit the client may lower; a higher value is held at the endpoint's (0 = none
+    is still refused). For ``max_execution_time``, which clickhouse-go sets on every
+    query from its context deadline plus 5 s — 64 or 65 under Grafana's plugin's
+    default 60 s query timeout — so refusing it would fail every panel."""
+
+    def check(name: str, value: str, limits: Limits) -> str:
+        high = getattr(limits, attribute)
+        if not re.fullmatch(r"\d{1,19}", value.strip()) or int(value) < 1:
+            raise _bad(name, value, f"an integer from 1 (at most {high} applies)")
+        return str(min(int(value), high))
+
+    return check
+
+
 def _choice(*options: str) -> Callable[[str, str, Limits], str]:
     def check(name: str, value: str, limits: Limits) -> str:
         if value.strip().lower() not in options:
@@ -100,7 +116,7 @@ ALLOWED: Mapping[str, Callable[[str, str, Limits], str]] = {
     "offset": _integer(0, 1 << 62),
     "max_threads": _integer(0, 64),
     "max_block_size": _integer(1, 1 << 20),
-    "max_execution_time": _lower_than("max_execution_time"),
+    "max_execution_time": _capped("max_execution_time"),
     "max_memory_usage": _lower_than("max_memory_usage"),
     "max_result_bytes": _lower_than("max_result_bytes"),
     "max_result_rows": _integer(1, 1 << 62),

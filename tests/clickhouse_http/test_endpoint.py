@@ -408,6 +408,9 @@ def grafana_post(ep: Endpoint, sql: str) -> httpx.Response:
         "database": ep.database,
         "default_format": "Native",
         "client_protocol_version": str(GRAFANA_REVISION),
+        # clickhouse-go: its context deadline + 5 s (the plugin's default query timeout
+        # is 60 s; sqlds puts it on the context; context.go queryOptions)
+        "max_execution_time": "64",
     }
     headers = {
         "User-Agent": "clickhouse-go/2.40.1 (database/sql; lv:go/1.24; os:linux) grafana-datasource/4.10"

@@ -42,6 +42,7 @@ def ask(ep: Endpoint, sql: str, **params: str) -> httpx.Response:
         ("SELECT * FROM system.numbers LIMIT 10000000", {}, "396"),
         # the limits cannot be lifted, in the URL or in SETTINGS
         ("SELECT count() FROM system.numbers", {"max_execution_time": "0"}, "36"),
+        ("SELECT count() FROM system.numbers", {"max_execution_time": "3600"}, "159"),  # held
         ("SELECT 1 SETTINGS max_execution_time = 0", {}, "164"),
         ("SELECT 1 SETTINGS max_memory_usage = 0", {}, "164"),
         ("SELECT 1 SETTINGS max_result_bytes = 0", {}, "164"),
@@ -68,6 +69,14 @@ def test_a_limit_can_be_lowered(limited: Endpoint) -> None:
         limited, "SELECT number FROM numbers(100000)", max_result_bytes="1000", max_block_size="100"
     )
     assert over.headers["X-ClickHouse-Exception-Code"] == "396"
+
+
+def test_grafanas_time_limit_is_held_at_the_endpoints(limited: Endpoint) -> None:
+    """Grafana's plugin (clickhouse-go) sends ``max_execution_time`` = its query timeout
+    + 5 s on every query (65 by default): the query runs, under the endpoint's limit."""
+    for sent in ("65", "64", "1000000"):
+        r = ask(limited, "SELECT getSetting('max_execution_time')", max_execution_time=sent)
+        assert (r.status_code, r.text) == (200, "1\n"), r.text
 
 
 def test_the_default_limits(readonly: Endpoint) -> None:
