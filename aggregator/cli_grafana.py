@@ -106,8 +106,10 @@ def register(app: typer.Typer) -> None:
                 username = parts.username or "default"
                 password = parts.password
                 target = f"{parts.scheme}://{parts.hostname}:{parts.port or 8123}"
-            if target is None:
-                target = f"http://{settings.host}:{settings.clickhouse_http_port}"
+            if target is None:  # serve's own :8123, as a client on this machine reaches it
+                host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+                host = f"[{host}]" if ":" in host else host
+                target = f"http://{host}:{settings.clickhouse_http_port}"
             body = datasource_body(
                 target,
                 database=db,

@@ -248,3 +248,24 @@ def test_push_cli_to_something_that_is_not_grafana_is_one_line(
         assert result.exit_code == 1, result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
     assert not state.dashboards
+
+
+@pytest.mark.parametrize(
+    "host,expected",
+    [("0.0.0.0", "127.0.0.1"), ("::", "127.0.0.1"), ("::1", "::1"), ("10.1.2.3", "10.1.2.3")],
+)
+def test_push_cli_default_datasource_url_is_where_serve_listens(
+    grafana: tuple[GrafanaStandin, str], monkeypatch: pytest.MonkeyPatch, host: str,
+    expected: str,
+) -> None:  # fmt: skip
+    """Without --datasource-url: serve's :8123 on this machine (a wildcard bind is reached
+    at loopback; an IPv6 address is bracketed in the URL)."""
+    state, url = grafana
+    monkeypatch.delenv("METERLINE_API_URL", raising=False)
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    monkeypatch.setenv("METERLINE_HOST", host)
+    monkeypatch.setenv("METERLINE_CLICKHOUSE_HTTP_PORT", "18123")
+    result = CliRunner().invoke(app, ["grafana", "push", "--url", url])
+    assert result.exit_code == 0, result.output
+    [ds] = state.datasources.values()
+    assert (ds["jsonData"]["host"], ds["jsonData"]["port"]) == (expected, 18123)
