@@ -163,6 +163,12 @@ class Ledger:
         released): the sliding windows (:mod:`._rates`)."""
         self._snapshots: dict[str, Snapshot] = {}
         self._refreshing: dict[str, threading.Lock] = {}
+        self._commit = threading.Condition()
+        """Group commit of :meth:`persist`: rows waiting, inserts started / written."""
+        self._rows: list[list[Any]] = []
+        self._started = self._written = 0
+        self._writing = False
+        self._errors: dict[int, Exception] = {}
         self._load()
 
     # --- persistence ------------------------------------------------------------------
@@ -200,12 +206,49 @@ class Ledger:
         )
 
     def persist(self, reservations: Iterable[Reservation]) -> None:
-        """Write these states (call outside :attr:`lock`)."""
+        """Write these states (call outside :attr:`lock`); returns once they are written.
+
+        Group commit: while one insert runs, the rows of concurrent callers gather and go
+        in the next insert together, whose caller writes them for all (each caller still
+        returns only after its own rows are written, or raises that insert's error). One
+        insert into the embedded store costs ~8 ms whatever its size, so this is what
+        lets reserves from many clients go faster than one insert each.
+        """
         now = self.clock()
         rows = [_row(r, now) for r in reservations]
-        if rows:
-            columns = [list(c) for c in zip(*rows, strict=True)]
+        if not rows:
+            return
+        with self._commit:
+            self._rows.extend(rows)
+            mine = self._started + 1  # the next insert to start takes these rows
+            while self._written < mine:
+                if not self._writing:
+                    batch, self._rows = self._rows, []
+                    self._started += 1
+                    self._writing = True
+                    break
+                self._commit.wait()
+            else:
+                error = self._errors.get(mine)
+                if error is not None:
+                    raise error
+                return
+        error = None
+        try:
+            columns = [list(c) for c in zip(*batch, strict=True)]
             self.store.insert_columns("budget_reservations", columns, RESERVATION_COLUMNS)
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            with self._commit:
+                self._writing = False
+                self._written = mine
+                if error is not None:
+                    self._errors[mine] = error
+                    for old in [k for k in self._errors if k < mine - 1000]:
+                        del self._errors[old]
+                self._commit.notify_all()
 
     def stored_status(self, rid: str) -> tuple[str, str] | None:
         """(status, consumer) of a reservation as stored."""
