@@ -14,7 +14,8 @@ Contract:
   twice for one snapshot (too cautious), never not at all.
 - Unsettled reservations expire after their ``ttl`` (bounded); settled ones whose span
   never arrives are dropped after ``settled_keep`` (the invoice does not have them either).
-- Every state is written to ``budget_reservations``; at start the live ones are reloaded.
+- Every state is written to ``budget_reservations`` before the answer (concurrent writes
+  grouped into one insert: :meth:`Ledger.persist`); at start the live ones are reloaded.
 
 This lock is one process's: several aggregator replicas share the state through Redis
 instead (:mod:`._redis`, one Lua script per check-and-reserve; docs/budgets.md).

@@ -397,3 +397,20 @@ def test_an_idle_lease_is_returned_after_its_use_window(sim, agg, leased, who):
         assert time.monotonic() < deadline, "the idle lease was not returned"
         time.sleep(0.2)
     assert Decimal(agg.state(who)["spent"]) == cost("gpt-4o", *usage)
+
+
+def test_calls_under_a_rate_limit_reserve_each_time(sim, agg, counting, leased, who):
+    agg.budget(who, limit="5.00")
+    r = agg.http.put(
+        f"/v1/rate-limits/{who}", json={"limit": "3", "unit": "requests", "per": "minute"}
+    )
+    assert r.status_code in (200, 201), r.text
+    client = openai.OpenAI(base_url=sim.openai_base_url, api_key="sk", max_retries=0)
+    before = counting.reserves()
+    with consumer(who):
+        for _ in range(3):
+            stream_once(client)
+        with pytest.raises(meterline.RateLimited):  # the window's own rule, never a lease's
+            stream_once(client)
+    assert counting.reserves() - before == 4
+    assert all(r.startswith("rsv_") for r in ids(leased))
