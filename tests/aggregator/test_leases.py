@@ -216,3 +216,22 @@ def test_soft_budget_alerts_see_the_reported_spend(app):
     a.post(f"/v1/reservations/{lease['id']}/calls", json={"calls": [{"n": 1, "usage": usage}]})
     crossed = budget_crossings(service, pricing, consumers={"acme"})
     assert [(c.threshold, c.spent) for c in crossed] == [("50", Decimal("0.0072"))]
+
+
+def test_a_consumer_key_leases_and_reports_only_its_own(store, app):
+    from meterline.aggregator.keys import create_key
+    from tests.aggregator._tenants import client
+
+    _, acme = create_key(store, consumer="acme", scopes=["reserve"])
+    _, other = create_key(store, consumer="zz-other", scopes=["reserve"])
+    admin(app).put("/v1/budgets/acme", json={**HARD, "limit": "10"})
+    lid = lease_of(client(app, acme))["lease"]["id"]
+    report = {"calls": [{"n": 1, "usage": USAGE}]}
+    assert client(app, other).post(f"/v1/reservations/{lid}/calls", json=report).status_code == 404
+    assert client(app, other).delete(f"/v1/reservations/{lid}").status_code == 404
+    assert state(admin(app))["spent"] == "0.00"
+    mine = client(app, acme).post(f"/v1/reservations/{lid}/calls", json=report)
+    assert mine.json()["recorded"] == 1 and state(admin(app))["spent"] == "0.0048"
+    assert client(app, acme).delete(f"/v1/reservations/{lid}").status_code == 204
+    # ended: another consumer still gets 404, not the status
+    assert client(app, other).post(f"/v1/reservations/{lid}/calls", json=report).status_code == 404
