@@ -33,6 +33,7 @@ def _local_dashboards(
 ) -> tuple[list[dict[str, Any]], Any]:
     from urllib.parse import urlsplit
 
+    from meterline.aggregator.budgets import load_budgets_config
     from meterline.aggregator.grafana import build_dashboards
     from meterline.aggregator.pricing import pricing_config
     from meterline.config import load_config
@@ -43,11 +44,13 @@ def _local_dashboards(
     if name is None and settings.clickhouse_url:
         name = urlsplit(settings.clickhouse_url).path.strip("/") or None
     pricing = pricing_config(load_config(settings.config))
+    budgets = load_budgets_config(settings.config, currency=pricing.currency)
     docs = build_dashboards(
         database=name or "meterline",
         currency=pricing.currency,
         minor_units=pricing.minor_units,
         datasource_uid=settings.grafana_datasource_uid,
+        budgets=budgets.limits,
     )
     return docs, settings
 

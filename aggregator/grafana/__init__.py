@@ -15,12 +15,16 @@ the invoices' and ``/v1/usage``'s numbers (docs/rated-usage.md, docs/counting.md
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from meterline.aggregator.grafana import _consumer, _overview, _pipeline, _quality
 from meterline.aggregator.grafana._datasource import DEFAULT_UID, datasource_body
 from meterline.aggregator.grafana._panels import PLUGIN, money_unit
 from meterline.aggregator.grafana._push import FOLDER_UID, GrafanaError, PushResult, push
+
+if TYPE_CHECKING:
+    from meterline.aggregator.budgets import Budget
 
 _BUILDERS = (_overview, _consumer, _quality, _pipeline)
 DASHBOARD_UIDS: tuple[str, ...] = tuple(b.UID for b in _BUILDERS)
@@ -33,6 +37,7 @@ def build_dashboards(
     database: str = "meterline",
     currency: str = "USD",
     minor_units: int = 2,
+    budgets: Sequence[Budget] = (),
 ) -> list[dict[str, Any]]:
     """Every dashboard for one deployment.
 
@@ -42,6 +47,8 @@ def build_dashboards(
         database: the database of meterline's tables (the ``database`` constant).
         currency: the pricing currency (ISO 4217): the money panels' unit.
         minor_units: the currency's decimals, to which invoice lines are rounded.
+        budgets: the configuration file's budgets (the consumer dashboard's Budgets
+            panel reads the ``budgets`` table, which holds only the API's).
     """
     money = money_unit(currency)
     return [
@@ -50,6 +57,7 @@ def build_dashboards(
             database=database,
             money=money,
             minor_units=minor_units,
+            **({"budgets": budgets} if b is _consumer else {}),
         )
         for b in _BUILDERS
     ]

@@ -8,8 +8,9 @@ its own time zone, the same ``period_start`` / ``period_end`` as ``/v1/budgets``
 (:mod:`._periods`, computed by the engine from its time zone database). Known limits:
 money is hourly, so in a zone whose offset is not whole hours (Asia/Kolkata) the period
 counts the rated hours that *start* in it; ``/v1/budgets`` rounds money as the invoice
-does and adds open reservations, the panel shows the exact billed amount; budgets of the
-configuration file's ``budgets:`` section are not in the ``budgets`` table and not shown.
+does and adds open reservations, the panel shows the exact billed amount. Budgets of the
+configuration file are not in the ``budgets`` table: the deployment's dashboards carry them
+in the panel's SQL (:func:`budgets_sql`), so they change when the dashboards are pushed.
 
 Projected month-end spend: the month-to-date spend scaled to the whole UTC month — a
 straight-line estimate, not an amount anyone is billed.
@@ -17,7 +18,9 @@ straight-line estimate, not an amount anyone is billed.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from meterline.aggregator.grafana._panels import (
     BILLED,
@@ -32,6 +35,9 @@ from meterline.aggregator.grafana._panels import (
 )
 from meterline.aggregator.grafana._periods import period_columns
 
+if TYPE_CHECKING:
+    from meterline.aggregator.budgets import Budget
+
 UID = "meterline-consumer"
 
 _IN_BUDGET = (
@@ -39,12 +45,12 @@ _IN_BUDGET = (
     " AND (b.HasFeature = 0 OR r.feature = b.Feature)"
 )
 
-BUDGETS_SQL = f"""SELECT if(b.HasFeature = 1, b.Feature, '(all)') AS feature,
+_BUDGETS_SQL = """SELECT if(b.HasFeature = 1, b.Feature, '(all)') AS feature,
        b.Period AS period, b.zone AS timezone, b.period_start AS period_start,
        b.period_end AS period_end, b.unit AS unit,
        toDecimal256(b.limit_text, 20) AS limit,
-       if(b.unit = 'tokens', toDecimal256(sumIf(r.tokens, {_IN_BUDGET}), 40),
-          toDecimal256(sumIf(r.amount, {_IN_BUDGET}), 40)) AS spent,
+       if(b.unit = 'tokens', toDecimal256(sumIf(r.tokens, {in_budget}), 40),
+          toDecimal256(sumIf(r.amount, {in_budget}), 40)) AS spent,
        toFloat64(spent) / greatest(toFloat64(limit), 1e-12) AS used
 FROM (
     SELECT ConsumerId, Feature, HasFeature, Period,
@@ -52,20 +58,61 @@ FROM (
            JSONExtractString(Definition, 'unit') AS unit,
            if(JSONExtractString(Definition, 'timezone') = '', 'UTC',
               JSONExtractString(Definition, 'timezone')) AS zone,
-           {period_columns("Period", "zone")}
-    FROM ${{database}}.budgets FINAL
-    WHERE Deleted = 0 AND ConsumerId = ${{consumer:singlequote}}
+           {periods}
+    FROM {source}
+    WHERE {defined}ConsumerId = ${{consumer:singlequote}}
 ) AS b
 LEFT JOIN (
-    SELECT ConsumerId, Feature AS feature, Hour AS hour, {BILLED} AS amount,
+    SELECT ConsumerId, Feature AS feature, Hour AS hour, {billed} AS amount,
            sumIf(Quantity, Status = 'billed' OR Status = 'unpriced') AS tokens
-    FROM {RATED}
+    FROM {rated}
     WHERE ConsumerId = ${{consumer:singlequote}}
     GROUP BY ConsumerId, feature, hour
 ) AS r ON r.ConsumerId = b.ConsumerId
 GROUP BY feature, period, timezone, period_start, period_end, unit, limit, b.HasFeature,
          b.Feature
 ORDER BY feature, period"""
+
+
+def budgets_sql(configured: Sequence[Budget] = ()) -> str:
+    """The Budgets panel's SQL: the ``budgets`` table's budgets and, when given, those of
+    the configuration file (``configured``, which take the place of a stored budget of
+    the same consumer, feature and period, as in ``/v1/budgets``), their text quoted by
+    clickhouse-connect's ``format_str``."""
+    source, defined = "${database}.budgets FINAL", "Deleted = 0 AND "
+    if configured:
+        from clickhouse_connect.driver.binding import format_str
+
+        keys = ", ".join(
+            f"({format_str(b.consumer)}, {format_str(b.feature or '')}, {format_str(b.period)})"
+            for b in configured
+        )
+        rows = "\n        UNION ALL ".join(
+            f"SELECT {format_str(b.consumer)} AS ConsumerId, {format_str(b.feature or '')}"
+            f" AS Feature, toUInt8({int(b.feature is not None)}) AS HasFeature,"
+            f" {format_str(b.period)} AS Period,"
+            f" {format_str(json.dumps({k: v for k, v in b.to_dict().items() if k != 'source'}))}"
+            " AS Definition"
+            for b in configured
+        )
+        source = (
+            "(\n        SELECT ConsumerId, Feature, HasFeature, Period, Definition\n"
+            "        FROM ${database}.budgets FINAL\n"
+            f"        WHERE Deleted = 0 AND (ConsumerId, Feature, Period) NOT IN ({keys})\n"
+            f"        UNION ALL {rows}\n    ) AS defined"
+        )
+        defined = ""
+    return _BUDGETS_SQL.format(
+        in_budget=_IN_BUDGET,
+        periods=period_columns("Period", "zone"),
+        billed=BILLED,
+        rated=RATED,
+        source=source,
+        defined=defined,
+    )
+
+
+BUDGETS_SQL = budgets_sql()
 
 _MONTH = "toDateTime(toStartOfMonth(now(), 'UTC'), 'UTC')"
 
@@ -78,7 +125,12 @@ WHERE ConsumerId = ${{consumer:singlequote}} AND Hour >= {_MONTH}"""
 
 
 def build(
-    *, datasource_uid: str | None, database: str, money: str, minor_units: int
+    *,
+    datasource_uid: str | None,
+    database: str,
+    money: str,
+    minor_units: int,
+    budgets: Sequence[Budget] = (),
 ) -> dict[str, Any]:
     where = rated_filter(consumer="single")
     bucket = "toStartOfInterval(Hour, INTERVAL greatest($__interval_s, 3600) second)"
@@ -110,7 +162,7 @@ def build(
                    " sumIf(Requests, Status = 'unpriced') AS unpriced\n"
                    f"FROM {RATED}\nWHERE {where}\nGROUP BY {by}\nORDER BY spend DESC",
                    unit="short", w=12, h=8, overrides={"spend": money})  # fmt: skip
-    layout.add("table", "Budgets", BUDGETS_SQL, unit="short", w=24, h=7,
+    layout.add("table", "Budgets", budgets_sql(budgets), unit="short", w=24, h=7,
                overrides={"used": "percentunit", "period_start": "dateTimeAsIso",
                           "period_end": "dateTimeAsIso"},
                description="Each budget's spend in its current period in its own time "

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from meterline.aggregator.auth import require_admin
 from meterline.aggregator.deps import SettingsDep, StoreDep
 from meterline.aggregator.grafana import DASHBOARD_UIDS, build_dashboards
+from meterline.aggregator.routes._budgets import BudgetsDep
 from meterline.aggregator.routes._pricing import PricingDep
 
 router = APIRouter(tags=["grafana"], dependencies=[Depends(require_admin)])
@@ -31,7 +32,11 @@ DatasourceUid = Annotated[
 
 
 def _dashboards(
-    store: StoreDep, settings: SettingsDep, pricing: PricingDep, uid: str | None
+    store: StoreDep,
+    settings: SettingsDep,
+    pricing: PricingDep,
+    uid: str | None,
+    budgets: BudgetsDep,
 ) -> list[dict[str, Any]]:
     config = pricing.config
     return build_dashboards(
@@ -39,6 +44,7 @@ def _dashboards(
         database=store.database,
         currency=config.currency,
         minor_units=config.minor_units,
+        budgets=budgets.registry.config.limits,
     )
 
 
@@ -47,10 +53,11 @@ def list_dashboards(
     store: StoreDep,
     settings: SettingsDep,
     pricing: PricingDep,
+    budgets: BudgetsDep,
     datasource_uid: DatasourceUid = None,
 ) -> dict[str, Any]:
     """The dashboards: uid, title and where to get each."""
-    docs = _dashboards(store, settings, pricing, datasource_uid)
+    docs = _dashboards(store, settings, pricing, datasource_uid, budgets)
     return {
         "dashboards": [
             {"uid": d["uid"], "title": d["title"], "url": f"/v1/grafana/dashboards/{d['uid']}"}
@@ -65,6 +72,7 @@ def get_dashboard(
     store: StoreDep,
     settings: SettingsDep,
     pricing: PricingDep,
+    budgets: BudgetsDep,
     datasource_uid: DatasourceUid = None,
 ) -> dict[str, Any]:
     """One dashboard's JSON for this deployment."""
@@ -72,5 +80,5 @@ def get_dashboard(
         raise HTTPException(
             404, detail=f"no dashboard {uid!r}; there are: {', '.join(DASHBOARD_UIDS)}"
         )
-    docs = _dashboards(store, settings, pricing, datasource_uid)
+    docs = _dashboards(store, settings, pricing, datasource_uid, budgets)
     return next(d for d in docs if d["uid"] == uid)

@@ -367,9 +367,15 @@ def test_the_budgets_panel_uses_each_budgets_own_period(engine_dir: Path, tmp_pa
     from datetime import UTC, timedelta
 
     from meterline.aggregator.budgets._window import window
+    from tests.aggregator.pricing_config import CONFIG_YAML
 
     now = datetime.now(UTC)
-    budgets = {("tokyo", "day"): "Asia/Tokyo", ("york", "month"): "America/New_York"}
+    budgets = {("tokyo", "day"): "Asia/Tokyo", ("york", "month"): "America/New_York",
+               ("paris", "week"): "Europe/Paris", ("o'neil", "day"): "Pacific/Kiritimati"}  # fmt: skip
+    configured = "\nbudgets:\n  limits:\n    - {consumer: paris, limit: '9.00', unit: USD,"
+    configured += " period: week, timezone: Europe/Paris}\n"  # in the file, not the table
+    configured += "    - {consumer: \"o'neil\", limit: '1.00', unit: USD, period: day,"
+    configured += " timezone: Pacific/Kiritimati}\n"
     calls = []
     for (consumer, period), zone in budgets.items():
         start, _ = window(period, now, zone)
@@ -377,9 +383,9 @@ def test_the_budgets_panel_uses_each_budgets_own_period(engine_dir: Path, tmp_pa
                   Call(start, consumer=consumer, input=1_000, output=900)]  # fmt: skip
     for store in migrated_store(engine_dir, "dash_tz"):
         insert_calls(store, calls)
-        client = TestClient(create_app(ServerSettings(admin_key=KEY,
-                                                      config=write_config(tmp_path)), store))  # fmt: skip
-        for (consumer, period), zone in budgets.items():
+        config = write_config(tmp_path, CONFIG_YAML + configured)
+        client = TestClient(create_app(ServerSettings(admin_key=KEY, config=config), store))
+        for (consumer, period), zone in list(budgets.items())[:2]:
             put = client.put(f"/v1/budgets/{consumer}", headers=AUTH, json={
                 "limit": "50.00", "unit": "USD", "period": period, "timezone": zone})  # fmt: skip
             assert put.status_code in (200, 201), put.text
@@ -389,7 +395,8 @@ def test_the_budgets_panel_uses_each_budgets_own_period(engine_dir: Path, tmp_pa
         }
         for endpoint in _endpoint(store, password=PASSWORD):
             ch = _client(endpoint)
-            doc = _dashboards(store)["meterline-consumer"]
+            # as this deployment serves it: with the configuration file's budgets
+            doc = client.get("/v1/grafana/dashboards/meterline-consumer", headers=AUTH).json()
             ctx = QueryContext(now - timedelta(days=1), now)
             for (consumer, period), zone in budgets.items():
                 v = _variables(ch, doc, ctx, {"consumer": consumer})
