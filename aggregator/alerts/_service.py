@@ -33,7 +33,7 @@ from meterline.aggregator.alerts._detect import budget_crossings
 from meterline.aggregator.alerts._model import RATE_LIMIT_REPEATED, Alert, digest_id
 from meterline.aggregator.alerts._outbox import DELIVERED, FAILED, PENDING, Delivery, Outbox
 from meterline.aggregator.alerts._refusals import Refusals
-from meterline.aggregator.alerts._rolling import rolling_crossings
+from meterline.aggregator.alerts._rolling import Cache, rolling_crossings
 from meterline.store import Store
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ class AlertService:
         self._check_lock = threading.Lock()
         self._http = httpx.Client(follow_redirects=False)
         self._refusals: Refusals | None = None
+        self._calls: Cache = {}
+        """Per-call money of rolling rules' hours near their limit, kept between checks."""
         self.own_ports: frozenset[int] = frozenset()
         """This aggregator's listening ports (``meterline serve`` sets them): a webhook
         URL that points at one of them on this machine is refused."""
@@ -111,7 +113,7 @@ class AlertService:
             rules = [r for r in self.config.rolling
                      if consumers is None or r.consumer in consumers]  # fmt: skip
             found += rolling_crossings(self.store, pricing, rules, self.now(),
-                                       currency=self.currency)  # fmt: skip
+                                       currency=self.currency, cache=self._calls)  # fmt: skip
             new = self.outbox.record(found, self.urls_for)
         for a in new:
             logger.info("alert %s: %s %s%s at %s of %s %s (%s)", a.id, a.kind, a.consumer,

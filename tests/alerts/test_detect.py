@@ -263,3 +263,32 @@ def test_a_rate_limit_refusing_repeatedly_is_one_alert_per_hour(store, tmp_path)
     clock.now = utc(2026, 3, 20, 13, 30)  # the next hour: counted again from zero
     assert reserve_all(4) == ["allowed"] + ["rate_limited"] * 3
     assert len(service.outbox.alerts(Scope.ALL, kind="rate_limit.repeated")) == 2
+
+
+def test_once_per_period_across_the_boundary_in_a_time_zone_day_week_month(store, tmp_path):
+    """Crossings found while their period is current, then again as the previous period
+    just after it ended (in New York, across the DST change of 2026-03-08 for the day):
+    the same alert ids, nothing new."""
+    clock = Clock(utc(2026, 3, 31, 20))  # 16:00 in New York, Tuesday 31 March
+    app, service = alert_app(store, tmp_path, clock, alerts_yaml())
+    for period in ("day", "week", "month"):
+        assert admin(app).put(f"/v1/budgets/globex?feature={period}", json={
+            "limit": "0.20", "unit": "USD", "period": period, "mode": "soft",
+            "thresholds": [50], "timezone": "America/New_York"}).status_code == 201  # fmt: skip
+        insert_calls(store, [Call(utc(2026, 3, 31, 19), consumer="globex", feature=period,
+                                  input=100_000)])  # fmt: skip
+    first = service.check()
+    assert sorted((a.feature, a.period_start) for a in first) == [
+        ("day", utc(2026, 3, 31, 4)), ("month", utc(2026, 3, 1, 5)),
+        ("week", utc(2026, 3, 30, 4))]  # fmt: skip
+    clock.now = utc(2026, 4, 1, 5)  # 01:00 on 1 April in New York: a new day and month
+    assert service.check() == []
+    clock.now = utc(2026, 4, 6, 5)  # a new week
+    assert service.check() == []
+    clock.now = utc(2026, 3, 8, 20)  # the DST day (23 h): a late call on the 7th
+    insert_calls(store, [Call(utc(2026, 3, 8, 4, 30), consumer="globex", feature="day",
+                              input=100_000)])  # fmt: skip
+    [dst] = service.check()
+    assert dst.period_start == utc(2026, 3, 7, 5) and dst.period_end == utc(2026, 3, 8, 5)
+    clock.now = utc(2026, 3, 9, 4, 30)
+    assert service.check() == []

@@ -229,3 +229,23 @@ def test_random_spend_matches_a_brute_force_over_every_call(store, tmp_path):
     got = {(a.data["window_seconds"], a.data["crossed_ns"], a.spent) for a in found}
     assert got == expected and len(got) > 8
     assert service.check() == []
+
+
+def test_late_data_in_an_hour_read_call_by_call_is_seen(store, tmp_path):
+    """The calls of hours near the limit are kept between checks while the hour's rating
+    run is the same: a call stored late in such an hour is seen at the next check."""
+    _, _, service = _service(store, tmp_path, utc(2026, 3, 22, 13), _rule("globex", "1.00", "1h"))
+    t = utc(2026, 3, 22, 10, 5)
+    insert_calls(
+        store,
+        [
+            Call(t, consumer="globex", input=300_000),
+            Call(t + timedelta(minutes=110), consumer="globex", input=300_000),
+        ],
+    )
+    assert service.check() == []  # 1.20 in hours 10-11, never within one hour
+    assert any(k[-1] == to_ns(utc(2026, 3, 22, 11)) for k in service._calls)  # kept
+    late = t + timedelta(minutes=85)  # 11:30, in the hour kept
+    insert_calls(store, [Call(late, consumer="globex", input=300_000)])
+    [x] = service.check()
+    assert (x.period_end, x.spent) == (t + timedelta(minutes=110), Decimal("1.20"))
