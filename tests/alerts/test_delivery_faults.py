@@ -70,7 +70,8 @@ def test_a_hanging_webhook_does_not_hold_up_the_others(store, tmp_path, receiver
     # for that one's retry instead of costing a deadline each
     assert [(d.state, d.attempts) for d in _by_url(service, hung)] == [
         (PENDING, 1), (PENDING, 0), (PENDING, 0)]  # fmt: skip
-    assert "no complete answer" in _by_url(service, hung)[0].last_error
+    error = _by_url(service, hung)[0].last_error  # the deadline, or httpx's read timeout
+    assert "no complete answer" in error or "ReadTimeout" in error, error
     assert took < 2 * DEADLINE_S + 1.0, took
     service.deliver()  # within the retry wait: nothing is tried again
     assert [d.attempts for d in _by_url(service, hung)] == [1, 0, 0]
