@@ -40,6 +40,7 @@ from meterline.aggregator.budgets._tables import (
     SELECT_LIVE_RESERVATIONS,
     SELECT_RECENT_RESERVATIONS,
     SELECT_RESERVATION,
+    STORED_IDS,
 )
 from meterline.aggregator.queries import READ_SETTINGS
 from meterline.errors import MeterlineError
@@ -251,6 +252,14 @@ class Ledger:
                         del self._errors[old]
                 self._commit.notify_all()
 
+    def stored_ids(self, ids: list[str]) -> set[str]:
+        """The ids among ``ids`` ever written to the store (read outside :attr:`lock`): a
+        lease's call reported before this process started is not reported again."""
+        if not ids:
+            return set()
+        _, rows = self.store.query(STORED_IDS, {"ids": ids}, settings=READ_SETTINGS)
+        return {str(r[0]) for r in rows}
+
     def stored_status(self, rid: str) -> tuple[str, str] | None:
         """(status, consumer) of a reservation as stored."""
         _, rows = self.store.query(SELECT_RESERVATION, {"id": rid}, settings=READ_SETTINGS)
@@ -418,15 +427,21 @@ class Ledger:
     ) -> tuple[str | None, list[Reservation]]:
         """Add the calls made under ``lease`` as settled reservations and shrink the
         lease by their amounts (not below 0), atomically; a call id already known is
-        skipped. Returns (the lease's status, the states to persist)."""
+        skipped, also one in the store from before a restart (a call stored, persisted
+        before the report answered). Returns (the lease's status, the states to persist)."""
         changed: list[Reservation] = []
+        stored = self.stored_ids([c.id for c in calls])
         with self.lock:
             current = self.find(lease.id)
             if current is None or current.status != "reserved":
                 return (current.status if current else None), []
             money, tokens = current.money, current.tokens
             for call in calls:
-                if self.find(call.id) is not None or self.ended(call.id) is not None:
+                if (
+                    call.id in stored
+                    or self.find(call.id) is not None
+                    or self.ended(call.id) is not None
+                ):
                     continue
                 self.add(call)
                 changed.append(call)

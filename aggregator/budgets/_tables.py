@@ -46,6 +46,11 @@ SELECT_RESERVATION = """
 SELECT Status, ConsumerId FROM {db}.budget_reservations FINAL WHERE Id = {id:String}
 """
 
+STORED_IDS = """
+SELECT DISTINCT Id FROM {db}.budget_reservations WHERE Id IN {ids:Array(String)}
+"""
+"""Which of these reservation ids were ever written (a lease's calls reported before)."""
+
 COUNTED_RESERVATIONS = """
 SELECT DISTINCT SpanAttributes['meterline.budget.reservation_id']
 FROM {db}.otel_traces

@@ -235,3 +235,22 @@ def test_a_consumer_key_leases_and_reports_only_its_own(store, app):
     assert client(app, acme).delete(f"/v1/reservations/{lid}").status_code == 204
     # ended: another consumer still gets 404, not the status
     assert client(app, other).post(f"/v1/reservations/{lid}/calls", json=report).status_code == 404
+
+
+def test_a_report_repeated_after_a_restart_counts_once(store, tmp_path, clock):
+    """The process ledger: the first report's call was counted (its span stored) and the
+    aggregator restarted; the same report again records nothing (Redis keeps a set)."""
+    first = budget_app(store, tmp_path, clock)
+    a = admin(first)
+    a.put("/v1/budgets/acme", json={**HARD, "limit": "10"})
+    lid = lease_of(a)["lease"]["id"]
+    report = {"calls": [{"n": 1, "usage": USAGE}]}
+    assert a.post(f"/v1/reservations/{lid}/calls", json=report).json()["recorded"] == 1
+    span = Call(clock.now, input=1000, output=250, response_id="r-1", reservation_id=lid + ".1")
+    insert_calls(store, [span])
+    before = state(a)  # the call is counted: its settled reservation dropped
+    assert Decimal(before["reserved"]) == 64 * W - Decimal("0.0048")
+    again = admin(budget_app(store, tmp_path, clock))  # a restart: the lease is reloaded
+    assert again.post(f"/v1/reservations/{lid}/calls", json=report).json()["recorded"] == 0
+    after = state(again)
+    assert (after["spent"], after["reserved"]) == (before["spent"], before["reserved"])
