@@ -27,6 +27,7 @@ from meterline.aggregator.queries.rating import (
     _tier_expr,
     _tod_expr,
     rating_sql,
+    select_usage,
 )
 from meterline.aggregator.queries.usage import HOUR_EXPR, UsageFilter, counted_usage
 from meterline.aggregator.tenancy import Scope
@@ -91,11 +92,65 @@ counts now, both among them while the old one is stored), and the hours whose ra
 responses include one of them (the counted report may be gone: a merge drops a report a
 higher-ranked one displaced)."""
 
+FRESH_KEYS_SQL = f"""
+WITH fresh AS (
+    SELECT DISTINCT ConsumerId, DedupKey FROM {{db}}.llm_usage
+    WHERE Month = {{month:UInt32}} AND _part IN {{parts:Array(String)}}
+      AND _block_number > {{block:UInt64}}
+)
+SELECT ConsumerId, DedupKey,
+    (ConsumerId, DedupKey) IN (
+        SELECT ConsumerId, DedupKey FROM {{db}}.llm_usage
+        WHERE Month = {{month:UInt32}} AND _block_number <= {{block:UInt64}}
+          AND (ConsumerId, DedupKey) IN (SELECT ConsumerId, DedupKey FROM fresh)) AS old,
+    bitmapContains((SELECT groupBitmapMergeState(Keys) FROM {{db}}.rated_hours FINAL
+                    WHERE Hour >= {{start:DateTime64(0, 'UTC')}}
+                      AND Hour < {{end:DateTime64(0, 'UTC')}}), {KEY_HASH}) AS counted
+FROM fresh
+LIMIT {{limit:UInt64}}
+"""
+"""The responses of a month with a report newer than ``block``: whether one of their
+reports is older (``old``) and whether a marker of the month holds their hash
+(``counted``: rated before — a merge may have dropped the report that was). A response
+with neither is new to the month: what it adds is its own rows (a delta)."""
+
+AFFECTED_BY_KEYS_SQL = f"""
+SELECT DISTINCT hour FROM (
+    SELECT {HOUR_EXPR} AS hour FROM {{db}}.llm_usage
+    WHERE Month = {{month:UInt32}} AND Home = 1
+      AND (ConsumerId, DedupKey) IN {{keys:Array(Tuple(String, String))}}
+    UNION ALL
+    SELECT Hour AS hour FROM {{db}}.rated_hours FINAL
+    WHERE Hour >= {{start:DateTime64(0, 'UTC')}} AND Hour < {{end:DateTime64(0, 'UTC')}}
+      AND bitmapHasAny(Keys, (SELECT groupBitmapState({KEY_HASH}) FROM (
+          SELECT k.1 AS ConsumerId, k.2 AS DedupKey
+          FROM (SELECT arrayJoin({{keys:Array(Tuple(String, String))}}) AS k))))
+)
+"""
+""":data:`AFFECTED_HOURS_SQL` for the given responses."""
+
+CROWDED_HOURS_SQL = f"""
+SELECT Hour FROM {{db}}.rated_hours FINAL
+WHERE Hour IN (SELECT DISTINCT {HOUR_EXPR} FROM {{db}}.llm_usage
+               WHERE Month = {{month:UInt32}} AND Home = 1
+                 AND (ConsumerId, DedupKey) IN {{keys:Array(Tuple(String, String))}})
+  AND length(Runs) >= {{max_runs:UInt64}}
+"""
+"""Hours of the given responses whose marker names ``max_runs`` runs already: rated whole
+instead (one run again), so readers' run lists stay short."""
+
 MONTHS_SQL = """
 SELECT Month, Run, Signature, ConfigVersion, RatedAt, Seconds
 FROM {db}.rated_months FINAL
 """
 """The newest completed rating of each month."""
+
+RUN_HOURS_SQL = """
+SELECT DISTINCT Hour FROM {db}.rated_usage
+WHERE Run = {run:UInt64}
+  AND Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')}
+"""
+"""The hours a run wrote rows in."""
 
 HOURS_SQL = """
 SELECT Hour, Run, Responses, Fingerprint, ConfigVersion
@@ -111,24 +166,41 @@ WHERE Hour IN {hours:Array(DateTime64(0, 'UTC'))} AND Responses > 0
 """Which of ``hours`` hold counted usage (by their markers)."""
 
 MARKERS_SQL = """
-INSERT INTO {db}.rated_hours (Hour, Run, Responses, Fingerprint, ConfigVersion, RatedAt, Keys)
-SELECT h.Hour, {run:UInt64}, r.responses, r.fingerprint, {config_version:String},
-    {rated_at:DateTime64(3, 'UTC')}, r.keys
-FROM (SELECT arrayJoin({hours:Array(DateTime64(0, 'UTC'))}) AS Hour) AS h
-LEFT JOIN (
-    SELECT Hour, sum(Requests) AS responses, groupBitXor(Fingerprint) AS fingerprint,
-        groupBitmapMergeState(Keys) AS keys
-    FROM {db}.rated_usage
-    WHERE Run = {run:UInt64} AND Hour IN {hours:Array(DateTime64(0, 'UTC'))}
-      AND TokenType = 'input'
-    GROUP BY Hour
-) AS r ON r.Hour = h.Hour
-SETTINGS join_use_nulls = 0
-"""
+INSERT INTO {db}.rated_hours (Hour, Run, Runs, Responses, Fingerprint, ConfigVersion, RatedAt,
+    Keys)
+SELECT Hour, {run:UInt64}, arrayPushBack(arrayDistinct(arrayFlatten(groupArray(runs))),
+        {run:UInt64}),
+    sum(responses), groupBitXor(fingerprint), {config_version:String},
+    {rated_at:DateTime64(3, 'UTC')}, groupBitmapMergeState(keys)
+FROM (
+    SELECT arrayJoin(arrayConcat({hours:Array(DateTime64(0, 'UTC'))},
+                                 {delta_hours:Array(DateTime64(0, 'UTC'))})) AS Hour,
+        CAST([], 'Array(UInt64)') AS runs, toUInt64(0) AS responses,
+        toUInt64(0) AS fingerprint, arrayReduce('groupBitmapState', CAST([], 'Array(UInt32)'))
+        AS keys, 0 AS old
+    UNION ALL
+    SELECT Hour, [], Requests, Fingerprint, Keys, 0 FROM {db}.rated_usage
+    WHERE Run = {run:UInt64} AND TokenType = 'input'
+      AND Hour IN arrayConcat({hours:Array(DateTime64(0, 'UTC'))},
+                              {delta_hours:Array(DateTime64(0, 'UTC'))})
+    UNION ALL
+    SELECT Hour, Runs, Responses, Fingerprint, Keys, 1 FROM {db}.rated_hours FINAL
+    WHERE Hour IN {delta_hours:Array(DateTime64(0, 'UTC'))}
+)
+GROUP BY Hour
+HAVING throwIf(bitmapAndCardinality(
+        groupBitmapMergeState(if(old = 1, keys, {empty_keys})),
+        groupBitmapMergeState(if(old = 1, {empty_keys}, keys))) > 0,
+    'rated_usage: another run rated these responses already') = 0
+""".replace("{empty_keys}", "arrayReduce('groupBitmapState', CAST([], 'Array(UInt32)'))")
 """The markers of a run's hours (one insert: one part, all or nothing), made from the rows
 it wrote — so what a marker says was rated (responses, fingerprint, keys) is what its
-rows hold, whatever arrived while the run read the usage. An hour without rows (its
-usage moved away) gets a marker with none."""
+rows hold, whatever arrived while the run read the usage. ``hours``: hours the run rated
+whole (its rows alone are in force; an hour without rows — its usage moved away — gets
+a marker with none); ``delta_hours``: hours it added responses new to the month to (its
+rows join those of the runs in force: responses summed, fingerprints xor-ed, key sets
+united). A delta whose responses the hour's marker already holds (another process's
+run added them first) fails the insert: the run is retried and rates those hours whole."""
 
 HOURS_COLUMNS = ("Hour", "Run", "Responses", "Fingerprint", "ConfigVersion", "RatedAt")
 MONTHS_COLUMNS = ("Month", "Run", "Signature", "ConfigVersion", "RatedAt", "Seconds", "HoursRated")
@@ -160,7 +232,7 @@ SELECT toDate32(Hour) AS day, {run:UInt64}, ConsumerId, Status, Billable, Provid
 FROM {db}.rated_usage
 WHERE Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')}
   AND toDate32(Hour) IN {days:Array(Date32)}
-  AND (Hour, Run) IN (SELECT Hour, Run FROM {db}.rated_hours FINAL
+  AND (Hour, Run) IN (SELECT Hour, arrayJoin(Runs) FROM {db}.rated_hours FINAL
                       WHERE Hour >= {start:DateTime64(0, 'UTC')}
                         AND Hour < {end:DateTime64(0, 'UTC')})
 GROUP BY day, ConsumerId, Status, Billable, Provider, Model, TokenType, UnitPricePerMillion,
@@ -234,26 +306,38 @@ rating reads (rows written around the view, e.g. by tests, may reuse a rank)."""
 
 
 def scan_sql(
-    f: UsageFilter, grid: RatingGrid, *, hours: list[datetime] | None = None
+    f: UsageFilter,
+    grid: RatingGrid,
+    *,
+    hours: list[datetime] | None = None,
+    keys: list[tuple[str, str]] | None = None,
+    cells_only: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """Pass 1 over the counted usage selected by ``f`` (one scan, two grouping sets);
-    ``hours``: only those UTC hours.
+    ``hours``, ``keys``: only those UTC hours and responses (:func:`select_usage`).
+    ``cells_only``: the price cells of every stored report (no ``FINAL``: a superset of
+    the counted reports' cells, for a run that rates every hour and needs no
+    fingerprints — the month is read ``FINAL`` once, by the insert).
 
     Rows with ``by_cell = 0``: ``hour``, ``responses``, ``fingerprint``. Rows with
     ``by_cell = 1``: ``provider``, ``response_model``, ``request_model``, ``segment``,
     ``tod``, ``tier``, ``first_at``.
     """
     source, where, params = counted_usage(f)
-    if hours is not None:
-        where = f"({where}) AND {HOUR_EXPR} IN {{hours:Array(DateTime64(0, 'UTC'))}}"
-        params["hours"] = hours
+    if cells_only:
+        assert " FINAL\n" in source
+        source = source.replace(" FINAL\n", "\n", 1)
+    where = select_usage(where, params, hours=hours, keys=keys)
     points = [
         p
         for p in grid.change_points
         if (f.start is None or p > f.start) and (f.end is None or p < f.end)
     ]
+    hour = "toDateTime64(0, 0, 'UTC')" if cells_only else HOUR_EXPR
+    fingerprint = "toUInt64(0)" if cells_only else f"groupBitXor(cityHash64({_FINGERPRINTED}))"
+    cell = "provider, response_model, request_model, segment, tod, tier"
     sql = f"""SELECT
-    {HOUR_EXPR} AS hour,
+    {hour} AS hour,
     Provider AS provider,
     ResponseModel AS response_model,
     RequestModel AS request_model,
@@ -261,12 +345,12 @@ def scan_sql(
     toUInt64({_tod_expr(grid, params)}) AS tod,
     toUInt64({_tier_expr(grid.thresholds, params)}) AS tier,
     count() AS responses,
-    groupBitXor(cityHash64({_FINGERPRINTED})) AS fingerprint,
+    {fingerprint} AS fingerprint,
     min(Timestamp) AS first_at,
-    grouping(hour) AS by_cell
+    {"1" if cells_only else "grouping(hour)"} AS by_cell
 FROM ({_INNER.format(source=source, where=where)}
 )
-GROUP BY GROUPING SETS ((hour), (provider, response_model, request_model, segment, tod, tier))"""
+GROUP BY {cell if cells_only else f"GROUPING SETS ((hour), ({cell}))"}"""
     return sql, params
 
 
@@ -280,9 +364,15 @@ def _array(values: list[str]) -> str:
 
 
 def insert_sql(
-    f: UsageFilter, grid: RatingGrid, *, hours: list[datetime], params: dict[str, Any]
+    f: UsageFilter,
+    grid: RatingGrid,
+    *,
+    hours: list[datetime] | None,
+    params: dict[str, Any],
+    keys: list[tuple[str, str]] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Pass 2: rate the usage of ``hours`` into ``rated_usage``.
+    """Pass 2: rate the usage of ``hours`` (``None``: all of ``f``'s) and of the
+    responses ``keys`` outside them into ``rated_usage``.
 
     ``params`` carries the run and the pricing (see ``meterline.aggregator.rated``):
     ``run``, ``currency``, ``config_version``, ``rated_at``; the cells (``cell_keys``,
@@ -299,6 +389,7 @@ def insert_sql(
         grid,
         extra_keys=("utc_hour", "feature"),
         hours=hours,
+        keys=keys,
         metrics=(
             f"groupBitXor(cityHash64({_FINGERPRINTED})) AS fingerprint",
             f"groupBitmapState({KEY_HASH}) AS keys",
@@ -364,7 +455,7 @@ def _range(start: datetime, end: datetime, params: dict[str, Any]) -> str:
     params["start"], params["end"] = start, end
     return (
         "Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')}"
-        " AND (Hour, Run) IN (SELECT Hour, Run FROM {db}.rated_hours FINAL"
+        " AND (Hour, Run) IN (SELECT Hour, arrayJoin(Runs) FROM {db}.rated_hours FINAL"
         " WHERE Hour >= {start:DateTime64(0, 'UTC')} AND Hour < {end:DateTime64(0, 'UTC')})"
     )
 

@@ -99,6 +99,31 @@ def _tod_expr(grid: RatingGrid, params: dict[str, Any]) -> str:
     )
 
 
+def select_usage(
+    where: str,
+    params: dict[str, Any],
+    *,
+    hours: list[datetime] | None,
+    keys: list[tuple[str, str]] | None,
+) -> str:
+    """``where`` narrowed to the usage in ``hours`` and, with ``keys``, to the counted
+    reports of those responses outside ``hours`` (a look-up by the sorting key, which
+    ClickHouse applies before ``FINAL``)."""
+    hour = f"{HOUR_EXPR} IN {{hours:Array(DateTime64(0, 'UTC'))}}"
+    key = "(ConsumerId, DedupKey) IN {keys:Array(Tuple(String, String))}"
+    if hours is not None:
+        params["hours"] = hours
+    if keys is not None:
+        params["keys"] = keys
+    if hours is not None and keys is not None:
+        return f"({where}) AND ({hour} OR ({key} AND NOT {hour}))"
+    if hours is not None:
+        return f"({where}) AND {hour}"
+    if keys is not None:
+        return f"({where}) AND {key}"
+    return where
+
+
 def rating_sql(
     f: UsageFilter,
     grid: RatingGrid,
@@ -106,6 +131,7 @@ def rating_sql(
     extra_keys: tuple[str, ...] = (),
     hours: list[datetime] | None = None,
     metrics: tuple[str, ...] = (),
+    keys: list[tuple[str, str]] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """SQL and parameters of the rating query.
 
@@ -117,6 +143,8 @@ def rating_sql(
             returned after :data:`RATING_KEYS` as
             ``k_<key>``.
         hours: only usage in these UTC hours (applied to the counted usage).
+        keys: only these responses (``ConsumerId``, ``DedupKey``; with ``hours``: also
+            these responses outside ``hours``) — see :func:`select_usage`.
         metrics: further aggregates (``expr AS name``), after the quantities.
 
     Raises:
@@ -127,9 +155,7 @@ def rating_sql(
     if unknown:
         raise ValueError(f"unknown group key {unknown[0]!r}, allowed: {', '.join(GROUP_KEYS)}")
     source, where, params = counted_usage(f)
-    if hours is not None:
-        where = f"({where}) AND {HOUR_EXPR} IN {{hours:Array(DateTime64(0, 'UTC'))}}"
-        params["hours"] = hours
+    where = select_usage(where, params, hours=hours, keys=keys)
     points = [
         p
         for p in grid.change_points

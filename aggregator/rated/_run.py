@@ -55,7 +55,11 @@ def _step(name: str, month: int) -> None:
         _after_step(name, month)
 
 
-_MISSING_CELL = "usage in a price cell the run did not look up"
+_RETRIED = (
+    "usage in a price cell the run did not look up",
+    "another run rated these responses already",
+)
+"""Failures of a run that a new run (scanning again) resolves."""
 
 _locks: weakref.WeakKeyDictionary[Store, threading.Lock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
@@ -100,6 +104,10 @@ class MonthRun:
     seconds: float
     incremental: bool = False
     """Only the hours the rows inserted since the last run can change were read."""
+    hours_added: int = 0
+    """Hours the responses new to the month were added to (their rows alone: a delta)."""
+    responses_added: int = 0
+    """Responses new to the month rated as deltas."""
 
 
 def _utc(value: datetime) -> datetime:
@@ -163,13 +171,19 @@ _TICK = timedelta(microseconds=1)
 
 
 def _scan(
-    store: Store, pricing: Pricing, f: UsageFilter, hours: list[datetime] | None = None
+    store: Store,
+    pricing: Pricing,
+    f: UsageFilter,
+    hours: list[datetime] | None = None,
+    *,
+    keys: list[tuple[str, str]] | None = None,
+    cells_only: bool = False,
 ) -> tuple[Any, dict[datetime, tuple[int, int]], list[tuple[Any, datetime]]]:
     """Pass 1 with a grid that covers every model present (at most one retry)."""
     book = pricing.book
     for attempt in range(2):
         grid = book.grid(book.seen)
-        query, params = sql.scan_sql(f, grid, hours=hours)
+        query, params = sql.scan_sql(f, grid, hours=hours, keys=keys, cells_only=cells_only)
         names, rows = store.query(query, params, settings=READ_SETTINGS)
         found: dict[datetime, tuple[int, int]] = {}
         cells: list[tuple[Any, datetime]] = []
@@ -216,6 +230,67 @@ def _affected_hours(
     }
     _, rows = store.query(sql.AFFECTED_HOURS_SQL, params, settings=READ_SETTINGS)
     return sorted(h for h in (_utc(r[0]) for r in rows) if start <= h < end)
+
+
+MAX_DELTA_KEYS = 200_000
+"""A run adds at most this many new responses as deltas (more: it rates their hours whole,
+as a run of a large batch of fresh usage costs about the same either way)."""
+
+MAX_RUNS = 16
+"""An hour whose marker names this many runs is rated whole by the next run that adds to it
+(readers join every run an hour names)."""
+
+
+def _plan_incremental(
+    store: Store, month: int, block: int, start: datetime, end: datetime
+) -> tuple[list[datetime], list[tuple[str, str]]]:
+    """What the rows of ``month`` newer than ``block`` change: the hours to rate whole,
+    and the responses new to the month (no older report, in no marker) whose rows are
+    added to their hours as a delta (outside those hours)."""
+    _, parts = store.query(
+        sql.NEW_PARTS_SQL,
+        {"database": store.database, "partition": str(month), "block": block},
+    )
+    if not parts:
+        return [], []
+    params = {
+        "month": month,
+        "parts": [str(p[0]) for p in parts],
+        "block": block,
+        "start": start,
+        "end": end,
+        "limit": MAX_DELTA_KEYS + 1,
+    }
+    _, rows = store.query(sql.FRESH_KEYS_SQL, params, settings=READ_SETTINGS)
+    if len(rows) > MAX_DELTA_KEYS:
+        return _affected_hours(store, month, block, start, end), []
+    new = [(str(c), str(k)) for c, k, old, counted in rows if not old and not counted]
+    seen = [(str(c), str(k)) for c, k, old, counted in rows if old or counted]
+    hours: set[datetime] = set()
+    common = {"month": month, "start": start, "end": end}
+    if seen:
+        _, found = store.query(
+            sql.AFFECTED_BY_KEYS_SQL, {**common, "keys": seen}, settings=READ_SETTINGS
+        )
+        hours.update(_utc(r[0]) for r in found)
+    if new:
+        _, crowded = store.query(
+            sql.CROWDED_HOURS_SQL, {**common, "keys": new, "max_runs": MAX_RUNS}
+        )
+        hours.update(_utc(r[0]) for r in crowded)
+    return sorted(h for h in hours if start <= h < end), new
+
+
+def _partly_priced(cell_prices: dict[str, Any]) -> bool:
+    """Whether a cell is matched but lacks a price for some token type: then whether its
+    calls are unpriced depends on the whole hour's group (docs/rated-usage.md), so its
+    responses cannot be added as a delta."""
+    return any(
+        matched and "" in texts
+        for matched, texts in zip(
+            cell_prices["cell_matched"], cell_prices["cell_text"], strict=True
+        )
+    )
 
 
 def _roll_up_days(store: Store, run: int, start: datetime, end: datetime, now: datetime) -> None:
@@ -270,16 +345,27 @@ def rate_month(
     f = UsageFilter(start=start, end=end, scope=Scope.ALL)  # the table rates everyone
     now_sig, old_sig = _parse(signature), _parse(previous) if previous else None
     incremental = now_sig is not None and old_sig is not None and now_sig[1] == old_sig[1]
+    keys: list[tuple[str, str]] = []
+    cells_only = False
     if incremental:
         assert old_sig is not None
-        changed = _affected_hours(store, month, old_sig[0], start, end)
-        grid, _, cells = _scan(store, pricing, f, changed) if changed else (None, {}, [])
+        changed, keys = _plan_incremental(store, month, old_sig[0], start, end)
+        grid, cells = None, []
+        if changed or keys:
+            grid, _, cells = _scan(store, pricing, f, changed, keys=keys or None)
+            if keys and _partly_priced(cell_params(Rater(pricing.book, grid), cells)):
+                changed = _affected_hours(store, month, old_sig[0], start, end)
+                keys = []
+                grid, _, cells = _scan(store, pricing, f, changed)
         _step("scan", month)
     else:
-        grid, hours, cells = _scan(store, pricing, f)
-        _step("scan", month)
         _, marked = store.query(sql.HOURS_SQL, {"start": start, "end": end})
         current = {_utc(r[0]): (int(r[2]), int(r[3]), str(r[4])) for r in marked}
+        # no hour rated under this pricing (the first run, a price change): every hour
+        # is rated; the month is read FINAL once, by the insert
+        cells_only = not any(v[2] == version for v in current.values())
+        grid, hours, cells = _scan(store, pricing, f, cells_only=cells_only)
+        _step("scan", month)
         changed = sorted(
             h
             for h in set(hours) | set(current)
@@ -287,7 +373,8 @@ def rate_month(
             and (h in hours or current[h][0] > 0)
         )
     now = datetime.now(UTC)
-    if changed:
+    delta: list[datetime] = []
+    if changed or keys or cells_only:
         params = {
             "run": run,
             "config_version": version,
@@ -295,15 +382,29 @@ def rate_month(
             **plan_params(pricing),
             **cell_params(Rater(pricing.book, grid), cells),
         }
-        query, all_params = sql.insert_sql(f, grid, hours=changed, params=params)
+        query, all_params = sql.insert_sql(
+            f, grid, hours=None if cells_only else changed, params=params, keys=keys or None
+        )
         store.command(query, all_params)
         _step("rows", month)
+        _, written = store.query(sql.RUN_HOURS_SQL, {"run": run, "start": start, "end": end})
+        ran = {_utc(r[0]) for r in written}
+        if cells_only:
+            changed = sorted(ran | {h for h, v in current.items() if v[0] > 0})
+        delta = sorted(ran - set(changed))
         store.command(
             sql.MARKERS_SQL,
-            {"run": run, "hours": changed, "config_version": version, "rated_at": now},
+            {
+                "run": run,
+                "hours": changed,
+                "delta_hours": delta,
+                "config_version": version,
+                "rated_at": now,
+            },
         )
         _step("markers", month)
-        store.command(sql.CLEANUP_SQL, {"hours": changed, "run": run})
+        if changed:
+            store.command(sql.CLEANUP_SQL, {"hours": changed, "run": run})
     _roll_up_days(store, run, start, end, now)
     _step("days", month)
     _roll_up_months(store, run, start, end, now)
@@ -311,18 +412,19 @@ def rate_month(
     seconds = time.perf_counter() - started
     store.insert_columns(
         "rated_months",
-        [[month], [run], [signature], [version], [now], [seconds], [len(changed)]],
+        [[month], [run], [signature], [version], [now], [seconds], [len(changed) + len(delta)]],
         sql.MONTHS_COLUMNS,
     )
     logger.info(
-        "rated %d (%s): %d hour(s) replaced in %.3f s (run %d)",
+        "rated %d (%s): %d hour(s) replaced, %d added to in %.3f s (run %d)",
         month,
         "incremental" if incremental else "full",
         len(changed),
+        len(delta),
         seconds,
         run,
     )
-    return MonthRun(month, run, len(changed), seconds, incremental)
+    return MonthRun(month, run, len(changed), seconds, incremental, len(delta), len(keys))
 
 
 def ensure_rated(
@@ -358,7 +460,7 @@ def _rate_with_retry(
         try:
             return rate_month(store, pricing, month, signature, previous)
         except Exception as exc:
-            if attempt == 2 or _MISSING_CELL not in str(exc):
+            if attempt == 2 or not any(m in str(exc) for m in _RETRIED):
                 raise
             logger.info("rating %d again: usage arrived in a new price cell", month)
     raise AssertionError("unreachable")

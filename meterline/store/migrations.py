@@ -31,6 +31,7 @@ from meterline.store.alert_schema import (
 from meterline.store.budget_schema import BUDGETS_DDL, RATE_LIMITS_DDL, RESERVATIONS_DDL
 from meterline.store.ingest_schema import INGEST_STATS_DDL
 from meterline.store.rated_schema import (
+    DELTA_RUNS_DDL,
     INCREMENTAL_DDL,
     RATED_CURRENT_VIEW_DDL,
     RATED_DAILY_DDL,
@@ -426,6 +427,11 @@ MIGRATIONS += (
     Migration(
         18, "alert_delivery_claims: one process per delivery attempt", (ALERT_DELIVERY_CLAIMS_DDL,)
     ),
+)
+
+# Delta rating runs (issue 10 §1): an hour's rows in force may come from several runs.
+MIGRATIONS += (
+    Migration(19, "rated usage: an hour's marker names several runs (delta runs)", DELTA_RUNS_DDL),
 )
 
 EMBEDDED_TUNING: tuple[str, ...] = (

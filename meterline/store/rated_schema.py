@@ -140,6 +140,13 @@ CREATE OR REPLACE VIEW {db}.rated_usage_current AS
 SELECT * FROM {db}.rated_usage
 WHERE (Hour, Run) IN (SELECT Hour, Run FROM {db}.rated_hours FINAL)
 """
+"""Migrations 9 and 11 (before an hour's marker could name several runs)."""
+
+RATED_CURRENT_RUNS_VIEW_DDL = """
+CREATE OR REPLACE VIEW {db}.rated_usage_current AS
+SELECT * FROM {db}.rated_usage
+WHERE (Hour, Run) IN (SELECT Hour, arrayJoin(Runs) FROM {db}.rated_hours FINAL)
+"""
 """The rows in force (each hour's newest completed run): what SQL readers such as Grafana
 should query. Money billed: ``sumIf(Amount + MarkupAmount, Status = 'billed')``."""
 
@@ -218,6 +225,14 @@ ORDER BY Month
 """
 """The run in force per month of ``rated_monthly``, and the newest day run it summed
 (readers use a month's sums only while that is still its days' newest run)."""
+
+DELTA_RUNS_DDL: tuple[str, ...] = (
+    "ALTER TABLE {db}.rated_hours ADD COLUMN IF NOT EXISTS Runs Array(UInt64) DEFAULT [Run]",
+    RATED_CURRENT_RUNS_VIEW_DDL,
+)
+"""Migration 19 (delta runs, docs/rated-usage.md): an hour's marker names the runs whose
+rows are in force together (``Runs``; markers written before: ``[Run]``) — a run that only
+adds responses new to the month writes their rows alone and appends itself."""
 
 RATED_USAGE_COLUMNS: tuple[str, ...] = (
     "Hour",

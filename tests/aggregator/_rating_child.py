@@ -65,7 +65,7 @@ def main() -> None:
     elif command == "check":
         _, [(orphans,)] = store.query(
             "SELECT count() FROM {db}.rated_usage WHERE (Hour, Run) NOT IN"
-            " (SELECT Hour, Run FROM {db}.rated_hours FINAL)"
+            " (SELECT Hour, arrayJoin(Runs) FROM {db}.rated_hours FINAL)"
         )
         out = {
             "orphan_rows": orphans,

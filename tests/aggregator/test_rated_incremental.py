@@ -15,7 +15,7 @@ from decimal import Decimal
 from meterline.aggregator.invoices import month
 from meterline.aggregator.invoices._service import compute_invoices, rate_invoices_on_the_fly
 from meterline.aggregator.pricing import Pricing, parse_pricing_config
-from meterline.aggregator.rated import ensure_rated, stale_months
+from meterline.aggregator.rated import _run, ensure_rated, stale_months
 from meterline.aggregator.tenancy import Scope
 from meterline.store import Store
 from tests.aggregator._calls import Call, insert_calls
@@ -68,7 +68,7 @@ def test_late_usage_with_an_old_timestamp_rates_its_hour_only(store: Store) -> N
     _seed(store)
     insert_calls(store, [Call(at=_at(2, 5, 59), input=1_000_000, output=0)])  # days late
     [run] = ensure_rated(store, PRICING)
-    assert run.incremental and run.hours_rated == 1
+    assert run.incremental and (run.hours_rated, run.hours_added) == (0, 1)  # a delta
     _assert_table_is_the_fly(store)
     assert _responses_by_hour(store)[_at(2, 5)] == 2
 
@@ -119,8 +119,10 @@ def test_a_report_across_the_month_boundary_moves_the_response_to_the_other_mont
                               response_id="edge")])  # fmt: skip
     _merge(store)
     runs = ensure_rated(store, PRICING)
-    assert {r.month: (r.incremental, r.hours_rated) for r in runs} == {
-        202603: (True, 1), 202604: (True, 1)}  # fmt: skip
+    # new to March (its copy of April's report was dropped by the merge): added there;
+    # April's hour is rated again without it
+    assert {r.month: (r.incremental, r.hours_rated, r.hours_added) for r in runs} == {
+        202603: (True, 0, 1), 202604: (True, 1, 0)}  # fmt: skip
     _assert_table_is_the_fly(store)
     assert "acme" not in compute_invoices(store, PRICING, month("2026-04"), scope=ALL)
 
@@ -178,3 +180,76 @@ def test_parts_removed_then_new_usage_rates_in_full(store: Store) -> None:
     assert not runs[202603].incremental
     _assert_table_is_the_fly(store)
     assert compute_invoices(store, PRICING, MARCH, scope=ALL)["acme"].total == Decimal("1.00")
+
+
+def _runs_by_hour(store: Store) -> dict[datetime, int]:
+    _, rows = store.query("SELECT Hour, length(Runs) FROM {db}.rated_hours FINAL")
+    return {h.replace(tzinfo=UTC) if h.tzinfo is None else h: int(n) for h, n in rows}
+
+
+def test_late_responses_spread_over_the_month_are_added_not_rated_again(
+    store: Store, monkeypatch
+) -> None:
+    """Responses new to the month add their own rows to their hours (a delta run): the
+    cost follows the late rows, not the hours they touch; an hour that collected
+    ``MAX_RUNS`` runs is rated whole again (one run)."""
+    monkeypatch.setattr(_run, "MAX_RUNS", 3)
+    _seed(store)
+    spread = [Call(at=_at(2, 0) + timedelta(hours=h, minutes=41), input=300 + h, output=h,
+                   consumer=("acme", "beta", "gamma")[h % 3], response_id=f"late-{h}")
+              for h in range(1, 72, 4)]  # fmt: skip
+    insert_calls(store, spread)
+    [run] = ensure_rated(store, PRICING)
+    assert run.incremental
+    assert (run.hours_rated, run.hours_added, run.responses_added) == (0, 18, 18)
+    _assert_table_is_the_fly(store)
+    assert _runs_by_hour(store)[_at(2, 1)] == 2 and _runs_by_hour(store)[_at(2, 2)] == 1
+    for n in range(2):  # hour 1 gets a third run, then is rated whole
+        insert_calls(store, [Call(at=_at(2, 1, 50 + n), input=9, output=9)])
+        [run] = ensure_rated(store, PRICING)
+        assert (run.hours_rated, run.hours_added) == ((0, 1), (1, 0))[n]
+        _assert_table_is_the_fly(store)
+    assert _runs_by_hour(store)[_at(2, 1)] == 1
+    assert _responses_by_hour(store)[_at(2, 1)] == 4
+
+
+def test_a_late_call_of_a_partly_priced_model_rates_its_hour_whole(store: Store) -> None:
+    """A model priced for input only: an hour's calls are unpriced once any call of the
+    group has output tokens — a property of the hour's group, not of the new call, so
+    the call is not added as a delta."""
+    half = {"provider": "openai", "model": "half", "per_million_tokens": {"input": "1"}}
+    pricing = Pricing.build(parse_pricing_config({"currency": "USD", "models": [half]}), None)
+    insert_calls(store, [Call(at=_at(2, 3, 1), model="half", input=1_000_000, output=0)])
+    ensure_rated(store, pricing)
+    assert compute_invoices(store, pricing, MARCH, scope=ALL)["acme"].total == Decimal("1.00")
+    insert_calls(store, [Call(at=_at(2, 3, 2), model="half", input=5, output=1)])
+    [run] = ensure_rated(store, pricing)
+    assert (run.hours_rated, run.hours_added) == (1, 0)
+    invoice = compute_invoices(store, pricing, MARCH, scope=ALL)["acme"]
+    assert invoice == rate_invoices_on_the_fly(store, pricing, MARCH, scope=ALL)["acme"]
+    assert invoice.total == 0 and invoice.unpriced[0].requests == 2
+
+
+def test_two_runs_adding_the_same_responses_count_them_once(store: Store) -> None:
+    """Two processes rating one store (replicas) both plan the same late response as a
+    delta; the one that marks second finds it in the marker, fails, and rates again."""
+    _seed(store)
+    insert_calls(store, [Call(at=_at(3, 4, 4), input=1_000_000, output=0)])
+    [(month_, signature, previous)] = _run._stale(store, PRICING, None, None)
+    other: list[_run.MonthRun] = []
+    started: list[int] = []
+
+    def other_replica(step: str, m: int) -> None:
+        if step == "rows" and not started:  # between this run's rows and its markers
+            started.append(1)
+            other.append(_run.rate_month(store, PRICING, m, signature, previous))
+
+    _run._after_step = other_replica
+    try:
+        again = _run._rate_with_retry(store, PRICING, month_, signature, previous)
+    finally:
+        _run._after_step = None
+    assert other[0].hours_added == 1  # the other replica added it first
+    assert (again.hours_rated, again.hours_added) == (1, 0)  # the retry rated the hour whole
+    _assert_table_is_the_fly(store)
+    assert _responses_by_hour(store)[_at(3, 4)] == 2
