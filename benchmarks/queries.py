@@ -41,7 +41,7 @@ from meterline.aggregator.invoices._service import rate_invoices_on_the_fly
 from meterline.aggregator.pricing import load_pricing
 from meterline.aggregator.queries import READ_SETTINGS
 from meterline.aggregator.queries.rated import invoice_sql
-from meterline.aggregator.rated import ensure_rated
+from meterline.aggregator.rated import RatingLoop, ensure_rated, stale_months
 from meterline.aggregator.rated._read import current_monthly_sums
 from meterline.aggregator.rated._run import roll_up_months
 from meterline.aggregator.routes.overview import get_overview
@@ -119,6 +119,23 @@ def _rate(store, pricing, period) -> tuple[float, float, list]:
     return time.perf_counter() - wall, time.process_time() - cpu, runs
 
 
+def _loop_lag(store, pricing, period, n: int) -> tuple[float, object]:
+    """Insert ``n`` late rows while :class:`RatingLoop` runs (default interval); return the
+    seconds from the end of the insert until readers of the table see them (the month is
+    current again), and the duration of the loop's last run."""
+    loop = RatingLoop(store, lambda: pricing, interval=5.0, start=period.start, end=period.end)
+    loop.start()
+    try:
+        time.sleep(6)  # the loop is idle (the month is current)
+        store.command(LATE.format(n=n, tag=time.time_ns()))
+        inserted = time.perf_counter()
+        while stale_months(store, pricing, period.start, period.end):
+            time.sleep(0.05)
+        return time.perf_counter() - inserted, loop.last_run_seconds
+    finally:
+        loop.stop()
+
+
 def _array(values: list[str]) -> str:
     return "[" + ", ".join(f"'{v}'" for v in values) + "]"
 
@@ -181,6 +198,13 @@ def main() -> None:
     parser.add_argument("--config", help="a pricing YAML file (default: catalogue only)")
     parser.add_argument("--late-rows", type=int, default=1000, help="late rows to re-rate")
     parser.add_argument(
+        "--lag-rows",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[10, 1000],
+        help="late-row batches inserted while the rating loop runs: the lag is measured "
+        "for each (comma-separated counts; empty: none)",
+    )
+    parser.add_argument(
         "--reads-only",
         action="store_true",
         help="measure the reads on the rated data as it is (implies --reuse; no rating "
@@ -233,11 +257,18 @@ def main() -> None:
         store.command(LATE.format(n=args.late_rows, tag=time.time_ns()))
         late_s, late_cpu, late_runs = _rate(store, pricing, period)
         late_hours = sum(r.hours_rated for r in late_runs)
+        late_added = sum(r.hours_added for r in late_runs)
         _, [(in_month,)] = store.query(
             f"SELECT count() FROM {{db}}.{COUNTED_VIEW}(start = {{s:DateTime64(9, 'UTC')}}, "
             "end = {e:DateTime64(9, 'UTC')})",
             {"s": period.start, "e": period.end},
         )
+        expected = fly(store, pricing, period, scope=ALL)
+
+    lags: list[tuple[int, float, object]] = []
+    for n in args.lag_rows if not args.reads_only else ():
+        lags.append((n, *_loop_lag(store, pricing, period, n)))
+    if lags:
         expected = fly(store, pricing, period, scope=ALL)
 
     compute_invoices(store, pricing, period, scope=ALL, consumer="c42")  # warm caches
@@ -269,12 +300,16 @@ def main() -> None:
         print(f"rating {period.label} from scratch:   {rate_s:8.1f} s wall, {rate_cpu:8.1f} s CPU, "
               f"{rate_cpu / max(in_month, 1) * 1e6:.2f} µs CPU per counted row, "
               f"{rated_rows:,} rated rows, {sum(r.hours_rated for r in runs)} hours")  # fmt: skip
+    for n, lag, run_s in lags:
+        print(f"lag of the rating loop (5 s interval) after {n:,} late rows: {lag:8.1f} s "
+              f"from the insert until readers see them (its run: {run_s:.1f} s)")  # fmt: skip
     if args.reads_only:
         print("(--reads-only: the month was rated before; not rated again here)")
     if args.late_rows:
         kind = "incremental" if all(r.incremental for r in late_runs) else "FULL"
         print(f"re-rating after {args.late_rows:,} late rows: {late_s:8.1f} s wall, "
-              f"{late_cpu:8.1f} s CPU, {late_hours} hours replaced ({kind} run; "
+              f"{late_cpu:8.1f} s CPU, {late_hours} hours replaced, {late_added} added to "
+              f"({kind} run; "
               f"{rate_s / max(late_s, 1e-9):.1f}x faster than from scratch)")  # fmt: skip
         lag = max(5.0, 3 * late_s) + late_s
         print(f"lag bound with the loop's default 5 s interval: max(5, 3 × run) + run = "

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from meterline.aggregator.pricing import Pricing
 from meterline.aggregator.rated._run import ensure_rated, roll_up_months
@@ -35,8 +36,12 @@ class RatingLoop:
         *,
         interval: float = 5.0,
         on_rated: Callable[[], None] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
     ) -> None:
         self.store = store
+        self.range = (start, end)
+        """The months it keeps current (``None``: open; ``meterline serve``: every month)."""
         self.pricing = pricing
         """Returns the pricing in force (it changes on ``prices update``)."""
         self.interval = interval
@@ -61,9 +66,9 @@ class RatingLoop:
     def tick(self) -> float:
         """One pass over every month; returns its duration in seconds."""
         started = time.perf_counter()
-        runs = ensure_rated(self.store, self.pricing())
+        runs = ensure_rated(self.store, self.pricing(), *self.range)
         if not self._rolled_up:  # months rated before the monthly sums existed
-            roll_up_months(self.store)
+            roll_up_months(self.store, *self.range)
             self._rolled_up = True
         seconds = time.perf_counter() - started
         if runs:
