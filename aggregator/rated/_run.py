@@ -15,6 +15,10 @@ Contract:
   hour with its old rows and marker, or its new ones: readers follow the marker. The
   month stays not current, so the next run does it again (idempotent: unchanged hours
   are not rewritten).
+- A run of a month rated before under the same pricing (incremental) reads only what the
+  rows inserted since can change: responses new to the month are rated alone and their
+  rows added to their hours (a *delta*: the hour's marker then names several runs,
+  ``Runs``); the hours of other changed responses are rated whole.
 - Rows of replaced runs are deleted after the marker moved (a reader that started
   before still sees its snapshot).
 

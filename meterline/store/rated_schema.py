@@ -6,8 +6,9 @@
   ``failed``: a failed call the plan does not bill, ``invalid``). Rows are written by
   *runs* (``Run``); an hour's current rows are those of the run its latest marker names.
 - ``rated_hours``: one marker per hour and run, written only after that run's rows: a
-  reader takes, per hour, the rows of the newest marker (``FINAL``), so a run killed
-  half-way leaves the old rows in force, never half of the new ones.
+  reader takes, per hour, the rows of the runs the newest marker names (``FINAL``,
+  ``Runs``: one, or a whole-hour run and the delta runs that added new responses since),
+  so a run killed half-way leaves the old rows in force, never half of the new ones.
 - ``rated_daily``/``rated_days`` and ``rated_monthly``/``rated_monthly_marks``: the
   rows in force summed per day and per month (what invoices of whole days and months
   read), with the same run/marker scheme.
