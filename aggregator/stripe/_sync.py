@@ -79,6 +79,11 @@ LOOKBACK = timedelta(days=62)
 """Windows starting this long before now are read (Stripe takes 35 days)."""
 V1_CHUNK = 500
 V1_WORKERS = 4
+V2_CHUNK = 5 * STREAM_MAX_EVENTS
+"""v2: the new rows of this many events are written ``pending`` in one insert before
+the first of their stream requests leaves (as v1 writes a chunk's first rows); their
+answers go in the same insert as the next chunk's new rows. An insert costs the embedded
+store ~7 ms of CPU whatever its size: one per 100-event request cost more than the SDK."""
 
 _STATE = {ACCEPTED: ROW_ACCEPTED, REJECTED: ROW_REJECTED, UNKNOWN: SENT_UNKNOWN}
 
@@ -298,27 +303,39 @@ class _Runner:
 
     def v2(self, plans: Sequence[SlotPlan]) -> None:
         rows = [(row, sp.resend) for sp in plans for row in sp.rows]
-        for begin in range(0, len(rows), STREAM_MAX_EVENTS):
-            if self.client.stopping:
-                return
-            batch = rows[begin : begin + STREAM_MAX_EVENTS]
-            self.ledger.write([r for r, resend in batch if not resend])
-            events = [
-                {
-                    "event_name": r.event_name,
-                    "identifier": r.identifier,
-                    "timestamp": _iso(r.window_start),
-                    "payload": {"stripe_customer_id": r.customer, "value": str(r.value)},
-                }
-                for r, _ in batch
-            ]
-            answer = self.client.stream(events, key=_stream_key([r for r, _ in batch]))
-            for r, resend in batch:
-                self._count(r, answer, resend)
-            if answer.outcome in _STATE:
-                self.ledger.write(
-                    [r.moved(_STATE[answer.outcome], answer.detail) for r, _ in batch]
-                )
+        answered: list[LedgerRow] = []
+        try:
+            for begin in range(0, len(rows), V2_CHUNK):
+                if self.client.stopping:
+                    return
+                chunk = rows[begin : begin + V2_CHUNK]
+                # the previous chunk's answers and this chunk's new rows: one insert
+                self.ledger.write(answered + [r for r, resend in chunk if not resend])
+                answered = []
+                for first in range(0, len(chunk), STREAM_MAX_EVENTS):
+                    if self.client.stopping:
+                        return
+                    batch = chunk[first : first + STREAM_MAX_EVENTS]
+                    answer = self.client.stream(
+                        [_event(r) for r, _ in batch], key=_stream_key([r for r, _ in batch])
+                    )
+                    for r, resend in batch:
+                        self._count(r, answer, resend)
+                    if answer.outcome in _STATE:
+                        state, at = _STATE[answer.outcome], datetime.now(UTC)
+                        answered += [r.moved(state, answer.detail, at) for r, _ in batch]
+        finally:
+            self.ledger.write(answered)
+
+
+def _event(r: LedgerRow) -> dict[str, Any]:
+    """One v2 stream event of a ledger row."""
+    return {
+        "event_name": r.event_name,
+        "identifier": r.identifier,
+        "timestamp": _iso(r.window_start),
+        "payload": {"stripe_customer_id": r.customer, "value": str(r.value)},
+    }
 
 
 def _stream_key(rows: Sequence[LedgerRow]) -> str:
