@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from meterline.aggregator.stripe._ledger import (
     ACCEPTED,
@@ -91,12 +91,13 @@ def plan(
     """Decide what to send for every slot that has a value or ledger rows."""
     out = Plan()
     by_slot = {(v.consumer, v.event_name, v.start): v for v in values}
+    written = datetime.now(UTC)  # the new rows' created_at: before any of them is sent
     for slot in sorted(set(by_slot) | set(ledger)):
         rows = ledger.get(slot, [])
         value = by_slot.get(slot)
         if value is not None and value.held:
             out.held.append(_item(slot, tokens=value.held))
-        _plan_slot(out, slot, rows, value, customers, now, window_seconds, api)
+        _plan_slot(out, slot, rows, value, customers, now, window_seconds, api, written)
     return out
 
 
@@ -109,6 +110,7 @@ def _plan_slot(
     now: datetime,
     window_seconds: int,
     api: str,
+    written: datetime,
 ) -> None:
     consumer, event_name, start = slot
     blocked = [r for r in rows if r.state == REJECTED or (
@@ -152,6 +154,8 @@ def _plan_slot(
             customer=customer,
             value=amount,
             state=state,
+            created_at=written,
+            updated_at=written,
             **{"api": api, **more},  # type: ignore[arg-type]
         )
         seq += 1

@@ -109,26 +109,42 @@ def _utc(value: object) -> datetime:
 def _fold(rows: Iterable[tuple[Any, ...]], config: StripeConfig) -> Iterable[WindowValue]:
     send_unpriced = config.unpriced == "send"
     acc: dict[tuple[str, str, datetime], _Acc] = {}
+    # the meters a row counts for depend on its four labels only; a window's start on W
+    meters_of: dict[tuple[str, str, str, str], list[MeterConfig]] = {}
+    starts: dict[object, datetime] = {}
     with localcontext(MONEY_CONTEXT):
         for consumer, w, feature, provider, model, token_type, status, q, a, m in rows:
-            start = _utc(w)
-            for meter in config.meters:
-                if not meter.counts(
-                    token_type=str(token_type),
-                    provider=str(provider),
-                    model=str(model),
-                    feature=str(feature),
-                ):
-                    continue
-                slot = acc.setdefault((str(consumer), meter.event_name, start), _Acc())
-                if status == "unpriced":
+            labels = (str(token_type), str(provider), str(model), str(feature))
+            counting = meters_of.get(labels)
+            if counting is None:
+                counting = meters_of[labels] = [
+                    meter
+                    for meter in config.meters
+                    if meter.counts(
+                        token_type=labels[0], provider=labels[1], model=labels[2], feature=labels[3]
+                    )
+                ]
+            if not counting:
+                continue
+            start = starts.get(w)
+            if start is None:
+                start = starts[w] = _utc(w)
+            quantity = int(q)
+            unpriced = status == "unpriced"
+            money = Decimal(0) if unpriced else Decimal(a or 0) + Decimal(m or 0)
+            consumer = str(consumer)
+            for meter in counting:
+                slot = acc.get((consumer, meter.event_name, start))
+                if slot is None:
+                    slot = acc[(consumer, meter.event_name, start)] = _Acc()
+                if unpriced:
                     if send_unpriced and meter.value == "tokens":
-                        slot.tokens += int(q)
+                        slot.tokens += quantity
                     else:
-                        slot.held += int(q)
+                        slot.held += quantity
                     continue
-                slot.tokens += int(q)
-                slot.money += Decimal(a or 0) + Decimal(m or 0)
+                slot.tokens += quantity
+                slot.money += money
     meters = {m.event_name: m for m in config.meters}
     for (consumer, event_name, start), slot in sorted(acc.items()):
         meter = meters[event_name]

@@ -1,6 +1,6 @@
 """A child process of the kill tests (chdb: one process per data directory).
 
-``python -m tests.stripe._sync_child DATA_DIR CONFIG seed|expected``; ``expected``
+``python -m tests.stripe._sync_child DATA_DIR CONFIG seed|seed-many|expected``; ``expected``
 prints one JSON line: (customer, meter) → what the invoices of the closed windows bill.
 """
 
@@ -30,6 +30,13 @@ def main() -> None:
                  model="gpt-4o" if c == "acme" else "claude-sonnet-4",
                  provider="openai" if c == "acme" else "anthropic")
             for h in range(2, 14) for c in ("acme", "globex") for m in (3, 31)])  # fmt: skip
+    elif command == "seed-many":  # 110 closed hours × 2 consumers × 3 meters = 660 events
+        insert_calls(store, [
+            Call(at=hours_ago(h) + timedelta(minutes=7), consumer=c, input=500 + h,
+                 output=3 * h + 1, cache_read=h % 5,
+                 model="gpt-4o" if c == "acme" else "claude-sonnet-4",
+                 provider="openai" if c == "acme" else "anthropic")
+            for h in range(2, 112) for c in ("acme", "globex")])  # fmt: skip
     elif command == "expected":
         pricing = load_store_pricing(store, config)
         end = hours_ago(1)

@@ -57,23 +57,27 @@ def _wait(condition, timeout: float = 120.0) -> None:  # type: ignore[no-untyped
 
 
 @pytest.mark.parametrize(
-    ("api", "fault", "after"),
+    ("api", "fault", "after", "seed"),
     [
-        ("v1", "stall_before", 0),  # killed with a request sent, not yet applied
-        ("v1", "stall_after", 0),  # applied by Stripe, answer never received
-        ("v1", "stall_after", 30),  # the same, mid-run
-        ("v2", "stall_after", 0),  # a stream request applied, answer lost
-        ("v1", None, 40),  # killed at whatever point the run had reached
+        ("v1", "stall_before", 0, "seed"),  # killed with a request sent, not yet applied
+        ("v1", "stall_after", 0, "seed"),  # applied by Stripe, answer never received
+        ("v1", "stall_after", 30, "seed"),  # the same, mid-run
+        ("v2", "stall_after", 0, "seed"),  # a stream request applied, answer lost
+        # 660 events, 7 stream requests in 2 chunks: killed inside the first chunk, its
+        # answered requests not yet written, the rest of it pending but never sent
+        ("v2", "stall_after", 1, "seed-many"),
+        ("v1", None, 40, "seed"),  # killed at whatever point the run had reached
     ],
 )
 def test_sigkill_then_rerun_is_exactly_once(
-    tmp_path: Path, api: str, fault: str | None, after: int
+    tmp_path: Path, api: str, fault: str | None, after: int, seed: str
 ) -> None:
     fake = standin(meter_event_latency=0.002)
     try:
         config = write_config(tmp_path)
         data_dir = tmp_path / "data"
-        _child(data_dir, config, "seed")
+        _child(data_dir, config, seed)
+        events = 72 if seed == "seed" else 660
         path = "/v1/billing/meter_events" if api == "v1" else "/v2/billing/meter_event_stream"
         state = fake.state
         # stall_before: Stripe holds the request, the client is killed, then Stripe applies
@@ -101,10 +105,10 @@ def test_sigkill_then_rerun_is_exactly_once(
         if fault == "stall_before":  # the stalled request is applied after the kill
             _wait(lambda: len(state.meter_events) == applied_before + 1, timeout=30)
             applied_before += 1
-        if api == "v1":
-            assert applied_before < 72  # the kill cut the run short
+        if api == "v1" or after:
+            assert applied_before < events  # the kill cut the run short
         else:  # one stream request carried them all, applied; its answer never came
-            assert applied_before == 72
+            assert applied_before == events
         rerun = _sync(data_dir, config, fake, api)
         out, err = rerun.communicate(timeout=300)
         assert rerun.returncode == 0, err
