@@ -264,8 +264,10 @@ def _kind_of(d: Delivery) -> str:
 
 
 class AlertLoop:
-    """The alert thread of ``meterline serve``: checks on pokes and every interval,
-    delivers what is due; :meth:`stop` ends it after the attempt in progress."""
+    """The alert threads of ``meterline serve``: one checks on pokes and every interval,
+    the other delivers what is due — a long check (a rolling rule at its limit) never
+    delays a delivery, and a webhook that hangs never delays a check. :meth:`stop` ends
+    both after the check or attempt in progress."""
 
     MIN_GAP_S = 1.0
 
@@ -274,11 +276,15 @@ class AlertLoop:
         self.interval = service.config.check_interval.total_seconds()
         self.checks = 0
         self._poke = threading.Event()
+        self._deliver = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="meterline-alerts", daemon=True)
+        self._sender = threading.Thread(target=self._send, name="meterline-alerts-send",
+                                        daemon=True)  # fmt: skip
 
     def start(self) -> None:
         self._thread.start()
+        self._sender.start()
 
     def poke(self) -> None:
         """Check soon (spent changed)."""
@@ -289,39 +295,51 @@ class AlertLoop:
         when repeated; never raises into the request."""
         try:
             if self.service.rate_limited(limit, used=used) is not None:
-                self._poke.set()  # deliver it now
+                self._deliver.set()  # deliver it now
         except Exception as exc:
             logger.warning("alerts: a rate-limit refusal was not counted: %s", exc)
 
     def stop(self, timeout: float = 30.0) -> bool:
         self._stop.set()
         self._poke.set()
-        self._thread.join(timeout)
+        self._deliver.set()
+        deadline = time.monotonic() + timeout
+        for thread in (self._thread, self._sender):
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
         self.service.close()
-        return not self._thread.is_alive()
+        return not (self._thread.is_alive() or self._sender.is_alive())
 
     def _main(self) -> None:
+        last_check = -1e18
+        while not self._stop.is_set():
+            if time.monotonic() - last_check >= self.interval or self._poke.is_set():
+                self._poke.clear()
+                last_check = time.monotonic()
+                if self._guard("check", self.service.check):
+                    self._deliver.set()  # new alerts: send them now
+                self.checks += 1
+            wait = self.interval - (time.monotonic() - last_check)
+            if self._stop.wait(self.MIN_GAP_S):
+                break
+            self._poke.wait(max(0.0, wait - self.MIN_GAP_S))
+
+    def _send(self) -> None:
         try:
             repaired = self.service.outbox.repair(datetime.now(UTC) - REPAIR_WINDOW)
             if repaired:
                 logger.info("alerts: %d planned deliveries written after a crash", repaired)
         except Exception as exc:
             logger.warning("alerts: repair failed: %s", exc)
-        last_check = -1e18
-        upcoming: datetime | None = None
         while not self._stop.is_set():
-            if time.monotonic() - last_check >= self.interval or self._poke.is_set():
-                self._poke.clear()
-                last_check = time.monotonic()
-                self._guard("check", self.service.check)
-                self.checks += 1
+            self._deliver.clear()
             upcoming = self._guard("delivery", lambda: self.service.deliver(stop=self._stop))
-            wait = self.interval - (time.monotonic() - last_check)
+            wait = self.interval
             if upcoming is not None:
                 wait = min(wait, (upcoming - datetime.now(UTC)).total_seconds())
-            if self._stop.wait(self.MIN_GAP_S):
+            if self._stop.wait(min(self.MIN_GAP_S, max(0.05, wait))):
                 break
-            self._poke.wait(max(0.0, wait - self.MIN_GAP_S))
+            self._deliver.wait(max(0.0, wait - self.MIN_GAP_S))
 
     def _guard(self, what: str, fn: Callable[[], Any]) -> Any:
         try:

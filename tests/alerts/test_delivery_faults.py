@@ -131,3 +131,29 @@ def test_points_at_resolves_the_host():
     assert _webhooks.points_at("http://127.0.0.1:9999/", {8123}) is None  # another port
     assert _webhooks.points_at("http://192.0.2.1:8123/", {8123}) is None  # another machine
     assert _webhooks.points_at("http://127.0.0.1/", {80}) == 80  # the scheme's port
+
+
+def test_a_long_check_does_not_delay_deliveries(store, tmp_path, receiver):
+    """Checks and deliveries run in two threads: while a check takes seconds (a rolling
+    rule at its limit), the pending deliveries still go out."""
+    from meterline.aggregator.alerts import AlertLoop
+
+    _, service = _three_alerts(store, tmp_path, [receiver.url])
+    checking = threading.Event()
+
+    def slow_check(**_: object) -> list:
+        checking.set()
+        time.sleep(6)
+        return []
+
+    service.check = slow_check  # type: ignore[method-assign]
+    loop = AlertLoop(service)
+    loop.start()
+    try:
+        assert checking.wait(10)
+        deadline = time.monotonic() + 4
+        while len(receiver.delivered()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(receiver.delivered()) == 3 and loop.checks == 0  # the check still runs
+    finally:
+        loop.stop()
