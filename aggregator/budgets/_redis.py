@@ -11,8 +11,12 @@ the JSON is ``[provider, model, feature]`` (any text, decoded by the script's cj
 Lua numbers are doubles, exact for integers below 2**53, so money travels as integer
 *units* of 10**-8 of the currency (:data:`SCALE`): a reservation is rounded **up**, the
 room left (``limit - spent``) **down** — the check can only be more cautious than the
-exact one, by less than 10**-8 per reservation; sums stay exact below 9·10**7 currency
-units per consumer. The exact amounts stay in the store table (``budget_reservations``).
+exact one, by less than 10**-8 per reservation. A room of 2**53 units or more (a limit
+above ~9·10**7 currency units, or 9·10**15 tokens) is passed as 2**53 - 1 (:func:`exact`):
+a larger integer would be rounded by Lua, possibly up, and let a reservation pass the
+limit by a unit. So in Redis mode the live reservations of one budget (and one call) may
+hold at most that much; beyond it a hard budget refuses — cautious, never over. The exact
+amounts stay in the store table (``budget_reservations``).
 
 Rate limits (:mod:`._rates`): a second hash per consumer (``<prefix>:rate:<consumer>``)
 keeps the last hour's reservations under a rate limit (``created_us|units|tokens|<json>``);
@@ -310,6 +314,15 @@ def room(amount: Decimal) -> int:
     return int((amount * UNIT).to_integral_value(ROUND_FLOOR))
 
 
+EXACT = 2**53 - 1
+"""The largest integer every Lua number (a double) holds exactly, and its neighbours too."""
+
+
+def exact(cap: int) -> int:
+    """A room as the script may compare it: at most :data:`EXACT` (never rounded up)."""
+    return min(cap, EXACT)
+
+
 def from_units(value: int) -> Decimal:
     return Decimal(value) / UNIT
 
@@ -340,9 +353,9 @@ def _rate_args(rc: RateCheck) -> list[Any]:
     limit = rc.limit
     kind = "r" if limit.unit == REQUESTS else "t" if limit.unit == RATE_TOKENS else "m"
     if kind == "m":
-        cap, amount = room(limit.limit), units(rc.amount)
+        cap, amount = exact(room(limit.limit)), units(rc.amount)
     else:
-        cap, amount = int(limit.limit), int(rc.amount)
+        cap, amount = exact(int(limit.limit)), int(rc.amount)
     window = int(limit.window.total_seconds() * 1_000_000)
     return [limit.provider or "", limit.model or "", window, kind, cap, amount]
 
@@ -437,7 +450,7 @@ class RedisLedger(Ledger):
         args.append(len(checks))
         for c in checks:
             b = c.budget
-            cap = "" if c.room is None else str(int(c.room) if b.in_tokens else room(c.room))
+            cap = "" if c.room is None else str(exact(int(c.room) if b.in_tokens else room(c.room)))
             amount = int(c.amount) if b.in_tokens else units(c.amount)
             args += [
                 "1" if b.feature is not None else "0",

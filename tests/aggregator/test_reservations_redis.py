@@ -73,8 +73,8 @@ def redis_url(tmp_path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def replica(store, tmp_path, redis_url, clock=None, snapshot_seconds=0.0):
-    path = write_config(tmp_path, CONFIG_YAML)
+def replica(store, tmp_path, redis_url, clock=None, snapshot_seconds=0.0, yaml=CONFIG_YAML):
+    path = write_config(tmp_path, yaml)
     app = create_app(ServerSettings(config=path, admin_key=",".join(ADMIN_KEYS)), store)
     app.state.budgets = BudgetService(
         store, load_budgets_config(path, currency="USD"), currency="USD",
@@ -171,3 +171,33 @@ def test_two_replicas_four_processes_never_overshoot(store, tmp_path, redis_url)
             srv.should_exit = True
             thread.join(timeout=30)
             sock.close()
+
+
+# One call whose worst case is 2**53 + 4 units of 10**-8 USD, against a limit of 2**53 + 3
+# units: Lua reads the limit as the double 2**53 + 4 (ties to even), so the old script let
+# the call pass the limit by one unit. Limits above what a double holds exactly are compared
+# as 2**53 - 1: cautious, never over.
+BIG = CONFIG_YAML.replace(
+    "models:\n",
+    "models:\n  - {provider: openai, model: gpt-big, per_million_tokens: "
+    '{input: "0", output: "90071992.54740996"}}\n',
+    1,
+)
+
+
+def test_a_limit_beyond_what_lua_holds_exactly_is_never_passed(store, tmp_path, redis_url):
+    api = client(replica(store, tmp_path, redis_url, yaml=BIG), ADMIN)
+    big = reserve_body(consumer="globex", model="gpt-big", input_tokens=0, max_tokens=1_000_000)
+    assert api.put("/v1/budgets/globex", json={**HARD, "limit": "90071992.54740995"}).is_success
+    answer = api.post("/v1/reservations", json=big).json()
+    assert not answer["allowed"], answer
+    assert api.get("/v1/budgets/globex").json()["reserved"] == "0.00"
+    # the exact limit itself fits
+    assert api.put("/v1/budgets/globex", json={**HARD, "limit": "90071992.54740996"}).is_success
+    # ... but not in Redis mode, which holds at most 2**53 - 1 units per budget: refused
+    assert not api.post("/v1/reservations", json=big).json()["allowed"]
+    # a huge budget still reserves small calls exactly
+    assert api.put("/v1/budgets/globex", json={**HARD, "limit": "1000000000000"}).is_success
+    small = api.post("/v1/reservations", json=reserve_body(consumer="globex")).json()
+    assert small["allowed"] and small["amount"] == "0.006"
+    assert api.get("/v1/budgets/globex").json()["reserved"] == "0.006"
