@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests._redis import redis_url  # noqa: F401  (the fixture, for every module)
+
 if TYPE_CHECKING:
     from meterline.store import Store
 

@@ -12,9 +12,10 @@ from decimal import Decimal
 
 import pytest
 
+from tests._redis import start_redis
 from tests.aggregator._budgets import Clock, admin, budget_app, reserve_body
 from tests.aggregator._calls import utc
-from tests.aggregator.test_rate_limits import redis_app, start_redis
+from tests.aggregator.test_rate_limits import redis_app
 
 HARD = {"unit": "USD", "period": "month", "mode": "hard"}
 USAGE = {"input": 1000, "output": 500}

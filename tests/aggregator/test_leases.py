@@ -13,9 +13,10 @@ from decimal import Decimal
 import pytest
 
 from meterline.aggregator.budgets import _lease
+from tests._redis import start_redis
 from tests.aggregator._budgets import Clock, admin, budget_app, reserve_body
 from tests.aggregator._calls import Call, insert_calls, utc
-from tests.aggregator.test_rate_limits import redis_app, start_redis
+from tests.aggregator.test_rate_limits import redis_app
 
 HARD = {"unit": "USD", "period": "month", "mode": "hard"}
 W = Decimal("0.0072")

@@ -9,11 +9,6 @@ its money the worst case (gpt-4o 2.00 / 8.00 per million, acme +20 %: 0.0072).
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -31,40 +26,6 @@ T0 = utc(2026, 3, 20, 12, 0, 30)
 @pytest.fixture
 def clock() -> Clock:
     return Clock(T0)
-
-
-def start_redis(tmp_path) -> tuple[str, subprocess.Popen]:
-    """A real redis-server on a free loopback port (the test is skipped without one)."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    redis = pytest.importorskip("redis")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    client_ = redis.Redis(port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client_.ping()
-            return f"redis://127.0.0.1:{port}/0", proc
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline and proc.poll() is None, "redis did not start"
-            time.sleep(0.05)
-
-
-@pytest.fixture
-def redis_url(tmp_path) -> Iterator[str]:
-    url, proc = start_redis(tmp_path)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def redis_app(store, tmp_path, clock, url):

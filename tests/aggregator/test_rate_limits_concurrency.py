@@ -21,10 +21,11 @@ import uvicorn
 
 from meterline.aggregator.budgets import BudgetService, ReserveRequest, load_budgets_config
 from meterline.aggregator.routes._pricing import app_pricing
+from tests._redis import start_redis
 from tests.aggregator._budgets import ADMIN, Clock, budget_app, reserve_body
 from tests.aggregator._calls import utc
 from tests.aggregator.pricing_config import CONFIG_YAML, write_config
-from tests.aggregator.test_rate_limits import redis_app, start_redis
+from tests.aggregator.test_rate_limits import redis_app
 from tests.aggregator.test_reservations_concurrency import CHILD
 
 FITS = 10
